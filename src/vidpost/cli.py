@@ -1,0 +1,121 @@
+"""The `vidpost` command. Each subcommand parses its arguments and calls one library function.
+
+Errors the user can cause (a bad config key, a missing file, an unparsable caption) are printed as one
+line, with no traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vidpost.errors import VidpostError
+
+
+def _world_overrides(args: argparse.Namespace) -> list[str]:
+    flags = {"n": args.n, "seed": args.seed, "split": args.split, "style": getattr(args, "style", None)}
+    return [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+
+
+def cmd_world_make(args: argparse.Namespace) -> None:
+    from vidpost.config import load_config
+    from vidpost.world.config import DatasetConfig
+    from vidpost.world.dataset import make_dataset
+
+    cfg = load_config(DatasetConfig, args.config, _world_overrides(args))
+    out = make_dataset(args.out, cfg, overwrite=args.overwrite)
+    print(f"wrote {cfg.n} {cfg.style} clips ({cfg.split} split) to {out}")
+
+
+def cmd_world_prompts(args: argparse.Namespace) -> None:
+    from vidpost.config import load_config
+    from vidpost.world.config import DatasetConfig
+    from vidpost.world.dataset import prompt_record
+
+    cfg = load_config(DatasetConfig, args.config, _world_overrides(args))
+    for index in range(cfg.n):
+        record = prompt_record(cfg, index)
+        if args.jsonl:
+            print(json.dumps({k: record[k] for k in ("terse", "intent", "canonical")}))
+        else:
+            print(record["terse"] if args.terse else record["canonical"])
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from vidpost.evaluation import DEFAULT_REWARDS, format_table, score_folder
+
+    rewards = args.rewards.split(",") if args.rewards else DEFAULT_REWARDS
+    scores = [score_folder(d, args.caption_key, rewards) for d in args.dirs]
+    print(format_table(scores))
+    if args.json:
+        payload = scores[0].to_json() if len(scores) == 1 else {"folders": [s.to_json() for s in scores]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_rewards(args: argparse.Namespace) -> None:
+    from vidpost.rewards.registry import REWARDS
+
+    for name, family in REWARDS.items():
+        print(f"{name:<20} {family}")
+
+
+def _add_world_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (default: built-in defaults, see configs/shapeworld/world.yaml)")
+    parser.add_argument("--n", type=int, help="number of clips or prompts")
+    parser.add_argument("--seed", type=int, help="item i is a pure function of (seed, split, i)")
+    parser.add_argument("--split", choices=["train", "eval", "heldout"], help="prompt split")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. world.frames=16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidpost", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    world = commands.add_parser("world", help="ShapeWorld: a procedural text-to-video world with exact rewards")
+    world_commands = world.add_subparsers(dest="world_command", required=True)
+    make = world_commands.add_parser("make", help="write a ShapeWorld dataset folder")
+    make.add_argument("--out", required=True, help="dataset folder to write")
+    make.add_argument("--style", choices=["curated", "web"], help="curated (clean) or web (scraped-like)")
+    make.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    _add_world_args(make)
+    make.set_defaults(func=cmd_world_make)
+    prompts = world_commands.add_parser("prompts", help="print prompts, one per line")
+    prompts.add_argument("--terse", action="store_true", help="terse user prompts instead of canonical captions")
+    prompts.add_argument("--jsonl", action="store_true", help="one JSON object per line: terse, intent, canonical")
+    _add_world_args(prompts)
+    prompts.set_defaults(func=cmd_world_prompts)
+
+    score = commands.add_parser("score", help="score every clip of dataset folders against their captions")
+    score.add_argument("dirs", nargs="+", metavar="DIR", help="dataset folder(s) with metadata.jsonl")
+    score.add_argument("--json", help="write the scores (means, success_rate, per clip, skipped) to this file")
+    score.add_argument("--caption-key", default="caption", help="metadata field to score against")
+    score.add_argument("--rewards", help="comma-separated reward names (see `vidpost rewards`)")
+    score.set_defaults(func=cmd_score)
+
+    rewards = commands.add_parser("rewards", help="list the registered rewards")
+    rewards.set_defaults(func=cmd_rewards)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except VidpostError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
