@@ -14,11 +14,12 @@ from tqdm import tqdm
 from vidpost.config import save_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.data.video_io import to_uint8
+from vidpost.errors import VidpostError
 from vidpost.world.config import DatasetConfig
 from vidpost.world.defects import apply_random_defects
 from vidpost.world.grammar import caption
 from vidpost.world.prompts import terse_prompt, web_caption
-from vidpost.world.render import render_scene
+from vidpost.world.render import Placement, layout, render
 from vidpost.world.sampling import SPLITS, random_spec_in_split
 from vidpost.world.spec import SceneSpec
 
@@ -29,24 +30,21 @@ def _rng(cfg: DatasetConfig, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, SPLITS.index(cfg.split), index, stream])
 
 
-def scene(cfg: DatasetConfig, index: int) -> SceneSpec:
-    """The complete scene of clip `index` (feasible: it has a layout on the configured canvas)."""
+def scene(cfg: DatasetConfig, index: int) -> tuple[SceneSpec, list[Placement]]:
+    """The complete scene of clip `index` and its layout; scenes that do not fit the canvas are redrawn."""
     rng = _rng(cfg, index, _SCENE)
-    while True:
-        spec = random_spec_in_split(rng, cfg.split, cfg.world.max_objects, cfg.world.p_still)
-        if _fits(spec, cfg):
-            return spec
-
-
-def _fits(spec: SceneSpec, cfg: DatasetConfig) -> bool:
     w = cfg.world
-    longest = max(o.velocity[0] ** 2 + o.velocity[1] ** 2 for o in spec.objects) ** 0.5 * (w.frames - 1)
-    return longest + 9 <= min(w.height, w.width)
+    while True:
+        spec = random_spec_in_split(rng, cfg.split, w.max_objects, w.p_still)
+        try:
+            return spec, layout(spec, rng, w.frames, w.height, w.width, w.min_gap_px)
+        except VidpostError:
+            continue
 
 
 def prompt_record(cfg: DatasetConfig, index: int) -> dict:
     """The texts of clip `index`: canonical caption, terse prompt and the terse prompt's intent."""
-    spec = scene(cfg, index)
+    spec, _ = scene(cfg, index)
     terse, intent = terse_prompt(spec, _rng(cfg, index, _TERSE))
     return {"canonical": caption(spec), "terse": terse, "intent": caption(intent), "spec": spec.to_dict()}
 
@@ -55,8 +53,8 @@ def make_clip(cfg: DatasetConfig, index: int) -> tuple[np.ndarray, dict]:
     """(uint8 video (T, H, W, 3), metadata) of clip `index`."""
     w = cfg.world
     record = prompt_record(cfg, index)
-    spec = SceneSpec.from_dict(record["spec"])
-    video = render_scene(spec, _rng(cfg, index, _SCENE), w.frames, w.height, w.width, w.min_gap_px)
+    spec, placements = scene(cfg, index)
+    video = render(spec, placements, w.frames, w.height, w.width)
     meta = {"caption": record["canonical"], **record, "split": cfg.split, "style": cfg.style, "index": index}
     if cfg.style == "web":
         rng = _rng(cfg, index, _WEB)

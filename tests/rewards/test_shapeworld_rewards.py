@@ -1,0 +1,155 @@
+"""The ShapeWorld rewards: truth scores ~1, every cheat <= 0.25, degradations fall monotonically."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from vidpost.errors import CaptionError
+from vidpost.rewards.shapeworld import score_clip, shapeworld_rewards
+from vidpost.world.grammar import caption, parse_caption
+from vidpost.world.render import render_scene
+from vidpost.world.sampling import random_spec
+from vidpost.world.spec import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS, STILL, ObjectSpec, SceneSpec
+
+
+def _truth(spec: SceneSpec, seed: int = 0) -> np.ndarray:
+    return render_scene(spec, np.random.default_rng(seed))
+
+
+def _moving_scenes(n: int, seed: int = 0) -> list[tuple[SceneSpec, np.ndarray]]:
+    """Random feasible scenes in which every object moves (a still object is its own frozen copy)."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    while len(scenes) < n:
+        spec = random_spec(rng, p_still=0.0)
+        try:
+            scenes.append((spec, render_scene(spec, rng)))
+        except Exception:
+            continue
+    return scenes
+
+
+def test_ground_truth_scores_one_for_every_single_object_combination():
+    totals, success = [], []
+    for colour, shape, size, background in itertools.product(COLOURS, SHAPES, SIZES, BACKGROUNDS):
+        for motion, speed in [(STILL, None), *itertools.product(DIRECTIONS, SPEEDS)]:
+            spec = SceneSpec((ObjectSpec(colour, shape, size, motion, speed),), background)
+            scores = score_clip(_truth(spec), spec)
+            totals.append(scores["total"])
+            success.append(scores["success"])
+    assert len(totals) == 972
+    assert min(totals) >= 0.99 and min(success) == 1.0
+
+
+def test_ground_truth_scores_one_for_random_multi_object_scenes_after_uint8_storage():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        spec = random_spec(rng)
+        try:
+            video = render_scene(spec, rng)
+        except Exception:
+            continue
+        stored = np.round(video * 255).astype(np.uint8).astype(np.float32) / 255
+        scores = score_clip(stored, spec)
+        assert scores["total"] >= 0.99 and scores["success"] == 1.0, caption(spec)
+
+
+def test_partial_captions_check_only_what_they_state():
+    spec = parse_caption("a large red circle moving right quickly and a small blue square staying still "
+                         "on a white background")
+    video = _truth(spec)
+    for partial in ["a red circle and a blue square", "a red circle moving right and a blue square on a white background",
+                    "a large red circle and a small blue square staying still"]:
+        assert score_clip(video, parse_caption(partial))["total"] >= 0.99, partial
+    for wrong in ["a red circle moving left and a blue square", "a small red circle and a blue square",
+                  "a red square and a blue circle", "a red circle"]:
+        assert score_clip(video, parse_caption(wrong))["total"] <= 0.25, wrong
+
+
+def test_attributes_are_bound_per_object():
+    """Swapping shapes or motions between the objects keeps every attribute 'present' but must fail."""
+    truth = parse_caption("a small red circle moving right slowly and a small green square staying still "
+                          "on a black background")
+    video = _truth(truth)
+    swapped_shapes = parse_caption("a small red square moving right slowly and a small green circle staying still "
+                                   "on a black background")
+    swapped_motion = parse_caption("a small red circle staying still and a small green square moving right slowly "
+                                   "on a black background")
+    assert score_clip(video, swapped_shapes)["instruction"] == 0.0
+    assert score_clip(video, swapped_motion)["instruction"] < 0.05
+
+
+def _extra_copy(spec: SceneSpec, seed: int) -> np.ndarray:
+    """Render the scene plus a twin of object 0 (same shape, size, motion, colour) placed apart."""
+    spare = next(c for c in COLOURS if c not in {o.colour for o in spec.objects})
+    twin = ObjectSpec(spare, spec.objects[0].shape, spec.objects[0].size, spec.objects[0].motion, spec.objects[0].speed)
+    video = render_scene(SceneSpec((*spec.objects, twin), spec.background), np.random.default_rng(seed))
+    video[(video == COLOURS[spare]).all(-1)] = COLOURS[spec.objects[0].colour]
+    return video
+
+
+def _wrong_colour(video: np.ndarray, spec: SceneSpec) -> np.ndarray:
+    spare = next(c for c in COLOURS if c not in {o.colour for o in spec.objects})
+    out = video.copy()
+    out[(video == COLOURS[spec.objects[0].colour]).all(-1)] = COLOURS[spare]
+    return out
+
+
+CHEATS = {
+    "empty": lambda v, s, i: np.broadcast_to(v[0, 0, 0], v.shape).copy(),
+    "frozen first frame": lambda v, s, i: np.repeat(v[:1], len(v), axis=0),
+    "time-reversed": lambda v, s, i: v[::-1].copy(),
+    "shuffled frames": lambda v, s, i: v[np.random.default_rng(i).permutation(len(v))],
+    "3x3 blur": lambda v, s, i: ndimage.uniform_filter(v, size=(1, 3, 3, 1), mode="nearest"),
+    "extra copy": lambda v, s, i: _extra_copy(s, i),
+    "wrong colour": lambda v, s, i: _wrong_colour(v, s),
+}
+
+
+@pytest.mark.parametrize("cheat", list(CHEATS))
+def test_each_cheat_scores_at_most_a_quarter(cheat):
+    scored = 0
+    for i, (spec, video) in enumerate(_moving_scenes(30)):
+        if cheat == "extra copy" and len(spec.objects) == 3:
+            spec = SceneSpec(spec.objects[:2], spec.background)
+        try:
+            fake = CHEATS[cheat](video, spec, i)
+        except Exception:
+            continue  # no room for the extra copy
+        scores = score_clip(fake.astype(np.float32), spec)
+        assert scores["total"] <= 0.25, (cheat, caption(spec), scores)
+        assert scores["success"] == 0.0
+        scored += 1
+    assert scored >= 20
+
+
+def _falls(values: list[float]) -> bool:
+    """Strictly falling while positive; once the instruction gate closes it stays at 0."""
+    return all(a > b or a == b == 0.0 for a, b in zip(values, values[1:])) and values[0] >= 0.99 > values[-1]
+
+
+@pytest.mark.parametrize("background", list(BACKGROUNDS))
+def test_total_falls_monotonically_with_noise_and_blur(background):
+    scenes = [(s, _truth(s, i)) for i, (x, _) in enumerate(_moving_scenes(6, seed=3))
+              for s in [SceneSpec(x.objects, background)]]
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(size=v.shape).astype(np.float32) for _, v in scenes]
+    noisy = [np.mean([score_clip(np.clip(v + std * z, 0, 1), s)["total"] for (s, v), z in zip(scenes, noise)])
+             for std in (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)]
+    assert _falls(noisy) and noisy[3] > 0.5, noisy  # mild noise costs quality, not instruction following
+    blurred = [np.mean([score_clip(ndimage.gaussian_filter(v, sigma=(0, b, b, 0)), s)["total"] for s, v in scenes])
+               for b in (0.0, 0.3, 0.5, 0.8, 1.2)]
+    assert _falls(blurred), blurred
+
+
+def test_family_is_batched_and_rejects_bad_captions():
+    spec = parse_caption("a small magenta triangle moving up slowly on a gray background")
+    video = _truth(spec)
+    out = shapeworld_rewards(np.stack([video, np.zeros_like(video)]), [caption(spec)] * 2)
+    assert set(out) == {"instruction", "coherence", "quality", "total", "success"}
+    assert out["total"][0] >= 0.99 and out["total"][1] == 0.0
+    assert all(((v >= 0) & (v <= 1)).all() for v in out.values())
+    with pytest.raises(CaptionError, match="a purple blob"):
+        shapeworld_rewards(video[None], ["a purple blob"])
