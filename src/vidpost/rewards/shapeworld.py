@@ -13,16 +13,16 @@ contrast-invariant, so a blurred edge (alpha 2/3 for a 3x3 blur) never counts, o
   right size and shape] x [motion score]. Combined per object and multiplied over objects, so the red
   object must itself be the circle and itself move right; one wrong object fails the scene.
   count is the fraction of frames with exactly as many blobs as objects (blobs >= MIN_BLOB_PX).
-  motion score is the mean over frames of exp(-(r / MOTION_SCALE_PX)^2), r the distance of the object's
-  centroid from start + v t (start fitted, v the stated velocity); a frozen, reversed or shuffled clip
-  leaves large residuals in almost every frame.
+  motion score is [mean over frames of exp(-(r / MOTION_SCALE_PX)^2)] x [the same over frame-to-frame
+  steps], r the distance of the object's centroid from start + v t (start fitted, v the stated
+  velocity) and of each step from v: a frozen, reversed or shuffled clip fails both.
 - coherence: mean of background flicker, object identity (area stable over time under the colour
   mask, so colour drift shows as area loss) and trajectory smoothness (centroid acceleration).
 - quality: mean of crispness (pixels near objects are close to the background or a prompted colour)
   and background cleanliness (pixels away from objects are close to the background colour).
 - total: instruction x (0.5 + 0.25 coherence + 0.25 quality): quality only pays when instructions hold.
 - success: GenEval-style strict flag: the count, presence, size and shape checks pass in every frame
-  and every centroid is within MOTION_TOL_PX of its stated trajectory.
+  and every centroid and every step is within MOTION_TOL_PX of its stated trajectory.
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ def _extent(any_along: np.ndarray) -> np.ndarray:
     return np.where(any_along.any(1), last - first + 1, 0)
 
 
+def _closeness(distance_px: np.ndarray) -> np.ndarray:
+    return np.exp(-((distance_px / MOTION_SCALE_PX) ** 2))
+
+
 def _allowed_velocities(obj: ObjectSpec) -> np.ndarray | None:
     """(K, 2) velocities the caption allows, or None when motion is unstated."""
     if obj.motion is None:
@@ -143,10 +147,16 @@ def _check_object(video: np.ndarray, background: np.ndarray, obj: ObjectSpec) ->
         expected = t * velocities[None]  # (T, K, 2)
         start = (centroid[:, None] - expected)[present].mean(0)  # (K, 2)
         residual = np.linalg.norm(centroid[:, None] - expected - start, axis=-1)  # (T, K)
-        per_frame = np.where(present[:, None], np.exp(-((residual / MOTION_SCALE_PX) ** 2)), 0.0)
-        best = per_frame.mean(0).argmax()
-        motion_score = float(per_frame[:, best].mean())
+        on_path = np.where(present[:, None], _closeness(residual), 0.0)  # (T, K)
+        # ... and each frame-to-frame step must be v too, so frames that happen to sit on the path
+        # (a shuffle's fixed points) earn little when their neighbours do not follow.
+        step_error = np.linalg.norm(np.diff(centroid, axis=0)[:, None] - velocities[None], axis=-1)  # (T-1, K)
+        steps = np.where((present[1:] & present[:-1])[:, None], _closeness(step_error), 0.0)
+        scores = on_path.mean(0) * steps.mean(0)  # (K,)
+        best = scores.argmax()
+        motion_score = float(scores[best])
         motion_ok = present & (residual[:, best] <= MOTION_TOL_PX)
+        motion_ok[1:] &= step_error[:, best] <= MOTION_TOL_PX
 
     mean_area = area.mean()
     identity = float(np.clip(1 - area.std() / mean_area / AREA_CV_TOL, 0, 1)) if mean_area > 0 else 0.0
