@@ -106,3 +106,17 @@ def test_score_folder_rejects_unknown_reward_before_reading(tmp_path: Path) -> N
 
 def test_default_rewards_are_registered() -> None:
     assert set(DEFAULT_REWARDS) <= set(REWARDS)
+
+
+def test_all_unparsable_captions_hint_at_caption_key(tmp_path, caplog):
+    import numpy as np
+
+    from vidpost.data.dataset import DatasetWriter
+
+    with DatasetWriter(tmp_path / "web") as writer:
+        for text in ("moving up slowly, a blue large triangle", "a purple blob"):
+            writer.add(np.zeros((10, 32, 32, 3), np.uint8), text, canonical="a red circle")
+    with caplog.at_level("WARNING", logger="vidpost"):
+        result = score_folder(tmp_path / "web", progress=False)
+    assert result.n == 0 and len(result.skipped) == 2
+    assert "--caption-key canonical" in caplog.text

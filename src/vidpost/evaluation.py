@@ -58,7 +58,9 @@ def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequen
     check_reward_names(rewards)
     reader = iter_clips(root, caption_key)
     result = FolderScore(dataset=str(root), caption_key=caption_key)
-    for clip in tqdm(reader, total=len(reader), desc=f"score {Path(root).name}", unit="clip", disable=not progress):
+    bar = tqdm(total=len(reader), desc=f"score {Path(root).name}", unit="clip", disable=not progress)
+    for clip in reader:
+        bar.update(reader.n_read + len(reader.skipped) - bar.n)  # skipped clips count as done
         try:
             scores = compute_rewards(rewards, to_float(clip.frames)[None], [clip.caption])
         except CaptionError as err:
@@ -67,8 +69,14 @@ def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequen
             continue
         result.per_clip.append({"file": clip.file, "caption": clip.caption,
                                 **{k: float(v[0]) for k, v in scores.items()}})
+    bar.update(len(reader) - bar.n)
+    bar.close()
+    unparsable = len(result.skipped)
     result.skipped = [{"file": what, "reason": why} for what, why in reader.problems + reader.skipped] + result.skipped
     result.n = len(result.per_clip)
+    if reader.n_read and unparsable == reader.n_read:
+        log.warning("no caption in %s parsed as a ShapeWorld caption (web-style captions never do); score "
+                    "against another metadata field, e.g. --caption-key canonical", root)
     return result
 
 

@@ -165,3 +165,11 @@ def test_conversions_reject_wrong_dtypes() -> None:
         to_uint8(np.zeros(3, np.uint8))
     with pytest.raises(ValueError, match="NaN"):
         to_uint8(np.array([np.nan], np.float32))
+
+
+def test_garbage_npy_is_reported_as_not_npy_without_pickle_advice(tmp_path):
+    path = tmp_path / "clip.npy"
+    path.write_bytes(b"garbage that is not an array")
+    with pytest.raises(ClipReadError) as info:
+        read_video(path)
+    assert "not a .npy file" in str(info.value) and "pickle" not in str(info.value)

@@ -11,7 +11,17 @@ from vidpost.rewards.shapeworld import score_clip, shapeworld_rewards
 from vidpost.world.grammar import caption, parse_caption
 from vidpost.world.render import render_scene
 from vidpost.world.sampling import random_spec
-from vidpost.world.spec import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS, STILL, ObjectSpec, SceneSpec
+from vidpost.world.spec import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SIZES,
+    SPEEDS,
+    STILL,
+    ObjectSpec,
+    SceneSpec,
+)
 
 
 def _truth(spec: SceneSpec, seed: int = 0) -> np.ndarray:
@@ -127,7 +137,7 @@ def test_each_cheat_scores_at_most_a_quarter(cheat):
 
 def _falls(values: list[float]) -> bool:
     """Strictly falling while positive; once the instruction gate closes it stays at 0."""
-    return all(a > b or a == b == 0.0 for a, b in zip(values, values[1:])) and values[0] >= 0.99 > values[-1]
+    return all(a > b or a == b == 0.0 for a, b in zip(values, values[1:], strict=False)) and values[0] >= 0.99 > values[-1]
 
 
 @pytest.mark.parametrize("background", list(BACKGROUNDS))
@@ -136,7 +146,7 @@ def test_total_falls_monotonically_with_noise_and_blur(background):
               for s in [SceneSpec(x.objects, background)]]
     rng = np.random.default_rng(0)
     noise = [rng.normal(size=v.shape).astype(np.float32) for _, v in scenes]
-    noisy = [np.mean([score_clip(np.clip(v + std * z, 0, 1), s)["total"] for (s, v), z in zip(scenes, noise)])
+    noisy = [np.mean([score_clip(np.clip(v + std * z, 0, 1), s)["total"] for (s, v), z in zip(scenes, noise, strict=True)])
              for std in (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)]
     assert _falls(noisy) and noisy[3] > 0.5, noisy  # mild noise costs quality, not instruction following
     blurred = [np.mean([score_clip(ndimage.gaussian_filter(v, sigma=(0, b, b, 0)), s)["total"] for s, v in scenes])

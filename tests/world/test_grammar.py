@@ -4,7 +4,17 @@ import pytest
 
 from vidpost.errors import CaptionError
 from vidpost.world.grammar import caption, parse_caption
-from vidpost.world.spec import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS, STILL, ObjectSpec, SceneSpec
+from vidpost.world.spec import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SIZES,
+    SPEEDS,
+    STILL,
+    ObjectSpec,
+    SceneSpec,
+)
 
 
 def all_single_objects():

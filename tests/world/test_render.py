@@ -34,7 +34,7 @@ def test_random_scenes_respect_canvas_gap_and_palette():
         # no anti-aliasing: every pixel is exactly a palette colour
         assert (np.abs(video[..., None, :] - palette).max(-1).min(-1) == 0).all()
         masks = _object_pixels(video, spec)
-        for obj, mask in zip(spec.objects, masks):
+        for obj, mask in zip(spec.objects, masks, strict=True):
             side = SIZES[obj.size]
             assert (mask.sum((1, 2)) == shape_mask(obj.shape, side).sum()).all()  # whole object in every frame
         for i in range(len(masks)):

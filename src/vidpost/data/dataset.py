@@ -36,7 +36,7 @@ class DatasetWriter:
         meta_path = self.root / METADATA_NAME
         if meta_path.exists():
             if not overwrite:
-                raise VidpostError(f"{meta_path} already exists; pass overwrite=True to replace the dataset")
+                raise VidpostError(f"{meta_path} already exists; overwrite it (--overwrite) or choose another folder")
             meta_path.unlink()
             if (self.root / CLIPS_DIR).exists():
                 shutil.rmtree(self.root / CLIPS_DIR)

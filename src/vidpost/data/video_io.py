@@ -36,7 +36,19 @@ def _clip_error(path: Path, reason: str) -> ClipReadError:
     return ClipReadError(f"cannot read clip {path}: {reason}")
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_npy(path: Path) -> np.ndarray:
+    # Check the magic first: np.load guesses "pickle" for any other bytes and suggests allow_pickle,
+    # which is exactly the unsafe advice a user must not get.
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise _clip_error(path, _first_line(exc)) from exc
+    if magic != _NPY_MAGIC:
+        raise _clip_error(path, "not a .npy file (bad header)")
     try:
         frames = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
