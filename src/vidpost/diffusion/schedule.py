@@ -8,35 +8,41 @@ step count and shift.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+if TYPE_CHECKING:
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 # Training σ are kept this far inside (0, 1), so that σ = 0 (no noise) and σ = 1 (no signal) never occur.
 TRAINING_SIGMA_EPS = 1e-6
 
-SCHEDULERS: dict[str, Callable[[float], object]] = {
-    # σ_i = shift(linspace(1, shift(1/1000), N)), then 0 appended (diffusers shifts the low end twice:
-    # its training table is already shifted, and set_timesteps shifts the interpolated grid again).
-    "flow_match_euler": lambda shift: FlowMatchEulerDiscreteScheduler(shift=shift),
-    # σ_i = shift(linspace(1, 1/1000, N + 1)[:-1]), σ_0 nudged from 1 to 1 − 1e-6, then 0 appended.
-    # This is the scheduler WanPipeline ships with (flow_shift 3.0 in Wan2.1's scheduler_config.json).
-    "unipc": lambda shift: UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
-    ),
-}
+# What diffusers 0.42 does in set_timesteps(N) (the tests recompute both grids independently):
+# - "flow_match_euler": FlowMatchEulerDiscreteScheduler(shift=s). σ_i = shift(linspace(1, shift(1/1000), N)),
+#   then 0 appended. The low end is shifted twice: the scheduler's training table is already shifted, and
+#   set_timesteps interpolates between its ends and shifts again.
+# - "unipc": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=s),
+#   the scheduler WanPipeline ships with (flow_shift 3.0 for Wan2.1). σ_i = shift(linspace(1, 1/1000, N + 1)[:-1]),
+#   σ_0 nudged from 1 to 1 − 1e-6, then 0 appended. (Older diffusers built this grid differently; Flash-GRPO's
+#   constants come from that older grid, see tests/diffusion/test_sde.py.)
+SCHEDULERS = ("flow_match_euler", "unipc")
 
 TRAINING_SIGMA_MODES = ("uniform", "logit_normal")
 
 
 def make_scheduler(name: str, shift: float) -> FlowMatchEulerDiscreteScheduler | UniPCMultistepScheduler:
-    """A fresh diffusers scheduler `name` (see SCHEDULERS) with the given shift, as stock diffusers builds it."""
+    """A fresh diffusers scheduler `name` (one of SCHEDULERS) with the given shift, as stock diffusers builds it."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift}")
-    return SCHEDULERS[name](float(shift))
+    # imported here: diffusers takes ~3 s to import, and the step maths in sde.py does not need it
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if name == "flow_match_euler":
+        return FlowMatchEulerDiscreteScheduler(shift=float(shift))
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(shift))
 
 
 def sampling_sigmas(num_steps: int, shift: float, scheduler: str = "flow_match_euler") -> torch.Tensor:

@@ -117,11 +117,9 @@ def _allowed_velocities(obj: ObjectSpec) -> np.ndarray | None:
     return np.array([[DIRECTIONS[obj.motion][0] * s, DIRECTIONS[obj.motion][1] * s] for s in speeds], float)
 
 
-def _check_object(video: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> dict[str, np.ndarray | float]:
-    """Per-frame and per-clip checks of one stated object."""
-    mask = _object_mask(video, background, obj.colour)  # (T, H, W)
-    frames, height, width = mask.shape
-    area = mask.sum((1, 2))  # (T,)
+def _frame_checks(mask: np.ndarray, obj: ObjectSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(present, present with the stated size and shape), each (T,), from the object's mask (T, H, W)."""
+    area = mask.sum((1, 2))
     h, w = _extent(mask.any(2)), _extent(mask.any(1))
     sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
     side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
@@ -131,43 +129,57 @@ def _check_object(video: np.ndarray, background: np.ndarray, obj: ObjectSpec) ->
     expected_fill = np.array([[_fill(k, int(s)) for s in side] for k in SHAPES])  # (3, T)
     distances = np.abs(fill - expected_fill)
     shape_ok = (distances.argmin(0) == SHAPES.index(obj.shape)) & (distances.min(0) <= FILL_TOL)
-    frame_ok = present & size_ok & shape_ok
+    return present, present & size_ok & shape_ok
 
-    ys, xs = np.arange(height), np.arange(width)
-    safe_area = np.maximum(area, 1)
-    centroid = np.stack([(mask.sum(1) * xs).sum(1) / safe_area, (mask.sum(2) * ys).sum(1) / safe_area], -1)
+
+def _motion(centroid: np.ndarray, present: np.ndarray, obj: ObjectSpec) -> tuple[float, np.ndarray]:
+    """(motion score, per-frame strict pass (T,)) of a centroid track (T, 2) against the stated motion."""
     velocities = _allowed_velocities(obj)
-    if velocities is None or not present.any():
-        motion_score = 1.0 if velocities is None else 0.0
-        motion_ok = present | (velocities is None)
-    else:
-        # Residual of the centroid from start + v t, the start fitted on the present frames: a frozen,
-        # reversed or shuffled clip leaves large residuals in almost every frame.
-        t = np.arange(frames)[:, None, None]
-        expected = t * velocities[None]  # (T, K, 2)
-        start = (centroid[:, None] - expected)[present].mean(0)  # (K, 2)
-        residual = np.linalg.norm(centroid[:, None] - expected - start, axis=-1)  # (T, K)
-        on_path = np.where(present[:, None], _closeness(residual), 0.0)  # (T, K)
-        # ... and each frame-to-frame step must be v too, so frames that happen to sit on the path
-        # (a shuffle's fixed points) earn little when their neighbours do not follow.
-        step_error = np.linalg.norm(np.diff(centroid, axis=0)[:, None] - velocities[None], axis=-1)  # (T-1, K)
-        steps = np.where((present[1:] & present[:-1])[:, None], _closeness(step_error), 0.0)
-        scores = on_path.mean(0) * steps.mean(0)  # (K,)
-        best = scores.argmax()
-        motion_score = float(scores[best])
-        motion_ok = present & (residual[:, best] <= MOTION_TOL_PX)
-        motion_ok[1:] &= step_error[:, best] <= MOTION_TOL_PX
+    if velocities is None:
+        return 1.0, np.ones_like(present)
+    if not present.any():
+        return 0.0, present
+    # Residual of the centroid from start + v t, the start fitted on the present frames: a frozen,
+    # reversed or shuffled clip leaves large residuals in almost every frame.
+    expected = np.arange(len(centroid))[:, None, None] * velocities[None]  # (T, K, 2)
+    start = (centroid[:, None] - expected)[present].mean(0)  # (K, 2)
+    residual = np.linalg.norm(centroid[:, None] - expected - start, axis=-1)  # (T, K)
+    on_path = np.where(present[:, None], _closeness(residual), 0.0)
+    # ... and each frame-to-frame step must be v too, so frames that happen to sit on the path
+    # (a shuffle's fixed points) earn little when their neighbours do not follow.
+    step_error = np.linalg.norm(np.diff(centroid, axis=0)[:, None] - velocities[None], axis=-1)  # (T-1, K)
+    steps = np.where((present[1:] & present[:-1])[:, None], _closeness(step_error), 0.0)
+    scores = on_path.mean(0) * steps.mean(0)  # (K,)
+    best = scores.argmax()
+    strict = present & (residual[:, best] <= MOTION_TOL_PX)
+    strict[1:] &= step_error[:, best] <= MOTION_TOL_PX
+    return float(scores[best]), strict
 
+
+def _stability(area: np.ndarray, centroid: np.ndarray, present: np.ndarray) -> tuple[float, float]:
+    """(identity, smoothness): area stable over time; centroid acceleration small."""
     mean_area = area.mean()
     identity = float(np.clip(1 - area.std() / mean_area / AREA_CV_TOL, 0, 1)) if mean_area > 0 else 0.0
     triple = present[2:] & present[1:-1] & present[:-2]
-    if triple.any():
-        accel = np.linalg.norm(centroid[2:] - 2 * centroid[1:-1] + centroid[:-2], axis=-1)[triple].mean()
-        smooth = float(np.clip(1 - accel / ACCEL_TOL_PX, 0, 1)) * triple.mean()
-    else:
-        smooth = 0.0
+    if not triple.any():
+        return identity, 0.0
+    accel = np.linalg.norm(centroid[2:] - 2 * centroid[1:-1] + centroid[:-2], axis=-1)[triple].mean()
+    return identity, float(np.clip(1 - accel / ACCEL_TOL_PX, 0, 1)) * triple.mean()
+
+
+def _check_object(video: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> dict[str, np.ndarray | float]:
+    """Per-frame and per-clip checks of one stated object."""
+    mask = _object_mask(video, background, obj.colour)  # (T, H, W)
+    _, height, width = mask.shape
+    area = mask.sum((1, 2))  # (T,)
+    present, frame_ok = _frame_checks(mask, obj)
+    safe_area = np.maximum(area, 1)
+    centroid = np.stack([(mask.sum(1) * np.arange(width)).sum(1) / safe_area,
+                         (mask.sum(2) * np.arange(height)).sum(1) / safe_area], -1)  # (T, 2) as (x, y)
+    motion_score, motion_ok = _motion(centroid, present, obj)
+    identity, smoothness = _stability(area, centroid, present)
     return {"frame_ok": frame_ok, "motion_score": motion_score, "motion_ok": motion_ok,
-            "identity": identity, "smoothness": smooth}
+            "identity": identity, "smoothness": smoothness}
 
 
 def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
