@@ -15,3 +15,11 @@ class CaptionError(VidpostError):
 
 class ClipReadError(VidpostError):
     """A video clip is missing, unreadable or has the wrong shape."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (ffmpeg and loaders put whole banners there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -16,20 +16,12 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
-from vidpost.errors import ClipReadError, VidpostError
+from vidpost.errors import ClipReadError, VidpostError, first_line
 
 VIDEO_EXTENSIONS = (".npy", ".gif", ".mp4", ".webm", ".mkv")
 
 # ffmpeg's default codec (libx264) is not allowed in a WebM container.
 _FFMPEG_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
-
-
-def _first_line(exc: BaseException) -> str:
-    """ffmpeg errors carry its whole banner; the first non-empty line is the useful part."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 def _clip_error(path: Path, reason: str) -> ClipReadError:
@@ -46,13 +38,13 @@ def _read_npy(path: Path) -> np.ndarray:
         with open(path, "rb") as f:
             magic = f.read(len(_NPY_MAGIC))
     except OSError as exc:
-        raise _clip_error(path, _first_line(exc)) from exc
+        raise _clip_error(path, first_line(exc)) from exc
     if magic != _NPY_MAGIC:
         raise _clip_error(path, "not a .npy file (bad header)")
     try:
         frames = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise _clip_error(path, _first_line(exc)) from exc
+        raise _clip_error(path, first_line(exc)) from exc
     if not isinstance(frames, np.ndarray):
         raise _clip_error(path, "file holds an .npz archive, not a single array")
     if frames.dtype != np.uint8:
@@ -75,7 +67,7 @@ def _decode(path: Path) -> np.ndarray:
     try:
         frames = np.asarray(iio.imread(path, index=None, **kwargs))
     except Exception as exc:  # decoders raise anything from OSError to RuntimeError on bad input
-        raise _clip_error(path, _first_line(exc)) from exc
+        raise _clip_error(path, first_line(exc)) from exc
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise _clip_error(path, f"decoded to {frames.dtype} {frames.shape}, expected uint8 (T, H, W, 3)")
     return frames
@@ -118,7 +110,7 @@ def _write_ffmpeg(tmp: Path, frames: np.ndarray, fps: float, target: Path) -> No
     try:
         n_written, _ = imageio_ffmpeg.count_frames_and_secs(str(tmp))
     except RuntimeError as exc:
-        raise VidpostError(f"ffmpeg failed to write {target}: {_first_line(exc)}") from exc
+        raise VidpostError(f"ffmpeg failed to write {target}: {first_line(exc)}") from exc
     if n_written != frames.shape[0]:
         raise VidpostError(f"ffmpeg wrote {n_written} of {frames.shape[0]} frames to {target}")
 

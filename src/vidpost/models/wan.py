@@ -41,7 +41,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
-from vidpost.errors import VidpostError
+from vidpost.errors import VidpostError, first_line
 from vidpost.models.codecs import PixelCodec, VideoCodec, WanVAECodec, build_tiny_vae
 from vidpost.models.config import ModelConfig
 from vidpost.models.text import build_shapeworld_tokenizer, build_tiny_text_encoder
@@ -290,7 +290,7 @@ class WanVideoModel:
         try:
             self.transformer.add_adapter(config, adapter_name=LORA_ADAPTER)
         except ValueError as exc:
-            raise VidpostError(f"LoRA target_modules {list(target_modules)}: {_first_line(exc)}") from exc
+            raise VidpostError(f"LoRA target_modules {list(target_modules)}: {first_line(exc)}") from exc
         self._finish_lora()
 
     def load_lora(self, directory: str | Path) -> None:
@@ -392,12 +392,7 @@ def _load_errors(root: Path, name: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise VidpostError(f"{root / name}: cannot load: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise VidpostError(f"{root / name}: cannot load: {first_line(exc)}") from exc
 
 
 def _cast_like_from_pretrained(transformer: WanTransformer3DModel, dtype: torch.dtype) -> None:
