@@ -4,8 +4,6 @@ Every error a user can cause here is a one-line `ConfigError` that says where th
 file or an override) and names the dotted key, because the CLI prints it without a traceback.
 """
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -14,6 +12,7 @@ import pydantic
 import yaml
 from pydantic import ConfigDict
 
+from vidpost.atomic import atomic_path
 from vidpost.errors import ConfigError
 
 _MAX_SHOWN_INPUT = 80
@@ -171,14 +170,8 @@ def save_config(config: Config, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _type_name(annotation: Any) -> str:

@@ -9,13 +9,13 @@ and their yuv420p pixels need even sizes, so imageio-ffmpeg resizes an odd heigh
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
+from vidpost.atomic import atomic_path
 from vidpost.errors import ClipReadError, VidpostError, first_line
 
 VIDEO_EXTENSIONS = (".npy", ".gif", ".mp4", ".webm", ".mkv")
@@ -137,15 +137,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> 
     _check_frames(frames)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    # A fresh hidden name beside the target (same filesystem, so os.replace is atomic); the extension stays
-    # last because imageio picks the format from it. Not mkstemp: its 0600 mode would stick to the clip.
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{ext}")
-    try:
+    with atomic_path(path) as tmp:
         _write_to(tmp, frames, fps, path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def to_float(frames: np.ndarray) -> np.ndarray:
