@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vidpost.diffusion.batching import broadcast_over, per_sample
+
 if TYPE_CHECKING:
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
@@ -105,23 +107,11 @@ def sample_training_sigmas(
     return sigma.to(torch.float32)
 
 
-def _per_sample(sigma, like: torch.Tensor) -> torch.Tensor:
-    """σ as a float, 0-dim or (B,) tensor, shaped to broadcast over `like` (B, ...) in like's dtype."""
-    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
-    if sigma.ndim == 1:
-        if sigma.shape[0] != like.shape[0]:
-            raise ValueError(f"sigma has {sigma.shape[0]} entries but the batch has {like.shape[0]}")
-        return sigma.view(-1, *([1] * (like.ndim - 1)))
-    if sigma.ndim != 0:
-        raise ValueError(f"sigma must be a float or a (B,) tensor, got shape {tuple(sigma.shape)}")
-    return sigma
-
-
 def noisy_sample(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
     """x_σ = (1 − σ)·x₀ + σ·ε; σ a float or (B,), broadcast over the other dims. In x0's dtype."""
     if x0.shape != noise.shape:
         raise ValueError(f"x0 and noise shapes differ: {tuple(x0.shape)} vs {tuple(noise.shape)}")
-    s = _per_sample(sigma, x0)
+    s = broadcast_over(per_sample(sigma, x0), x0, x0.dtype)
     return (1 - s) * x0 + s * noise.to(x0.dtype)
 
 

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from vidpost.diffusion.batching import broadcast_over, per_sample
+
 # Flow-GRPO's schedule divides by 1 − σ. At pure noise it uses the grid's next σ there instead; we treat
 # σ within this distance of 1 as pure noise, because diffusers' UniPC grid starts at 1 − 1e-6, not at 1.
 PURE_NOISE_TOL = 1e-5
@@ -120,27 +122,6 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
-def _coef(value, like: torch.Tensor) -> torch.Tensor:
-    """A float, 0-dim or (B,) value as float64 on like's device: shape () or (B,)."""
-    if isinstance(value, torch.Tensor):
-        t = value.to(device=like.device, dtype=torch.float64)
-    else:  # a python float goes straight to float64 (via float32 it would lose digits)
-        t = torch.as_tensor(value, dtype=torch.float64, device=like.device)
-    if t.ndim == 1 and t.shape[0] != like.shape[0]:
-        raise ValueError(f"a per-sample value has {t.shape[0]} entries but the batch has {like.shape[0]}")
-    if t.ndim > 1:
-        raise ValueError(
-            f"sigma, sigma_next and g must be floats or (B,) tensors, got shape {tuple(t.shape)}"
-        )
-    return t
-
-
-def _broadcast(coef: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B,) or () float64 -> dtype, shaped (B, 1, …, 1) or () to broadcast over like (B, ...)."""
-    coef = coef.to(dtype)
-    return coef.view(-1, *([1] * (like.ndim - 1))) if coef.ndim == 1 else coef
-
-
 def _check_pair(x: torch.Tensor, v: torch.Tensor) -> None:
     if x.shape != v.shape:
         raise ValueError(f"x and v shapes differ: {tuple(x.shape)} vs {tuple(v.shape)}")
@@ -154,8 +135,8 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tenso
     """Euler step of the flow ODE: x + Δ·v, Δ = σ_next − σ. Float32 (float64 if an input is float64)."""
     _check_pair(x, v)
     dtype = _compute_dtype(x, v)
-    delta = _coef(sigma_next, x) - _coef(sigma, x)
-    return x.to(dtype) + _broadcast(delta, x, dtype) * v.to(dtype)
+    delta = per_sample(sigma_next, x) - per_sample(sigma, x)
+    return x.to(dtype) + broadcast_over(delta, x, dtype) * v.to(dtype)
 
 
 def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +146,7 @@ def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g) -> tupl
     (float64 if an input is float64). Needs σ > 0, Δ < 0 and g ≥ 0; g = 0 gives the ODE step exactly.
     """
     _check_pair(x, v)
-    s, s_next, g = _coef(sigma, x), _coef(sigma_next, x), _coef(g, x)
+    s, s_next, g = per_sample(sigma, x), per_sample(sigma_next, x), per_sample(g, x)
     delta = s_next - s
     if not bool((s > 0).all()) or not bool((delta < 0).all()):
         raise ValueError("an SDE step needs sigma > 0 and sigma_next < sigma")
@@ -175,8 +156,8 @@ def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g) -> tupl
     a_v = delta * (1 + g**2 * (1 - s) / (2 * s))
     std = g * torch.sqrt(-delta)
     dtype = _compute_dtype(x, v)
-    mean = _broadcast(a_x, x, dtype) * x.to(dtype) + _broadcast(a_v, x, dtype) * v.to(dtype)
-    return mean, _broadcast(std, x, dtype)
+    mean = broadcast_over(a_x, x, dtype) * x.to(dtype) + broadcast_over(a_v, x, dtype) * v.to(dtype)
+    return mean, broadcast_over(std, x, dtype)
 
 
 def transition_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
@@ -218,7 +199,7 @@ def _std_like(std, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         else torch.tensor(float(std), dtype=torch.float64, device=like.device)
     )
     if s.ndim == 1:
-        return _broadcast(_coef(s, like), like, dtype)
+        return broadcast_over(per_sample(s, like), like, dtype)
     if s.ndim not in (0, like.ndim) or (s.ndim == like.ndim and s.shape[1:] != (1,) * (like.ndim - 1)):
         raise ValueError(f"std must be a float, (B,) or (B, 1, ..., 1), got shape {tuple(s.shape)}")
     return s.to(dtype)
