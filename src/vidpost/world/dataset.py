@@ -42,9 +42,10 @@ def scene(cfg: DatasetConfig, index: int) -> tuple[SceneSpec, list[Placement]]:
             continue
 
 
-def prompt_record(cfg: DatasetConfig, index: int) -> dict:
-    """The texts of clip `index`: canonical caption, terse prompt and the terse prompt's intent."""
-    spec, _ = scene(cfg, index)
+def prompt_record(cfg: DatasetConfig, index: int, spec: SceneSpec | None = None) -> dict:
+    """The texts of clip `index` (whose scene is `spec`, if already drawn): canonical, terse and intent."""
+    if spec is None:
+        spec, _ = scene(cfg, index)
     terse, intent = terse_prompt(spec, _rng(cfg, index, _TERSE))
     return {"canonical": caption(spec), "terse": terse, "intent": caption(intent), "spec": spec.to_dict()}
 
@@ -52,8 +53,8 @@ def prompt_record(cfg: DatasetConfig, index: int) -> dict:
 def make_clip(cfg: DatasetConfig, index: int) -> tuple[np.ndarray, dict]:
     """(uint8 video (T, H, W, 3), metadata) of clip `index`."""
     w = cfg.world
-    record = prompt_record(cfg, index)
     spec, placements = scene(cfg, index)
+    record = prompt_record(cfg, index, spec)
     video = render(spec, placements, w.frames, w.height, w.width)
     meta = {"caption": record["canonical"], **record, "split": cfg.split, "style": cfg.style, "index": index}
     if cfg.style == "web":

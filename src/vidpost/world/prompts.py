@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from vidpost.world.sampling import pick
 from vidpost.world.spec import (
     BACKGROUNDS,
     COLOURS,
@@ -39,10 +40,6 @@ STILL_WORDS = ["still", "not moving", "static", "standing still"]
 ALL_STILL_WORDS = {2: ["both still", "both not moving"], 3: ["all still", "none of them moving"]}
 
 
-def _pick(rng: np.random.Generator, options: list[str]) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
 def _keep(rng: np.random.Generator, p: float) -> bool:
     return bool(rng.random() < p)
 
@@ -65,22 +62,22 @@ def terse_text(intent: SceneSpec, rng: np.random.Generator) -> str:
     for obj in intent.objects:
         words = []
         if obj.size is not None:
-            words.append(_pick(rng, SIZE_WORDS[obj.size]))
-        words += [_pick(rng, COLOUR_WORDS[obj.colour]), _pick(rng, SHAPE_WORDS[obj.shape])]
+            words.append(pick(rng, SIZE_WORDS[obj.size]))
+        words += [pick(rng, COLOUR_WORDS[obj.colour]), pick(rng, SHAPE_WORDS[obj.shape])]
         if obj.motion == STILL and not all_still:
-            words.append(_pick(rng, STILL_WORDS))
+            words.append(pick(rng, STILL_WORDS))
         elif obj.motion in DIRECTIONS:
-            words.append(_pick(rng, DIRECTION_WORDS[obj.motion]))
+            words.append(pick(rng, DIRECTION_WORDS[obj.motion]))
             if obj.speed is not None:
-                words.append(_pick(rng, SPEED_WORDS[obj.speed]))
+                words.append(pick(rng, SPEED_WORDS[obj.speed]))
         if _keep(rng, 0.3):
             words.insert(0, "a")
         phrases.append(" ".join(words))
-    text = _pick(rng, [" and ", ", "]).join(phrases)
+    text = pick(rng, [" and ", ", "]).join(phrases)
     if all_still:
-        text += ", " + _pick(rng, ALL_STILL_WORDS[len(intent.objects)])
+        text += ", " + pick(rng, ALL_STILL_WORDS[len(intent.objects)])
     if intent.background is not None:
-        text += _pick(rng, [f" on {intent.background}", f", {intent.background} background",
+        text += pick(rng, [f" on {intent.background}", f", {intent.background} background",
                             f" on a {intent.background} background"])
     return text
 
@@ -105,11 +102,11 @@ def _corrupt_one_attribute(spec: SceneSpec, rng: np.random.Generator) -> SceneSp
         options["motion"] = [d for d in DIRECTIONS if d != obj.motion]
         options["speed"] = [s for s in SPEEDS if s != obj.speed]
     if _keep(rng, 0.2):
-        wrong_bg = _pick(rng, [b for b in BACKGROUNDS if b != spec.background])
+        wrong_bg = pick(rng, [b for b in BACKGROUNDS if b != spec.background])
         return replace(spec, background=wrong_bg)
-    field = _pick(rng, list(options))
+    field = pick(rng, list(options))
     objects = list(spec.objects)
-    objects[index] = replace(obj, **{field: _pick(rng, options[field])})
+    objects[index] = replace(obj, **{field: pick(rng, options[field])})
     return replace(spec, objects=tuple(objects))
 
 
@@ -118,7 +115,7 @@ def _web_object_phrase(obj: ObjectSpec, rng: np.random.Generator) -> str:
     motion = None
     if _keep(rng, 0.7):
         if obj.motion == STILL:
-            motion = _pick(rng, ["staying still", "not moving", "that does not move"])
+            motion = pick(rng, ["staying still", "not moving", "that does not move"])
         else:
             motion = f"moving {obj.motion}"
             if _keep(rng, 0.6):
@@ -145,9 +142,9 @@ def web_caption(spec: SceneSpec, rng: np.random.Generator, p_wrong: float = 0.1)
         spec = _corrupt_one_attribute(spec, rng)
     order = rng.permutation(len(spec.objects))
     phrases = [_web_object_phrase(spec.objects[i], rng) for i in order]
-    text = _pick(rng, [" and ", ", ", " with "]).join(phrases)
+    text = pick(rng, [" and ", ", ", " with "]).join(phrases)
     if _keep(rng, 0.6):
-        background = _pick(rng, [f"{spec.background} background", f"against {spec.background}",
+        background = pick(rng, [f"{spec.background} background", f"against {spec.background}",
                                  f"on a {spec.background} background"])
         text = f"{background}: {text}" if _keep(rng, 0.3) else f"{text}, {background}"
     return text, wrong

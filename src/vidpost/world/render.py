@@ -81,7 +81,7 @@ def layout(
 ) -> list[Placement]:
     """Random start corners for every object: depth-first, `tries` random valid choices per object."""
     if not spec.is_complete:
-        raise ValueError("layout needs a complete spec; call complete_spec first")
+        raise ValueError(f"layout needs a complete spec (every size and motion stated), got {spec}")
     candidates = [_valid_starts(o, frames, height, width) for o in spec.objects]
 
     def place(index: int, placed_boxes: list[np.ndarray]) -> list[Placement] | None:

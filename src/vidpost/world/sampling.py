@@ -43,22 +43,25 @@ def split_of(spec: SceneSpec) -> str:
     return "eval" if int.from_bytes(digest[:4], "little") % EVAL_BUCKETS == 0 else "train"
 
 
+def pick(rng: np.random.Generator, options) -> str:
+    """One of `options` (a sequence or a dict's keys), uniformly."""
+    options = list(options)
+    return options[int(rng.integers(len(options)))]
+
+
 def random_spec(rng: np.random.Generator, max_objects: int = MAX_OBJECTS, p_still: float = 0.2) -> SceneSpec:
     """A complete scene: 1..max_objects objects, distinct colours, every attribute uniform."""
     n = int(rng.integers(1, max_objects + 1))
     colours = rng.choice(list(COLOURS), size=n, replace=False)
     objects = []
     for colour in colours:
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        size = list(SIZES)[int(rng.integers(len(SIZES)))]
+        shape, size = pick(rng, SHAPES), pick(rng, SIZES)
         if rng.random() < p_still:
             motion, speed = STILL, None
         else:
-            motion = list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))]
-            speed = list(SPEEDS)[int(rng.integers(len(SPEEDS)))]
+            motion, speed = pick(rng, DIRECTIONS), pick(rng, SPEEDS)
         objects.append(ObjectSpec(str(colour), shape, size, motion, speed))
-    background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-    return SceneSpec(tuple(objects), background)
+    return SceneSpec(tuple(objects), pick(rng, BACKGROUNDS))
 
 
 def random_spec_in_split(

@@ -7,9 +7,7 @@ intent), and the rewards only check what a spec states.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-
-import numpy as np
+from dataclasses import asdict, dataclass
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),
@@ -100,26 +98,6 @@ class SceneSpec:
     @classmethod
     def from_dict(cls, data: dict) -> SceneSpec:
         return cls(tuple(ObjectSpec(**o) for o in data["objects"]), data.get("background"))
-
-
-def complete_spec(spec: SceneSpec, rng: np.random.Generator, p_still: float = 0.2) -> SceneSpec:
-    """Fill every unstated attribute at random, keeping what the spec states."""
-    objects = []
-    for obj in spec.objects:
-        size = obj.size or _choice(rng, list(SIZES))
-        motion = obj.motion
-        if motion is None:
-            motion = STILL if rng.random() < p_still else _choice(rng, list(DIRECTIONS))
-        speed = obj.speed
-        if motion != STILL and speed is None:
-            speed = _choice(rng, list(SPEEDS))
-        objects.append(replace(obj, size=size, motion=motion, speed=speed))
-    background = spec.background or _choice(rng, list(BACKGROUNDS))
-    return SceneSpec(tuple(objects), background)
-
-
-def _choice(rng: np.random.Generator, options: list[str]) -> str:
-    return options[int(rng.integers(len(options)))]
 
 
 def _check_in(name: str, value: str, allowed) -> None:
