@@ -16,8 +16,8 @@ from pathlib import Path
 from vidpost.errors import VidpostError
 
 
-def _world_overrides(args: argparse.Namespace) -> list[str]:
-    flags = {"n": args.n, "seed": args.seed, "split": args.split, "style": getattr(args, "style", None)}
+def _world_overrides(args: argparse.Namespace, style: str | None = None) -> list[str]:
+    flags = {"n": args.n, "seed": args.seed, "split": args.split, "style": style}
     return [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
 
 
@@ -26,7 +26,7 @@ def cmd_world_make(args: argparse.Namespace) -> None:
     from vidpost.world.config import DatasetConfig
     from vidpost.world.dataset import make_dataset
 
-    cfg = load_config(DatasetConfig, args.config, _world_overrides(args))
+    cfg = load_config(DatasetConfig, args.config, _world_overrides(args, args.style))
     out = make_dataset(args.out, cfg, overwrite=args.overwrite)
     print(f"wrote {cfg.n} {cfg.style} clips ({cfg.split} split) to {out}")
 

@@ -82,14 +82,15 @@ def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequen
 
 def format_table(scores: Sequence[FolderScore]) -> str:
     """Mean rewards of one or more folders side by side, one reward per row."""
-    names = list(dict.fromkeys(k for s in scores for k in s.mean))
+    means = [s.mean for s in scores]  # each is a pass over every clip: once per folder, not per row
+    names = list(dict.fromkeys(k for m in means for k in m))
     headers = [Path(s.dataset).name for s in scores]
     width = max([14, *(len(h) for h in headers)])
     lines = [f"{'reward':<20}" + "".join(f"{h:>{width}}" for h in headers)]
     lines.append("-" * len(lines[0]))
     for name in names:
         label = "success_rate" if name == "success" else name
-        lines.append(f"{label:<20}" + "".join(f"{s.mean.get(name, float('nan')):>{width}.3f}" for s in scores))
+        lines.append(f"{label:<20}" + "".join(f"{m.get(name, float('nan')):>{width}.3f}" for m in means))
     lines.append(f"{'clips scored':<20}" + "".join(f"{s.n:>{width}d}" for s in scores))
     lines.append(f"{'clips skipped':<20}" + "".join(f"{len(s.skipped):>{width}d}" for s in scores))
     return "\n".join(lines)

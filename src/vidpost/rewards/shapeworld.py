@@ -86,10 +86,9 @@ def _background(video: np.ndarray, spec: SceneSpec) -> np.ndarray:
     return palette[np.abs(palette - median).max(-1).argmin()]
 
 
-def _object_mask(video: np.ndarray, background: np.ndarray, colour: str) -> np.ndarray:
-    """(T, H, W) pixels whose coverage by `colour` over the background is high."""
+def _object_mask(rel: np.ndarray, background: np.ndarray, colour: str) -> np.ndarray:
+    """(T, H, W) pixels whose coverage by `colour` over the background is high; rel = video - background."""
     direction = np.array(COLOURS[colour], np.float32) - background  # (3,)
-    rel = video - background  # (T, H, W, 3)
     alpha = rel @ direction / float(direction @ direction)
     off_line = _channel_max(np.abs(rel - alpha[..., None] * direction))
     return (alpha >= ALPHA_MIN) & (alpha <= ALPHA_MAX) & (off_line <= OFF_LINE_MAX)
@@ -167,9 +166,9 @@ def _stability(area: np.ndarray, centroid: np.ndarray, present: np.ndarray) -> t
     return identity, float(np.clip(1 - accel / ACCEL_TOL_PX, 0, 1)) * triple.mean()
 
 
-def _check_object(video: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> dict[str, np.ndarray | float]:
-    """Per-frame and per-clip checks of one stated object."""
-    mask = _object_mask(video, background, obj.colour)  # (T, H, W)
+def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> dict[str, np.ndarray | float]:
+    """Per-frame and per-clip checks of one stated object; rel = video - background (T, H, W, 3)."""
+    mask = _object_mask(rel, background, obj.colour)  # (T, H, W)
     _, height, width = mask.shape
     area = mask.sum((1, 2))  # (T,)
     present, frame_ok = _frame_checks(mask, obj)
@@ -189,7 +188,8 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     video = video.astype(np.float32, copy=False)
     frames = video.shape[0]
     background = _background(video, spec)
-    bg_distance = _channel_max(np.abs(video - background))  # (T, H, W)
+    rel = video - background  # (T, H, W, 3), shared by every object's coverage test
+    bg_distance = _channel_max(np.abs(rel))  # (T, H, W)
     foreground = bg_distance > FOREGROUND_MIN
 
     labels, n_labels = ndimage.label(foreground, structure=_IN_FRAME)
@@ -201,7 +201,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     blobs_per_frame = np.bincount(blob_frame[is_object], minlength=frames)
     count_ok = blobs_per_frame == len(spec.objects)  # (T,)
 
-    checks = [_check_object(video, background, obj) for obj in spec.objects]
+    checks = [_check_object(rel, background, obj) for obj in spec.objects]
     instruction = count_ok.mean() * np.prod([c["frame_ok"].mean() * c["motion_score"] for c in checks])
 
     near = ndimage.binary_dilation(foreground, structure=_NEAR)
