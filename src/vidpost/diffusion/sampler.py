@@ -1,0 +1,158 @@
+"""One flow-matching sampler for every stage: any mix of ODE and SDE steps, CFG, log-probs, branching.
+
+    velocity = GuidedVelocity(model, cond_embeds, uncond_embeds, guidance_scale=5.0)
+    sigmas = sampling_sigmas(20, shift=3.0)                        # (N + 1,), from diffusers
+    out = run_steps(velocity, noise, sigmas)                        # all ODE: stock WanPipeline's path
+    out = run_steps(velocity, noise, sigmas, sde=flags, g=g)        # flags (N,) or (B, N) bool
+
+Per-sample flags let one batch hold groups whose single SDE step sits at different indices (Flash-GRPO's
+iso-temporal grouping): at step i the rows with flags[:, i] take the Flow-GRPO SDE step with noise level
+g_i, the others the Euler ODE step, in the same forward pass. `start`/`stop` run part of the grid, so a
+group can share an ODE prefix and branch at step k: `run_steps(..., stop=k)`, `branch(x, G)`, then
+`run_steps(..., start=k)`.
+
+The ODE step is diffusers' FlowMatchEulerDiscreteScheduler.step (x + Δ·v), and the guidance formula is
+WanPipeline's `v_u + w·(v_c − v_u)`, applied only when w > 1 as WanPipeline does; the tests check the
+all-ODE path against stock WanPipeline on the tiny Wan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from vidpost.diffusion.sde import sde_mean_std, transition_log_prob
+
+# (x (B, C, T, H, W), sigma (B,)) -> v (B, C, T, H, W), float32
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Rollout:
+    """What a run of the sampler returns.
+
+    final: x at the `stop` index (x_N = the clean sample for a full run), float32 (B, C, T, H, W).
+    states: {i: x_i} for every i where some row took an SDE step, plus {i + 1: x_{i+1}} after it; the
+        inputs to recomputing that step's log-probability in training (all rows are stored, detached).
+    log_probs: (B, N) float32, the averaged log-probability of each row's SDE transitions; 0 where the
+        row took an ODE step (see `sde`).
+    sde: (B, N) bool, which steps each row took stochastically.
+    velocity_calls: steps run (the forward passes are `GuidedVelocity.nfe`: two per step with guidance).
+    """
+
+    final: torch.Tensor
+    states: dict[int, torch.Tensor] = field(default_factory=dict)
+    log_probs: torch.Tensor | None = None
+    sde: torch.Tensor | None = None
+    velocity_calls: int = 0
+
+
+class GuidedVelocity:
+    """v(x, σ) of `model` (a WanVideoModel) with classifier-free guidance; scale 1 (or less) is one pass.
+
+    cond_embeds (B, L, D); uncond_embeds (B, L, D) or (1, L, D), needed only when guidance_scale > 1.
+    `nfe` counts the transformer forward passes made so far.
+    """
+
+    def __init__(
+        self, model, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor | None = None, guidance_scale: float = 1.0
+    ) -> None:
+        self.use_cfg = guidance_scale > 1.0  # WanPipeline's do_classifier_free_guidance
+        if self.use_cfg and uncond_embeds is None:
+            raise ValueError(f"guidance_scale {guidance_scale} > 1 needs uncond_embeds (the negative prompt's)")
+        self.model = model
+        self.cond_embeds = cond_embeds
+        self.uncond_embeds = uncond_embeds
+        self.guidance_scale = guidance_scale
+        self.nfe = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        v = self.model.velocity(x, sigma, self.cond_embeds)
+        self.nfe += 1
+        if not self.use_cfg:
+            return v
+        uncond = self.uncond_embeds
+        if uncond.shape[0] == 1:
+            uncond = uncond.expand(x.shape[0], -1, -1)
+        v_uncond = self.model.velocity(x, sigma, uncond)
+        self.nfe += 1
+        return v_uncond + self.guidance_scale * (v - v_uncond)
+
+
+def branch(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Repeat each row `group_size` times, consecutively: (B, ...) -> (B·G, ...); group j is rows j·G … j·G+G−1."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    return x.repeat_interleave(group_size, dim=0)
+
+
+def _flags(sde: torch.Tensor | None, batch: int, num_steps: int, device: torch.device) -> torch.Tensor:
+    if sde is None:
+        return torch.zeros(batch, num_steps, dtype=torch.bool, device=device)
+    sde = torch.as_tensor(sde, dtype=torch.bool, device=device)
+    if sde.ndim == 1:
+        sde = sde.expand(batch, -1)
+    if sde.shape != (batch, num_steps):
+        raise ValueError(f"sde flags must have shape ({num_steps},) or ({batch}, {num_steps}), got {tuple(sde.shape)}")
+    return sde
+
+
+def run_steps(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    sde: torch.Tensor | None = None,
+    g: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Rollout:
+    """Integrate from x = x_{start} at σ_start down to σ_stop (default: the end of the grid, σ_N = 0).
+
+    sigmas (N + 1,) decreasing to 0; sde (N,) or (B, N) bool flags (None: all ODE); g (N,) noise levels,
+    needed when any flag is set (from `noise_levels`). SDE noise is drawn from `generator`, one
+    (B, C, T, H, W) draw per step that has any SDE row, so a run is reproducible from the generator's seed.
+    Gradients flow through `velocity` unless the caller runs under torch.no_grad (rollouts do).
+    """
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    num_steps = sigmas.shape[0] - 1
+    stop = num_steps if stop is None else stop
+    if not 0 <= start <= stop <= num_steps:
+        raise ValueError(f"need 0 <= start <= stop <= {num_steps}, got start={start}, stop={stop}")
+    batch = x.shape[0]
+    flags = _flags(sde, batch, num_steps, x.device)
+    if bool(flags[:, start:stop].any()):
+        if g is None:
+            raise ValueError("SDE steps need noise levels g (N,)")
+        g = torch.as_tensor(g, dtype=torch.float64)
+        if g.shape != (num_steps,):
+            raise ValueError(f"g must have shape ({num_steps},), got {tuple(g.shape)}")
+    log_probs = torch.zeros(batch, num_steps, dtype=torch.float32, device=x.device)
+    states: dict[int, torch.Tensor] = {}
+    x = x.float()
+    for i in range(start, stop):
+        sigma = sigmas[i].expand(batch)
+        v = velocity(x, sigma.to(torch.float32))
+        rows = flags[:, i]
+        if bool(rows.any()):
+            g_i = torch.where(rows.cpu(), g[i], torch.zeros((), dtype=torch.float64))  # g = 0: the ODE step
+            mean, std = sde_mean_std(x, v, sigma, sigmas[i + 1].expand(batch), g_i)
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            x_next = mean + std * noise
+            safe_std = torch.where(std > 0, std, torch.ones_like(std))  # ODE rows have no density
+            lp = transition_log_prob(x_next.detach(), mean, safe_std)
+            log_probs[:, i] = torch.where(rows, lp.float(), torch.zeros_like(lp, dtype=torch.float32)).detach()
+            states[i] = x.detach()
+            states[i + 1] = x_next.detach()
+        else:  # diffusers' FlowMatchEulerDiscreteScheduler.step: prev_sample = sample + (σ_next − σ)·v
+            x_next = x + (sigmas[i + 1] - sigmas[i]).to(torch.float32) * v
+        x = x_next.float()
+        if progress is not None:
+            progress(i + 1)
+    return Rollout(final=x, states=states, log_probs=log_probs, sde=flags, velocity_calls=stop - start)
+
+
+__all__ = ["GuidedVelocity", "Rollout", "VelocityFn", "branch", "run_steps"]
