@@ -6,11 +6,14 @@ import pytest
 
 from vidpost.config import load_config
 from vidpost.models.config import ModelConfig
+from vidpost.recipes.sft import SFTConfig
 from vidpost.world.config import DatasetConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCHEMAS = {
     "shapeworld/world.yaml": DatasetConfig,
+    "shapeworld/pretrain.yaml": SFTConfig,
+    "shapeworld/sft.yaml": SFTConfig,
     "wan2.1-t2v-1.3b/model.yaml": ModelConfig,
     "wan2.1-t2v-14b/model.yaml": ModelConfig,
 }

@@ -65,6 +65,46 @@ def cmd_rewards(args: argparse.Namespace) -> None:
         print(f"{name:<20} {family}")
 
 
+def _train(args: argparse.Namespace, recipe) -> None:
+    from vidpost.config import load_config
+    from vidpost.recipes.sft import SFTConfig
+
+    final = recipe(load_config(SFTConfig, args.config, args.overrides), args.out)
+    if final is None:
+        raise SystemExit(130)
+    print(f"final model: {final}")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from vidpost.recipes.sft import train
+
+    _train(args, train)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from vidpost.recipes.sft import pretrain
+
+    _train(args, pretrain)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from vidpost.sample import sample_to_folder
+
+    flags = {"steps": args.steps, "guidance": args.guidance, "shift": args.shift}
+    report = sample_to_folder(
+        args.model, args.prompts, args.out, seed=args.seed, sampling_overrides={k: v for k, v in flags.items() if v is not None},
+        batch_size=args.batch_size, precision=args.precision, fmt=args.format, overwrite=args.overwrite,
+    )
+    print(f"wrote {report['videos']} videos to {args.out} ({report['nfe_per_video']} forward passes and "
+          f"{report['seconds_per_video']:.2f} s per video)")
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
+
+
 def _add_world_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (default: built-in defaults, see configs/shapeworld/world.yaml)")
     parser.add_argument("--n", type=int, help="number of clips or prompts")
@@ -98,6 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--rewards", help="comma-separated reward names (see `vidpost rewards`)")
     score.set_defaults(func=cmd_score)
 
+    for name, func, text in (
+        ("pretrain", cmd_pretrain, "train a video diffusion model from scratch (flow matching)"),
+        ("sft", cmd_sft, "fine-tune a video diffusion model on a captioned dataset (flow matching)"),
+    ):
+        recipe = commands.add_parser(name, help=text)
+        _add_recipe_args(recipe)
+        recipe.set_defaults(func=func)
+
+    sample = commands.add_parser("sample", help="generate one video per prompt into a dataset folder")
+    sample.add_argument("--model", required=True, help="model directory, run directory, or shapeworld-base / shapeworld-sft")
+    sample.add_argument("--prompts", required=True, help="text file, one prompt per line ('-' reads stdin)")
+    sample.add_argument("--out", required=True, help="dataset folder to write (metadata.jsonl, clips/, sample.json)")
+    sample.add_argument("--steps", type=int, help="denoising steps (default: the model's recommendation)")
+    sample.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
+    sample.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
+    sample.add_argument("--seed", type=int, default=0, help="video j starts from noise seeded seed + j")
+    sample.add_argument("--batch-size", type=int, default=16, help="videos per batch")
+    sample.add_argument("--precision", choices=["float32", "bf16"], default="float32", help="bf16 autocast or float32")
+    sample.add_argument("--format", choices=["npy", "gif", "mp4"], default="npy", help="clip file format (npy is lossless)")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    sample.set_defaults(func=cmd_sample)
+
     rewards = commands.add_parser("rewards", help="list the registered rewards")
     rewards.set_defaults(func=cmd_rewards)
     return parser
@@ -105,7 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a positional list at the first option, so `CONFIG --out D k=v` leaves k=v over
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and "overrides" not in args):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except VidpostError as err:

@@ -38,10 +38,11 @@ C = TypeVar("C", bound=Config)
 
 
 def _section_type(schema: type[Config], name: str) -> type[Config] | None:
-    """The Config subclass a field holds, or None for a leaf (scalars, lists, optionals, ...)."""
+    """The Config subclass a field holds (also as `Section | None`), or None for a leaf (scalars, lists, ...)."""
     annotation = schema.model_fields[name].annotation
-    if isinstance(annotation, type) and not get_args(annotation) and issubclass(annotation, Config):
-        return annotation
+    options = [a for a in get_args(annotation) if a is not type(None)] if get_args(annotation) else [annotation]
+    if len(options) == 1 and isinstance(options[0], type) and not get_args(options[0]):
+        return options[0] if issubclass(options[0], Config) else None
     return None
 
 
@@ -58,7 +59,7 @@ def _check_keys(schema: type[Config], data: Mapping[str, Any], prefix: str, sour
         if key not in schema.model_fields:
             raise ConfigError(f"{source}: {_unknown_key(schema, dotted)}")
         section = _section_type(schema, key)
-        if section is not None:
+        if section is not None and value is not None:  # None: an optional section left out
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {dotted}: expected a section of keys (got {_shown(value)})")
             _check_keys(section, value, f"{dotted}.", source)
@@ -120,7 +121,9 @@ def _apply_override(schema: type[Config], data: dict[str, Any], text: str) -> st
         sub_section = _section_type(section, part)
         if sub_section is None:
             raise ConfigError(f"{source}: '{prefix}{part}' is a single value and has no sub-keys")
-        section, node, prefix = sub_section, node.setdefault(part, {}), f"{prefix}{part}."
+        if node.get(part) is None:  # absent, or an optional section set to null
+            node[part] = {}
+        section, node, prefix = sub_section, node[part], f"{prefix}{part}."
     _check_keys(section, {parts[-1]: value}, prefix, source)
     node[parts[-1]] = value
     return prefix + parts[-1]

@@ -94,3 +94,21 @@ def format_table(scores: Sequence[FolderScore]) -> str:
     lines.append(f"{'clips scored':<20}" + "".join(f"{s.n:>{width}d}" for s in scores))
     lines.append(f"{'clips skipped':<20}" + "".join(f"{len(s.skipped):>{width}d}" for s in scores))
     return "\n".join(lines)
+
+
+SHAPEWORLD_SCORES = ("total", "instruction", "coherence", "quality", "success")
+
+
+def shapeworld_prompts(split: str, n: int, seed: int = 0) -> list[str]:
+    """The canonical captions of the first n clips of a ShapeWorld split: fixed evaluation prompts."""
+    from vidpost.world.config import DatasetConfig
+    from vidpost.world.dataset import prompt_record
+
+    cfg = DatasetConfig(n=n, seed=seed, split=split)
+    return [prompt_record(cfg, i)["canonical"] for i in range(n)]
+
+
+def score_videos(videos: np.ndarray, captions: Sequence[str], rewards: Sequence[str] = SHAPEWORLD_SCORES) -> dict:
+    """Mean of each reward over videos (N, T, H, W, 3) scored against their captions."""
+    scores = compute_rewards(rewards, to_float(videos), list(captions))
+    return {name: float(np.mean(values)) for name, values in scores.items()}

@@ -44,6 +44,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderMode
 from vidpost.errors import VidpostError, first_line
 from vidpost.models.codecs import PixelCodec, VideoCodec, WanVAECodec, build_tiny_vae
 from vidpost.models.config import ModelConfig
+from vidpost.models.resolve import resolve_model
 from vidpost.models.text import build_shapeworld_tokenizer, build_tiny_text_encoder
 
 LORA_ADAPTER = "default"
@@ -85,6 +86,8 @@ class WanVideoModel:
         self.codec = codec
         self.max_sequence_length = max_sequence_length
         self.lora_config: LoraConfig | None = None
+        # the model card (models/resolve.py): codec, trained video geometry, recommended sampling
+        self.card: dict = {}
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -183,14 +186,28 @@ class WanVideoModel:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> WanVideoModel:
-        """Build or load the model a `ModelConfig` describes, with its LoRA and checkpointing settings."""
+        """Build or load the model a `ModelConfig` describes, with its LoRA and checkpointing settings.
+
+        `path` may be a shipped name, a model directory or a run directory (models/resolve.py); a run's
+        LoRA is loaded and merged, so a new LoRA (or full fine-tuning) starts from it.
+        """
         dtype = getattr(torch, cfg.dtype)
         if cfg.path is None:
             model = cls.build_tiny(
                 cfg.codec, dtype=dtype, max_sequence_length=cfg.max_sequence_length, **cfg.tiny.model_dump()
             )
         else:
-            model = cls.from_pretrained(cfg.path, dtype=dtype, codec=cfg.codec, max_sequence_length=cfg.max_sequence_length)
+            resolved = resolve_model(cfg.path)
+            card_codec = resolved.card.get("codec", cfg.codec)
+            if card_codec != cfg.codec:
+                raise VidpostError(f"model {cfg.path} uses codec {card_codec!r} but the config says {cfg.codec!r}")
+            model = cls.from_pretrained(
+                resolved.path, dtype=dtype, codec=cfg.codec, max_sequence_length=cfg.max_sequence_length
+            )
+            if resolved.lora is not None:
+                model.load_lora(resolved.lora)
+                model.merge_lora()
+            model.card = resolved.card
         if cfg.lora.enabled:
             model.enable_lora(cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, cfg.lora.dropout)
         if cfg.gradient_checkpointing:

@@ -1,0 +1,119 @@
+"""Training checkpoints: trained weights, optimizer state and loop state, written atomically, safetensors only.
+
+    checkpoints/step_000300/
+        trainable.safetensors    the trained parameters by name (all weights, or only the LoRA ones)
+        optimizer.safetensors    every tensor of the optimizer state, keyed "<param index>.<name>"
+        state.json               step, the optimizer's param_groups and scalar state, the recipe's counters
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a kill during a save
+never leaves a half-written checkpoint, and the previous ones stay intact. Randomness needs no saving:
+recipes draw every step's randomness from (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vidpost.errors import VidpostError
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:06d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under root, oldest first (a temporary folder left by a kill is ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().clone()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint `step` under root atomically, then delete all but the newest `keep_last`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = _step_dir(root, step)
+    if (final / "state.json").is_file():
+        return final  # already saved at this step (same weights: steps are deterministic)
+    tmp = root / f".tmp-{final.name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+        tensors, optim_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": optim_meta, **state}, indent=1))
+        if final.exists():  # an incomplete folder of that name (no state.json) from an older kill
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Restore trained weights (in place) and optimizer state; return state.json (step, counters)."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(path / "trainable.safetensors")
+        tensors = load_file(path / "optimizer.safetensors")
+    except (OSError, ValueError) as exc:
+        raise VidpostError(f"{path}: unreadable checkpoint ({exc})") from exc
+    if set(weights) != set(parameters):
+        missing, extra = sorted(set(parameters) - set(weights)), sorted(set(weights) - set(parameters))
+        raise VidpostError(
+            f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {extra[:3]}); "
+            "was the run's model or LoRA config changed?"
+        )
+    with torch.no_grad():
+        for name, param in parameters.items():
+            param.copy_(weights[name])
+    optim_meta = state.pop("optimizer")
+    entries: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *optim_meta["scalars"].items()]:
+        index, name = key.split(".", 1)
+        entries.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": optim_meta["param_groups"]})
+    return state

@@ -1,0 +1,24 @@
+"""Config of sampling: the grid, guidance and geometry every stage samples with (and records with a model)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from vidpost.config import Config
+from vidpost.diffusion.schedule import SCHEDULERS
+
+
+class SamplingConfig(Config):
+    steps: int = Field(20, ge=1, description="denoising steps N (one or two forward passes each)")
+    shift: float = Field(3.0, gt=0, description="timestep shift of the sigma grid (Wan2.1 uses 3.0 at 480p)")
+    guidance: float = Field(5.0, ge=1, description="classifier-free guidance scale w; 1 = off (one pass per step)")
+    scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "flow_match_euler", description="diffusers scheduler whose sigma grid is used: flow_match_euler | unipc"
+    )
+    negative_prompt: str = Field("", description="the unconditional prompt of guidance (Wan's default: empty)")
+
+
+class VideoConfig(Config):
+    frames: int = Field(10, ge=1, description="frames per video (VAE models: 4k + 1)")
+    height: int = Field(32, ge=8, description="frame height in pixels")
+    width: int = Field(32, ge=8, description="frame width in pixels")

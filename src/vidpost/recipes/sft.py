@@ -1,0 +1,427 @@
+"""Flow-matching training of a video diffusion model on a captioned dataset: SFT, and pretraining from scratch.
+
+    vidpost sft configs/shapeworld/sft.yaml --out runs/sft [key=value ...]
+    vidpost pretrain configs/shapeworld/pretrain.yaml --out runs/base
+
+Each step draws clips, a σ per clip and noise ε, forms x_σ = (1 − σ)·x₀ + σ·ε, and regresses the model's
+velocity on ε − x₀; captions are dropped (replaced by the empty prompt) with probability caption_dropout,
+which is what classifier-free guidance needs at sampling time.
+
+The run directory:
+    config.yaml                the resolved config (a rerun with a different config is refused)
+    data/                      the generated ShapeWorld dataset (when data.path is null)
+    cache/                     latents and text embeddings, encoded once (data/cache.py)
+    checkpoints/step_NNNNNN/   trained weights + optimizer state, atomic; the newest is resumed
+    logs/metrics.jsonl         loss, lr, grad norm, throughput; validation rewards (and TensorBoard)
+    samples/step_NNNNNN/       validation videos as a dataset folder (`vidpost score` reads it)
+    model/ or lora/            the final model (diffusers layout) or LoRA, with its model card
+
+Every step's randomness (clip order, σ, ε, caption dropout) is drawn from (seed, step), so a run that is
+killed and resumed from a checkpoint ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.config import Config, save_config
+from vidpost.data.cache import CACHE_DTYPES, EncodedDataset, load_or_build_cache
+from vidpost.data.dataset import DatasetWriter
+from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.diffusion.schedule import (
+    TRAINING_SIGMA_MODES,
+    flow_matching_loss,
+    noisy_sample,
+    sample_training_sigmas,
+)
+from vidpost.errors import VidpostError
+from vidpost.evaluation import score_videos, shapeworld_prompts
+from vidpost.generation import PRECISIONS, autocast, generate
+from vidpost.models.config import ModelConfig
+from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
+from vidpost.models.wan import WanVideoModel
+from vidpost.runlog import RunLog
+from vidpost.world.config import DatasetConfig
+from vidpost.world.dataset import make_dataset
+
+log = logging.getLogger("vidpost")
+
+
+class DataConfig(Config):
+    path: str | None = Field(None, description="dataset folder (metadata.jsonl + clips); null: generate `shapeworld`")
+    shapeworld: DatasetConfig | None = Field(
+        None, description="ShapeWorld dataset generated into RUN_DIR/data when path is null"
+    )
+    caption_key: str = Field("caption", description="metadata field holding each clip's caption")
+    cache_dtype: Literal[tuple(CACHE_DTYPES)] = Field(  # type: ignore[valid-type]
+        "bfloat16", description="dtype of cached latents and embeddings (ShapeWorld pixels are exact in bf16)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.shapeworld is None):
+            raise ValueError("set exactly one of data.path (a dataset folder) and data.shapeworld (generate one)")
+        return self
+
+
+class SigmaConfig(Config):
+    mode: Literal[TRAINING_SIGMA_MODES] = Field(  # type: ignore[valid-type]
+        "logit_normal", description="training σ distribution: uniform | logit_normal (SD3)"
+    )
+    shift: float = Field(1.0, gt=0, description="timestep shift applied to the drawn σ (1 = none)")
+    logit_mean: float = Field(0.0, description="mean of the logit-normal")
+    logit_std: float = Field(1.0, gt=0, description="std of the logit-normal")
+
+
+class TrainConfig(Config):
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="clips per optimizer step")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="clips per forward/backward (gradient accumulation); null = batch_size"
+    )
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "bf16", description="bf16 autocast (about 2x faster on CPU) or float32"
+    )
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a clip on the empty prompt")
+    seed: int = Field(0, description="every step's randomness is drawn from (seed, step)")
+    sigma: SigmaConfig = Field(default_factory=SigmaConfig, description="training timestep distribution")
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
+        return self
+
+
+class OptimConfig(Config):
+    learning_rate: float = Field(1e-4, gt=0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to learning_rate")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant or cosine decay")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to learning_rate times this")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+
+
+class ValidationConfig(Config):
+    every_steps: int = Field(0, ge=0, description="generate and score validation videos every N steps (0: only at the end)")
+    prompts_file: str | None = Field(
+        None, description="text file, one prompt per line; null: canonical captions of a ShapeWorld split"
+    )
+    split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
+    n: int = Field(16, ge=1, description="number of validation prompts")
+    seed: int = Field(0, description="video j starts from noise seeded seed + j")
+
+
+class CheckpointConfig(Config):
+    every_steps: int = Field(100, ge=1, description="write a checkpoint every N steps (and at the end)")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+
+
+class SFTConfig(Config):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train (path or tiny)")
+    data: DataConfig = Field(
+        default_factory=lambda: DataConfig(shapeworld=DatasetConfig(n=1024)), description="training data"
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="batch, steps, precision, σ draws")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="validation sampling; recorded as the model's recommendation"
+    )
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="validation videos")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing")
+    log_every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers, well mixed (adjacent steps get unrelated streams)."""
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def batch_indices(num_clips: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Clips of step `step` (1-based): consecutive slices of per-epoch permutations, each clip once per epoch."""
+    positions = torch.arange((step - 1) * batch_size, step * batch_size)
+    epochs, offsets = positions // num_clips, positions % num_clips
+    out = torch.empty(batch_size, dtype=torch.int64)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(num_clips, generator=torch.Generator().manual_seed(_seed(seed, 1, epoch)))
+        rows = epochs == epoch
+        out[rows] = perm[offsets[rows]]
+    return out
+
+
+def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """The learning rate of step `step` (1-based): linear warm-up, then constant or cosine."""
+    if step <= cfg.warmup_steps:
+        return cfg.learning_rate * step / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def training_loss(
+    model: WanVideoModel, data: EncodedDataset, indices: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Backpropagate the flow-matching loss of one step's clips; return the per-clip losses (B,).
+
+    All randomness is drawn for the whole batch before it is split into micro-batches, so the gradient does
+    not depend on micro_batch_size (up to float rounding).
+    """
+    batch = indices.shape[0]
+    x0 = data.latents[indices].float()  # (B, C, T, H, W)
+    drop = torch.rand(batch, generator=generator) < cfg.caption_dropout
+    caption_ids = torch.where(drop, torch.zeros_like(indices), data.caption_ids[indices])  # row 0 = ""
+    sigma = sample_training_sigmas(
+        batch, cfg.sigma.mode, cfg.sigma.shift, generator, cfg.sigma.logit_mean, cfg.sigma.logit_std
+    )
+    noise = torch.randn(x0.shape, generator=generator)
+    micro = cfg.micro_batch_size or batch
+    losses = []
+    for rows in torch.arange(batch).split(micro):
+        x0_m, noise_m, sigma_m = x0[rows].to(model.device), noise[rows].to(model.device), sigma[rows].to(model.device)
+        embeds = data.embeds[caption_ids[rows]].to(model.device)
+        with autocast(cfg.precision, model.device):
+            v = model.velocity(noisy_sample(x0_m, noise_m, sigma_m), sigma_m, embeds)
+        loss = flow_matching_loss(v, x0_m, noise_m)  # (b,)
+        (loss.sum() / batch).backward()
+        losses.append(loss.detach().cpu())
+    return torch.cat(losses)
+
+
+# ------------------------------------------------------------------------------------------ the recipe
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints after the current step and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.raised = signum
+        log.warning("stopping after this step (checkpoint first); press Ctrl-C again to stop at once")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_run_dir(cfg: SFTConfig, out: Path) -> None:
+    saved = out / "config.yaml"
+    if saved.is_file():
+        from vidpost.config import load_config
+
+        previous = load_config(SFTConfig, saved)
+        if previous != cfg:
+            diff = _config_diff(previous.model_dump(), cfg.model_dump())
+            raise VidpostError(f"{out} holds a run with another config ({diff}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
+    for key in old.keys() | new.keys():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _config_diff(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} now"
+    return ""
+
+
+def _dataset_dir(cfg: DataConfig, out: Path) -> Path:
+    if cfg.path is not None:
+        return Path(cfg.path)
+    target = out / "data"
+    if (target / "metadata.jsonl").is_file() and (target / "config.yaml").is_file():
+        from vidpost.config import load_config
+
+        if load_config(DatasetConfig, target / "config.yaml") == cfg.shapeworld:
+            return target
+    return make_dataset(target, cfg.shapeworld, overwrite=True)
+
+
+def _validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
+    """(prompts, whether they are ShapeWorld captions that the rewards can score)."""
+    if cfg.prompts_file is None:
+        return shapeworld_prompts(cfg.split, cfg.n, cfg.seed), True
+    path = Path(cfg.prompts_file)
+    if not path.is_file():
+        raise VidpostError(f"validation prompts file not found: {path}")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise VidpostError(f"{path}: no prompts")
+    return prompts[: cfg.n], False
+
+
+def validate(model, cfg: SFTConfig, video: VideoConfig, out_dir: Path | None) -> dict[str, float]:
+    """Generate the validation videos (written to out_dir as a dataset folder) and score ShapeWorld prompts."""
+    prompts, scorable = _validation_prompts(cfg.validation)
+    generated = generate(model, prompts, cfg.sampling, video, seed=cfg.validation.seed,
+                         precision=cfg.train.precision, progress=False)
+    if out_dir is not None:
+        with DatasetWriter(out_dir, overwrite=True) as writer:
+            for frames, prompt in zip(generated.videos, prompts, strict=True):
+                writer.add(frames, prompt)
+    scores = score_videos(generated.videos, prompts) if scorable else {}
+    return {f"val/{name}": value for name, value in scores.items()}
+
+
+def _save_final(model: WanVideoModel, cfg: SFTConfig, video: VideoConfig, out: Path) -> Path:
+    """Write model/ (diffusers layout) or lora/ atomically, with the model card."""
+    name = LORA_DIR if model.lora_config is not None else MODEL_DIR
+    final, tmp = out / name, out / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if model.lora_config is not None:
+        model.save_lora(tmp)
+    else:
+        model.save(tmp)
+    card = {
+        "codec": cfg.model.codec,
+        "max_sequence_length": cfg.model.max_sequence_length,
+        "video": video.model_dump(),
+        "sampling": cfg.sampling.model_dump(),
+    }
+    if model.lora_config is not None:
+        card["base"] = str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path
+    write_card(tmp, card)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
+    """Run (or resume) the recipe in `out`; return the final model folder, or None if stopped early.
+
+    stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
+    """
+    out = Path(out)
+    _prepare_run_dir(cfg, out)
+    for final in (out / MODEL_DIR, out / LORA_DIR):
+        if (final / "vidpost.json").is_file():
+            log.info("%s is finished (%s exists); nothing to do", out, final)
+            return final
+
+    torch.manual_seed(cfg.train.seed)
+    model = WanVideoModel.from_config(cfg.model)
+    data = load_or_build_cache(
+        _dataset_dir(cfg.data, out), model, out / "cache", cfg.data.caption_key,
+        model_key=cfg.model.model_dump_json(), dtype=cfg.data.cache_dtype, progress=progress,
+    )
+    if data.skipped:
+        log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
+    video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
+    model.transformer.train()
+    params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+
+    start, state = 0, {"nonfinite_steps": 0}
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, params, optimizer)
+        start = state.pop("step")
+        log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
+    runlog = RunLog(out, resume_step=start)
+    if start == 0:
+        log.info("training %.2fM parameters on %d clips (%d captions)",
+                 sum(p.numel() for p in params.values()) / 1e6, len(data), len(data.captions) - 1)
+
+    def save(step: int) -> None:
+        save_checkpoint(out / "checkpoints", step, params, optimizer, state, cfg.checkpoint.keep_last)
+
+    bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", disable=not progress)
+    window = {"loss": [], "grad_norm": [], "seconds": []}
+    metrics: dict[str, float] = {}
+    with _StopFlag() as stop:
+        for step in range(start + 1, cfg.train.steps + 1):
+            tick = time.perf_counter()
+            lr = learning_rate(o, step, cfg.train.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            generator = torch.Generator().manual_seed(_seed(cfg.train.seed, 2, step))
+            torch.manual_seed(_seed(cfg.train.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
+            indices = batch_indices(len(data), cfg.train.batch_size, step, cfg.train.seed)
+            losses = training_loss(model, data, indices, cfg.train, generator)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), o.grad_clip)
+            if torch.isfinite(losses).all() and torch.isfinite(grad_norm):
+                optimizer.step()
+            else:  # a bad batch must not poison the weights: skip it, count it
+                state["nonfinite_steps"] += 1
+                log.warning("step %d: non-finite loss or gradient; update skipped", step)
+            optimizer.zero_grad(set_to_none=True)
+            window["loss"].append(losses.mean().item())
+            window["grad_norm"].append(grad_norm.item())
+            window["seconds"].append(time.perf_counter() - tick)
+            bar.update(1)
+            bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
+
+            if step % cfg.log_every_steps == 0 or step == cfg.train.steps:
+                seconds = float(np.mean(window["seconds"]))
+                runlog.write(step, {
+                    "train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(np.mean(window["grad_norm"])),
+                    "train/lr": lr, "train/seconds_per_step": seconds, "train/clips_per_second": cfg.train.batch_size / seconds,
+                    "train/nonfinite_steps": state["nonfinite_steps"],
+                })
+                window = {key: [] for key in window}
+            every = cfg.validation.every_steps
+            if (every and step % every == 0) or step == cfg.train.steps:
+                model.transformer.eval()
+                metrics = validate(model, cfg, video, out / "samples" / f"step_{step:06d}")
+                model.transformer.train()
+                runlog.write(step, metrics)
+                if metrics:
+                    bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items()))
+            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
+                save(step)
+            if stop.raised is not None or step == stop_after:
+                save(step)
+                bar.close()
+                runlog.close()
+                log.warning("stopped at step %d; checkpoint saved; rerun the same command to resume", step)
+                return None
+    bar.close()
+    runlog.close()
+    final = _save_final(model, cfg, video, out)
+    summary = {"steps": cfg.train.steps, **state, **metrics}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return final
+
+
+def pretrain(cfg: SFTConfig, out: str | Path, progress: bool = True) -> Path | None:
+    """Pretraining is this recipe on a model built from scratch (model.path: null)."""
+    if cfg.model.path is not None:
+        raise VidpostError(
+            f"pretrain builds a model from scratch, but model.path is {cfg.model.path!r}; "
+            "set model.path: null, or fine-tune it with `vidpost sft`"
+        )
+    return train(cfg, out, progress=progress)

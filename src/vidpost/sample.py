@@ -1,0 +1,102 @@
+"""`vidpost sample`: load a model by name or directory, generate one video per prompt, write a dataset folder.
+
+    vidpost sample --model shapeworld-base --prompts prompts.txt --out runs/samples
+    vidpost score runs/samples
+
+Each clip's metadata keeps its prompt as `caption`; `sample.json` in the folder records the model, the
+sampling settings used (the model card's recommendation unless overridden), forward passes (NFE),
+seconds per video and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vidpost.atomic import atomic_path
+from vidpost.data.dataset import DatasetWriter
+from vidpost.diffusion.config import SamplingConfig
+from vidpost.errors import VidpostError
+from vidpost.generation import generate, recommended_sampling, recommended_video
+from vidpost.models.config import ModelConfig
+from vidpost.models.resolve import resolve_model
+from vidpost.models.wan import WanVideoModel
+
+WAN_MAX_SEQUENCE_LENGTH = 512
+
+
+def load_model(ref: str, dtype: str = "float32") -> WanVideoModel:
+    """A model for inference from a shipped name, model directory or run directory (its card sets the rest)."""
+    resolved = resolve_model(ref)
+    codec = resolved.card.get("codec", "vae" if (resolved.path / "vae").is_dir() else "pixel")
+    length = resolved.card.get("max_sequence_length", WAN_MAX_SEQUENCE_LENGTH)
+    return WanVideoModel.from_config(ModelConfig(path=ref, codec=codec, dtype=dtype, max_sequence_length=length))
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line of a text file, or of stdin for '-'."""
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise VidpostError(f"prompts file not found: {file}")
+        text = file.read_text(encoding="utf-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise VidpostError(f"{path}: no prompts (one per line expected)")
+    return prompts
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def sample_to_folder(
+    model_ref: str,
+    prompts_path: str,
+    out: str | Path,
+    seed: int = 0,
+    sampling_overrides: dict | None = None,
+    batch_size: int = 16,
+    precision: str = "float32",
+    fmt: str = "npy",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Generate and write; return (and save as sample.json) what was used and measured."""
+    prompts = read_prompts(prompts_path)
+    model = load_model(model_ref)
+    sampling = SamplingConfig.model_validate({**recommended_sampling(model).model_dump(), **(sampling_overrides or {})})
+    video = recommended_video(model)
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
+    tick = time.perf_counter()
+    generated = generate(model, prompts, sampling, video, seed=seed, batch_size=batch_size, precision=precision,
+                         progress=progress)
+    seconds = time.perf_counter() - tick
+    out = Path(out)
+    with DatasetWriter(out, overwrite=overwrite) as writer:
+        for j, (frames, prompt) in enumerate(zip(generated.videos, prompts, strict=True)):
+            writer.add(frames, prompt, ext=f".{fmt}", seed=seed + j)
+    report = {
+        "model": model_ref,
+        "videos": len(prompts),
+        "sampling": sampling.model_dump(),
+        "video": video.model_dump(),
+        "seed": seed,
+        "precision": precision,
+        "nfe_per_video": generated.nfe_per_video,
+        "seconds_per_video": seconds / len(prompts),
+        "peak_memory_mb": _peak_memory_mb(model.device),
+    }
+    with atomic_path(out / "sample.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    return report

@@ -1,0 +1,146 @@
+"""The SFT / pretraining recipe on a tiny ShapeWorld: resume is exact, micro-batching is invariant, outputs load."""
+
+import json
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+
+from vidpost.config import load_config
+from vidpost.errors import VidpostError
+from vidpost.recipes.sft import OptimConfig, SFTConfig, batch_indices, learning_rate, pretrain, train
+from vidpost.runlog import read_metrics
+
+TINY = [
+    "data.shapeworld.n=12",
+    "data.shapeworld.world.frames=3",
+    "data.shapeworld.world.height=16",
+    "data.shapeworld.world.width=16",
+    "data.shapeworld.world.max_objects=1",
+    "train.steps=4",
+    "train.batch_size=4",
+    "train.precision=float32",
+    "optim.learning_rate=1e-3",
+    "optim.warmup_steps=1",
+    "sampling.steps=2",
+    "sampling.guidance=2.0",
+    "validation.n=2",
+    "checkpoint.every_steps=2",
+    "log_every_steps=1",
+]
+
+
+def _config(*overrides, from_scratch=True):
+    model = ["model.tiny.patch_size=[1,4,4]"] if from_scratch else []
+    return load_config(SFTConfig, None, ["data.shapeworld.style=curated", *TINY, *model, *overrides])
+
+
+def _weights(run_dir):
+    return load_file(run_dir / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert train(_config(), out, progress=False) == out / "model"
+    return out
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_path):
+    assert train(_config(), tmp_path, progress=False, stop_after=3) is None
+    assert (tmp_path / "checkpoints" / "step_000003" / "state.json").is_file()
+    assert not (tmp_path / "model").exists()
+    assert train(_config(), tmp_path, progress=False) == tmp_path / "model"
+    a, b = _weights(finished_run), _weights(tmp_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the log reads as one run: each step once
+    steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_training_changes_the_weights_and_logs(finished_run):
+    records = read_metrics(finished_run)
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 4 and all(loss > 0 for loss in losses)
+    assert any("val/total" in r for r in records)
+    assert (finished_run / "logs" / "tensorboard").is_dir()
+    card = json.loads((finished_run / "model" / "vidpost.json").read_text())
+    assert card["video"] == {"frames": 3, "height": 16, "width": 16}
+    assert card["sampling"]["steps"] == 2
+    assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
+    # stock diffusers loads the trained transformer
+    loaded = WanTransformer3DModel.from_pretrained(finished_run / "model", subfolder="transformer")
+    assert loaded.config.patch_size == [1, 4, 4] or tuple(loaded.config.patch_size) == (1, 4, 4)
+    # the validation videos are a dataset folder with the prompts as captions
+    lines = (finished_run / "samples" / "step_000004" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["caption"].startswith("a ")
+
+
+def test_a_finished_run_is_not_repeated(finished_run, caplog):
+    before = _weights(finished_run)
+    train(_config(), finished_run, progress=False)
+    after = _weights(finished_run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_micro_batches_give_the_same_update(tmp_path):
+    whole = train(_config("train.steps=1", "validation.n=1"), tmp_path / "whole", progress=False)
+    split = train(
+        _config("train.steps=1", "validation.n=1", "train.micro_batch_size=2"), tmp_path / "split", progress=False
+    )
+    a, b = _weights(whole.parent), _weights(split.parent)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    changed = load_file(whole / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert changed.keys() == a.keys()
+
+
+def test_rerun_with_another_config_is_refused(finished_run):
+    with pytest.raises(VidpostError, match="train.steps: 4 there, 5 now"):
+        train(_config("train.steps=5"), finished_run, progress=False)
+
+
+def test_pretrain_refuses_an_existing_model(tmp_path):
+    with pytest.raises(VidpostError, match="from scratch"):
+        pretrain(_config("model.path=shapeworld-base", from_scratch=False), tmp_path, progress=False)
+
+
+def test_lora_run_writes_a_lora_that_resolves_to_its_base(tmp_path, finished_run):
+    out = train(
+        _config(f"model.path={finished_run}", "model.lora.enabled=true", "model.lora.rank=2", "train.steps=2",
+                from_scratch=False),
+        tmp_path,
+        progress=False,
+    )
+    assert out == tmp_path / "lora"
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    from vidpost.models.resolve import resolve_model
+
+    resolved = resolve_model(tmp_path)
+    assert resolved.path == finished_run / "model" and resolved.lora == out
+
+
+def test_batches_cover_every_clip_once_per_epoch():
+    seen = torch.cat([batch_indices(10, 5, step, seed=3) for step in (1, 2)])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert torch.equal(batch_indices(10, 5, 2, seed=3), batch_indices(10, 5, 2, seed=3))
+    assert not torch.equal(batch_indices(10, 5, 3, seed=3), batch_indices(10, 5, 1, seed=3))
+    # a batch straddling two epochs takes the end of one permutation and the start of the next
+    assert batch_indices(10, 4, 3, seed=0)[:2].tolist() == torch.cat(
+        [batch_indices(10, 4, s, seed=0) for s in (1, 2, 3)]
+    )[8:10].tolist()
+
+
+def test_learning_rate_schedule():
+    cfg = OptimConfig(learning_rate=1.0, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
+    assert [learning_rate(cfg, s, 10) for s in (1, 2)] == [0.5, 1.0]
+    assert learning_rate(cfg, 10, 10) == pytest.approx(0.1)
+    assert learning_rate(cfg, 6, 10) == pytest.approx(0.55)
+    assert learning_rate(OptimConfig(learning_rate=0.3), 7, 10) == 0.3
+
+
+def test_data_needs_exactly_one_source():
+    with pytest.raises(VidpostError, match="exactly one of data.path"):
+        load_config(SFTConfig, None, ["data.path=/some/folder", "data.shapeworld.n=4"])
+    assert load_config(SFTConfig, None, ["data.path=/some/folder"]).data.shapeworld is None

@@ -1,0 +1,89 @@
+"""`vidpost sample`: model names and run directories resolve, videos land in a dataset folder that scores."""
+
+import json
+
+import pytest
+import torch
+
+from vidpost.cli import main
+from vidpost.errors import VidpostError
+from vidpost.models.resolve import resolve_model, write_card
+from vidpost.models.wan import WanVideoModel
+from vidpost.sample import read_prompts, sample_to_folder
+
+PROMPTS = ["a red circle moving left", "a large blue square staying still on a white background"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model")
+    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
+    write_card(directory, {"codec": "pixel", "max_sequence_length": 64,
+                           "video": {"frames": 3, "height": 16, "width": 16},
+                           "sampling": {"steps": 3, "shift": 2.0, "guidance": 3.0}})
+    return directory
+
+
+@pytest.fixture()
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n\n")
+    return path
+
+
+def test_sample_writes_a_scorable_dataset_with_the_models_defaults(model_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["sample", "--model", str(model_dir), "--prompts", str(prompts_file), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["caption"] for r in records] == PROMPTS
+    report = json.loads((out / "sample.json").read_text())
+    assert report["sampling"]["steps"] == 3 and report["nfe_per_video"] == 6  # 3 steps x 2 passes (CFG)
+    assert report["video"] == {"frames": 3, "height": 16, "width": 16}
+    assert report["seconds_per_video"] > 0 and report["peak_memory_mb"] > 0
+    assert main(["score", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["n"] == 2
+
+
+def test_flags_override_the_card_and_seeds_fix_the_videos(model_dir, prompts_file, tmp_path):
+    a = sample_to_folder(str(model_dir), str(prompts_file), tmp_path / "a", sampling_overrides={"guidance": 1.0},
+                         progress=False)
+    assert a["nfe_per_video"] == 3
+    sample_to_folder(str(model_dir), str(prompts_file), tmp_path / "b", sampling_overrides={"guidance": 1.0},
+                     batch_size=1, progress=False)
+    # video j depends on (prompt, seed + j) only, not on the batch it was generated in
+    for name in ("000000.npy", "000001.npy"):
+        assert (tmp_path / "a" / "clips" / name).read_bytes() == (tmp_path / "b" / "clips" / name).read_bytes()
+
+
+def test_shipped_names_resolve_to_assets(monkeypatch, model_dir, tmp_path):
+    (tmp_path / "shapeworld-base").symlink_to(model_dir)
+    monkeypatch.setenv("VIDPOST_ASSETS", str(tmp_path))
+    assert resolve_model("shapeworld-base").path == tmp_path / "shapeworld-base"
+    with pytest.raises(VidpostError, match="shipped model 'shapeworld-sft' not found"):
+        resolve_model("shapeworld-sft")
+
+
+def test_bad_model_and_prompt_inputs_are_named(tmp_path, capsys):
+    assert main(["sample", "--model", "no-such-model", "--prompts", "x", "--out", str(tmp_path)]) == 2
+    assert "model not found: no-such-model" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(VidpostError, match="no prompts"):
+        read_prompts(str(tmp_path / "empty.txt"))
+    with pytest.raises(VidpostError, match="prompts file not found"):
+        read_prompts(str(tmp_path / "missing.txt"))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}")
+    with pytest.raises(VidpostError, match="no final model yet"):
+        resolve_model(run)
+
+
+def test_loaded_model_matches_the_saved_one(model_dir):
+    from vidpost.sample import load_model
+
+    model = load_model(str(model_dir))
+    assert model.card["video"]["frames"] == 3 and model.max_sequence_length == 64
+    fresh = WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2)
+    for (name, a), b in zip(model.transformer.state_dict().items(), fresh.transformer.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
