@@ -63,8 +63,8 @@ def test_shipped_names_resolve_to_assets(monkeypatch, model_dir, tmp_path):
         resolve_model("shapeworld-sft")
 
 
-def test_bad_model_and_prompt_inputs_are_named(tmp_path, capsys):
-    assert main(["sample", "--model", "no-such-model", "--prompts", "x", "--out", str(tmp_path)]) == 2
+def test_bad_model_and_prompt_inputs_are_named(tmp_path, prompts_file, capsys):
+    assert main(["sample", "--model", "no-such-model", "--prompts", str(prompts_file), "--out", str(tmp_path)]) == 2
     assert "model not found: no-such-model" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(VidpostError, match="no prompts"):
