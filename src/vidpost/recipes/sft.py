@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vidpost.config import Config, save_config
+from vidpost.config import Config, load_config, save_config
 from vidpost.data.cache import CACHE_DTYPES, EncodedDataset, load_or_build_cache
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -236,8 +236,6 @@ class _StopFlag:
 def _prepare_run_dir(cfg: SFTConfig, out: Path) -> None:
     saved = out / "config.yaml"
     if saved.is_file():
-        from vidpost.config import load_config
-
         previous = load_config(SFTConfig, saved)
         if previous != cfg:
             diff = _config_diff(previous.model_dump(), cfg.model_dump())
@@ -263,8 +261,6 @@ def _dataset_dir(cfg: DataConfig, out: Path) -> Path:
         return Path(cfg.path)
     target = out / "data"
     if (target / "metadata.jsonl").is_file() and (target / "config.yaml").is_file():
-        from vidpost.config import load_config
-
         if load_config(DatasetConfig, target / "config.yaml") == cfg.shapeworld:
             return target
     return make_dataset(target, cfg.shapeworld, overwrite=True)
