@@ -111,12 +111,13 @@ def test_branching_from_a_shared_prefix_equals_a_full_run(model):
     flags = torch.zeros(steps, dtype=torch.bool)
     flags[k] = True
     with torch.no_grad():
-        prefix = run_steps(GuidedVelocity(model, embeds), noise, sigmas, stop=k)
-        suffix = run_steps(GuidedVelocity(model, branch(embeds, group)), branch(prefix.final, group), sigmas,
+        prefix_velocity, suffix_velocity = GuidedVelocity(model, embeds), GuidedVelocity(model, branch(embeds, group))
+        prefix = run_steps(prefix_velocity, noise, sigmas, stop=k)
+        suffix = run_steps(suffix_velocity, branch(prefix.final, group), sigmas,
                            sde=flags, g=g, generator=torch.Generator().manual_seed(3), start=k)
         full = run_steps(GuidedVelocity(model, branch(embeds, group)), branch(noise, group), sigmas,
                          sde=flags, g=g, generator=torch.Generator().manual_seed(3))
-    assert prefix.velocity_calls == k and suffix.velocity_calls == steps - k
+    assert prefix_velocity.nfe == k and suffix_velocity.nfe == steps - k  # the prefix runs once per group
     torch.testing.assert_close(suffix.final, full.final, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(suffix.log_probs, full.log_probs)
     # the copies share x_k but not x_{k+1}

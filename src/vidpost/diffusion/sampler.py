@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vidpost.diffusion.sde import sde_mean_std, transition_log_prob
+from vidpost.diffusion.sde import ode_step, sde_mean_std, transition_log_prob
 
 # (x (B, C, T, H, W), sigma (B,)) -> v (B, C, T, H, W), float32
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,14 +39,12 @@ class Rollout:
     log_probs: (B, N) float32, the averaged log-probability of each row's SDE transitions; 0 where the
         row took an ODE step (see `sde`).
     sde: (B, N) bool, which steps each row took stochastically.
-    velocity_calls: steps run (the forward passes are `GuidedVelocity.nfe`: two per step with guidance).
     """
 
     final: torch.Tensor
     states: dict[int, torch.Tensor] = field(default_factory=dict)
     log_probs: torch.Tensor | None = None
     sde: torch.Tensor | None = None
-    velocity_calls: int = 0
 
 
 class GuidedVelocity:
@@ -148,11 +146,11 @@ def run_steps(
             states[i] = x.detach()
             states[i + 1] = x_next.detach()
         else:  # diffusers' FlowMatchEulerDiscreteScheduler.step: prev_sample = sample + (σ_next − σ)·v
-            x_next = x + (sigmas[i + 1] - sigmas[i]).to(torch.float32) * v
+            x_next = ode_step(x, v, sigmas[i], sigmas[i + 1])
         x = x_next.float()
         if progress is not None:
             progress(i + 1)
-    return Rollout(final=x, states=states, log_probs=log_probs, sde=flags, velocity_calls=stop - start)
+    return Rollout(final=x, states=states, log_probs=log_probs, sde=flags)
 
 
 __all__ = ["GuidedVelocity", "Rollout", "VelocityFn", "branch", "run_steps"]
