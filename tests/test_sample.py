@@ -7,9 +7,10 @@ import torch
 
 from vidpost.cli import main
 from vidpost.errors import VidpostError
+from vidpost.generation import read_prompts
 from vidpost.models.resolve import resolve_model, write_card
 from vidpost.models.wan import WanVideoModel
-from vidpost.sample import read_prompts, sample_to_folder
+from vidpost.sample import sample_to_folder
 
 PROMPTS = ["a red circle moving left", "a large blue square staying still on a white background"]
 

@@ -8,10 +8,12 @@ ran in, and the same (model, prompt, seed) gives the same video in every stage a
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +30,21 @@ PRECISIONS = ("float32", "bf16")
 # WanPipeline's defaults, for a Wan checkpoint that has no vidpost model card
 WAN_VIDEO = VideoConfig(frames=81, height=480, width=832)
 WAN_SAMPLING = SamplingConfig(steps=50, shift=3.0, guidance=5.0, scheduler="unipc")
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line of a text file, or of stdin for '-'."""
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise VidpostError(f"prompts file not found: {file}")
+        text = file.read_text(encoding="utf-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise VidpostError(f"{path}: no prompts (one per line expected)")
+    return prompts
 
 
 def recommended_sampling(model) -> SamplingConfig:

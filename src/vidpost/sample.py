@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import torch
 from vidpost.atomic import atomic_path
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig
-from vidpost.errors import VidpostError
-from vidpost.generation import generate, recommended_sampling, recommended_video
+from vidpost.generation import generate, read_prompts, recommended_sampling, recommended_video
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import resolve_model
 from vidpost.models.wan import WanVideoModel
@@ -36,21 +34,6 @@ def load_model(ref: str, dtype: str = "float32") -> WanVideoModel:
     codec = resolved.card.get("codec", "vae" if (resolved.path / "vae").is_dir() else "pixel")
     length = resolved.card.get("max_sequence_length", WAN_MAX_SEQUENCE_LENGTH)
     return WanVideoModel.from_config(ModelConfig(path=ref, codec=codec, dtype=dtype, max_sequence_length=length))
-
-
-def read_prompts(path: str) -> list[str]:
-    """One prompt per non-empty line of a text file, or of stdin for '-'."""
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise VidpostError(f"prompts file not found: {file}")
-        text = file.read_text(encoding="utf-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise VidpostError(f"{path}: no prompts (one per line expected)")
-    return prompts
 
 
 def _peak_memory_mb(device: torch.device) -> float:

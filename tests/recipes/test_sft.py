@@ -144,3 +144,14 @@ def test_data_needs_exactly_one_source():
     with pytest.raises(VidpostError, match="exactly one of data.path"):
         load_config(SFTConfig, None, ["data.path=/some/folder", "data.shapeworld.n=4"])
     assert load_config(SFTConfig, None, ["data.path=/some/folder"]).data.shapeworld is None
+
+
+def test_validation_prompts_come_from_a_file_or_a_shapeworld_split(tmp_path):
+    from vidpost.recipes.sft import ValidationConfig, validation_prompts
+
+    (tmp_path / "p.txt").write_text("a cat\n\na dog\na bird\n")
+    assert validation_prompts(ValidationConfig(prompts_file=str(tmp_path / "p.txt"), n=2)) == (["a cat", "a dog"], False)
+    prompts, scorable = validation_prompts(ValidationConfig(n=3))
+    assert scorable and len(prompts) == 3 and all(p.endswith("background") for p in prompts)
+    with pytest.raises(VidpostError, match="prompts file not found"):
+        validation_prompts(ValidationConfig(prompts_file=str(tmp_path / "missing.txt")))

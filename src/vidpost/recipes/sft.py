@@ -50,7 +50,7 @@ from vidpost.diffusion.schedule import (
 )
 from vidpost.errors import VidpostError
 from vidpost.evaluation import score_videos, shapeworld_prompts
-from vidpost.generation import PRECISIONS, autocast, generate
+from vidpost.generation import PRECISIONS, autocast, generate, read_prompts
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
@@ -266,28 +266,22 @@ def _dataset_dir(cfg: DataConfig, out: Path) -> Path:
     return make_dataset(target, cfg.shapeworld, overwrite=True)
 
 
-def _validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
-    """(prompts, whether they are ShapeWorld captions that the rewards can score)."""
+def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
+    """(the first n prompts, whether they are ShapeWorld captions that the rewards can score)."""
     if cfg.prompts_file is None:
         return shapeworld_prompts(cfg.split, cfg.n, cfg.seed), True
-    path = Path(cfg.prompts_file)
-    if not path.is_file():
-        raise VidpostError(f"validation prompts file not found: {path}")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise VidpostError(f"{path}: no prompts")
-    return prompts[: cfg.n], False
+    return read_prompts(cfg.prompts_file)[: cfg.n], False
 
 
-def validate(model, cfg: SFTConfig, video: VideoConfig, out_dir: Path | None) -> dict[str, float]:
-    """Generate the validation videos (written to out_dir as a dataset folder) and score ShapeWorld prompts."""
-    prompts, scorable = _validation_prompts(cfg.validation)
+def validate(
+    model, cfg: SFTConfig, video: VideoConfig, prompts: list[str], scorable: bool, out_dir: Path
+) -> dict[str, float]:
+    """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's."""
     generated = generate(model, prompts, cfg.sampling, video, seed=cfg.validation.seed,
                          precision=cfg.train.precision, progress=False)
-    if out_dir is not None:
-        with DatasetWriter(out_dir, overwrite=True) as writer:
-            for frames, prompt in zip(generated.videos, prompts, strict=True):
-                writer.add(frames, prompt)
+    with DatasetWriter(out_dir, overwrite=True) as writer:
+        for frames, prompt in zip(generated.videos, prompts, strict=True):
+            writer.add(frames, prompt)
     scores = score_videos(generated.videos, prompts) if scorable else {}
     return {f"val/{name}": value for name, value in scores.items()}
 
@@ -336,6 +330,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     if data.skipped:
         log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
     video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
+    prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
     model.transformer.train()
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     o = cfg.optim
@@ -392,7 +387,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             every = cfg.validation.every_steps
             if (every and step % every == 0) or step == cfg.train.steps:
                 model.transformer.eval()
-                metrics = validate(model, cfg, video, out / "samples" / f"step_{step:06d}")
+                metrics = validate(model, cfg, video, prompts, scorable, out / "samples" / f"step_{step:06d}")
                 model.transformer.train()
                 runlog.write(step, metrics)
                 if metrics:
