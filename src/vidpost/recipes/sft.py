@@ -22,6 +22,7 @@ killed and resumed from a checkpoint ends with exactly the weights of an uninter
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -155,15 +156,19 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
+@functools.lru_cache(maxsize=2)  # a step needs at most two epochs; each permutation is drawn once, not per step
+def _epoch_permutation(num_clips: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(num_clips, generator=torch.Generator().manual_seed(_seed(seed, 1, epoch)))
+
+
 def batch_indices(num_clips: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Clips of step `step` (1-based): consecutive slices of per-epoch permutations, each clip once per epoch."""
     positions = torch.arange((step - 1) * batch_size, step * batch_size)
     epochs, offsets = positions // num_clips, positions % num_clips
     out = torch.empty(batch_size, dtype=torch.int64)
     for epoch in epochs.unique().tolist():
-        perm = torch.randperm(num_clips, generator=torch.Generator().manual_seed(_seed(seed, 1, epoch)))
         rows = epochs == epoch
-        out[rows] = perm[offsets[rows]]
+        out[rows] = _epoch_permutation(num_clips, seed, epoch)[offsets[rows]]
     return out
 
 
