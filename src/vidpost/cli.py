@@ -65,26 +65,37 @@ def cmd_rewards(args: argparse.Namespace) -> None:
         print(f"{name:<20} {family}")
 
 
-def _train(args: argparse.Namespace, recipe) -> None:
-    from vidpost.config import load_config
-    from vidpost.recipes.sft import SFTConfig
+def cmd_reward_serve(args: argparse.Namespace) -> None:
+    from vidpost.rewards.remote import serve
 
-    final = recipe(load_config(SFTConfig, args.config, args.overrides), args.out)
+    serve(args.host, args.port, args.rewards.split(",") if args.rewards else None)
+
+
+def _train(args: argparse.Namespace, recipe, schema) -> None:
+    from vidpost.config import load_config
+
+    final = recipe(load_config(schema, args.config, args.overrides), args.out)
     if final is None:
         raise SystemExit(130)
     print(f"final model: {final}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from vidpost.recipes.sft import train
+    from vidpost.recipes.sft import SFTConfig, train
 
-    _train(args, train)
+    _train(args, train, SFTConfig)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from vidpost.recipes.sft import pretrain
+    from vidpost.recipes.sft import SFTConfig, pretrain
 
-    _train(args, pretrain)
+    _train(args, pretrain, SFTConfig)
+
+
+def cmd_grpo(args: argparse.Namespace) -> None:
+    from vidpost.recipes.grpo import GRPOConfig, train
+
+    _train(args, train, GRPOConfig)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -141,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("pretrain", cmd_pretrain, "train a video diffusion model from scratch (flow matching)"),
         ("sft", cmd_sft, "fine-tune a video diffusion model on a captioned dataset (flow matching)"),
+        ("grpo", cmd_grpo, "reinforce a video diffusion model on rewards (Flash-GRPO, or full / window GRPO)"),
     ):
         recipe = commands.add_parser(name, help=text)
         _add_recipe_args(recipe)
@@ -162,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     rewards = commands.add_parser("rewards", help="list the registered rewards")
     rewards.set_defaults(func=cmd_rewards)
+
+    reward = commands.add_parser("reward", help="serve rewards to other processes (see docs/reward_protocol.md)")
+    reward_commands = reward.add_subparsers(dest="reward_command", required=True)
+    reward_serve = reward_commands.add_parser("serve", help="serve the registered rewards over HTTP until Ctrl-C")
+    reward_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    reward_serve.add_argument("--port", type=int, default=8765, help="port to listen on")
+    reward_serve.add_argument("--rewards", help="comma-separated reward names to serve (default: all registered)")
+    reward_serve.set_defaults(func=cmd_reward_serve)
     return parser
 
 

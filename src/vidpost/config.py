@@ -6,7 +6,8 @@ file or an override) and names the dotted key, because the CLI prints it without
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import pydantic
 import yaml
@@ -40,7 +41,8 @@ C = TypeVar("C", bound=Config)
 def _section_type(schema: type[Config], name: str) -> type[Config] | None:
     """The Config subclass a field holds (also as `Section | None`), or None for a leaf (scalars, lists, ...)."""
     annotation = schema.model_fields[name].annotation
-    options = [a for a in get_args(annotation) if a is not type(None)] if get_args(annotation) else [annotation]
+    is_union = get_origin(annotation) in (Union, UnionType)  # `Section | None`; not list[Section] or dict[...]
+    options = [a for a in get_args(annotation) if a is not type(None)] if is_union else [annotation]
     if len(options) == 1 and isinstance(options[0], type) and not get_args(options[0]):
         return options[0] if issubclass(options[0], Config) else None
     return None

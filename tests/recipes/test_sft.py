@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from vidpost.config import load_config
 from vidpost.errors import VidpostError
-from vidpost.recipes.sft import OptimConfig, SFTConfig, batch_indices, learning_rate, pretrain, train
+from vidpost.recipes.common import OptimConfig, learning_rate
+from vidpost.recipes.sft import SFTConfig, batch_indices, pretrain, train
 from vidpost.runlog import read_metrics
 
 TINY = [
@@ -147,7 +148,7 @@ def test_data_needs_exactly_one_source():
 
 
 def test_validation_prompts_come_from_a_file_or_a_shapeworld_split(tmp_path):
-    from vidpost.recipes.sft import ValidationConfig, validation_prompts
+    from vidpost.recipes.common import ValidationConfig, validation_prompts
 
     (tmp_path / "p.txt").write_text("a cat\n\na dog\na bird\n")
     assert validation_prompts(ValidationConfig(prompts_file=str(tmp_path / "p.txt"), n=2)) == (["a cat", "a dog"], False)

@@ -25,10 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
-import os
-import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Literal
@@ -39,9 +35,8 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vidpost.config import Config, load_config, save_config
+from vidpost.config import Config, load_config
 from vidpost.data.cache import CACHE_DTYPES, EncodedDataset, load_or_build_cache
-from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.schedule import (
     TRAINING_SIGMA_MODES,
@@ -50,11 +45,22 @@ from vidpost.diffusion.schedule import (
     sample_training_sigmas,
 )
 from vidpost.errors import VidpostError
-from vidpost.evaluation import score_videos, shapeworld_prompts
-from vidpost.generation import PRECISIONS, autocast, generate, read_prompts
+from vidpost.generation import PRECISIONS, autocast
 from vidpost.models.config import ModelConfig
-from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
+from vidpost.models.resolve import LORA_DIR, MODEL_DIR
 from vidpost.models.wan import WanVideoModel
+from vidpost.recipes.common import (
+    CheckpointConfig,
+    OptimConfig,
+    StopFlag,
+    ValidationConfig,
+    derive_seed,
+    learning_rate,
+    prepare_run_dir,
+    save_final,
+    validate,
+    validation_prompts,
+)
 from vidpost.runlog import RunLog
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
@@ -108,31 +114,6 @@ class TrainConfig(Config):
         return self
 
 
-class OptimConfig(Config):
-    learning_rate: float = Field(1e-4, gt=0, description="peak AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to learning_rate")
-    schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant or cosine decay")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to learning_rate times this")
-    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
-
-
-class ValidationConfig(Config):
-    every_steps: int = Field(0, ge=0, description="generate and score validation videos every N steps (0: only at the end)")
-    prompts_file: str | None = Field(
-        None, description="text file, one prompt per line; null: canonical captions of a ShapeWorld split"
-    )
-    split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
-    n: int = Field(16, ge=1, description="number of validation prompts")
-    seed: int = Field(0, description="video j starts from noise seeded seed + j")
-
-
-class CheckpointConfig(Config):
-    every_steps: int = Field(100, ge=1, description="write a checkpoint every N steps (and at the end)")
-    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
-
-
 class SFTConfig(Config):
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train (path or tiny)")
     data: DataConfig = Field(
@@ -151,14 +132,9 @@ class SFTConfig(Config):
 # ------------------------------------------------------------------------------------------ pure helpers
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers, well mixed (adjacent steps get unrelated streams)."""
-    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
-
-
 @functools.lru_cache(maxsize=2)  # a step needs at most two epochs; each permutation is drawn once, not per step
 def _epoch_permutation(num_clips: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(num_clips, generator=torch.Generator().manual_seed(_seed(seed, 1, epoch)))
+    return torch.randperm(num_clips, generator=torch.Generator().manual_seed(derive_seed(seed, 1, epoch)))
 
 
 def batch_indices(num_clips: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
@@ -170,17 +146,6 @@ def batch_indices(num_clips: int, batch_size: int, step: int, seed: int) -> torc
         rows = epochs == epoch
         out[rows] = _epoch_permutation(num_clips, seed, epoch)[offsets[rows]]
     return out
-
-
-def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
-    """The learning rate of step `step` (1-based): linear warm-up, then constant or cosine."""
-    if step <= cfg.warmup_steps:
-        return cfg.learning_rate * step / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.learning_rate
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
 def training_loss(
@@ -215,52 +180,6 @@ def training_loss(
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints after the current step and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.raised is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.raised = signum
-        log.warning("stopping after this step (checkpoint first); press Ctrl-C again to stop at once")
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _prepare_run_dir(cfg: SFTConfig, out: Path) -> None:
-    saved = out / "config.yaml"
-    if saved.is_file():
-        previous = load_config(SFTConfig, saved)
-        if previous != cfg:
-            diff = _config_diff(previous.model_dump(), cfg.model_dump())
-            raise VidpostError(f"{out} holds a run with another config ({diff}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
-    for key in old.keys() | new.keys():
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _config_diff(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} there, {b!r} now"
-    return ""
-
-
 def _dataset_dir(cfg: DataConfig, out: Path) -> Path:
     if cfg.path is not None:
         return Path(cfg.path)
@@ -271,56 +190,13 @@ def _dataset_dir(cfg: DataConfig, out: Path) -> Path:
     return make_dataset(target, cfg.shapeworld, overwrite=True)
 
 
-def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
-    """(the first n prompts, whether they are ShapeWorld captions that the rewards can score)."""
-    if cfg.prompts_file is None:
-        return shapeworld_prompts(cfg.split, cfg.n, cfg.seed), True
-    return read_prompts(cfg.prompts_file)[: cfg.n], False
-
-
-def validate(
-    model, cfg: SFTConfig, video: VideoConfig, prompts: list[str], scorable: bool, out_dir: Path
-) -> dict[str, float]:
-    """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's."""
-    generated = generate(model, prompts, cfg.sampling, video, seed=cfg.validation.seed,
-                         precision=cfg.train.precision, progress=False)
-    with DatasetWriter(out_dir, overwrite=True) as writer:
-        for frames, prompt in zip(generated.videos, prompts, strict=True):
-            writer.add(frames, prompt)
-    scores = score_videos(generated.videos, prompts) if scorable else {}
-    return {f"val/{name}": value for name, value in scores.items()}
-
-
-def _save_final(model: WanVideoModel, cfg: SFTConfig, video: VideoConfig, out: Path) -> Path:
-    """Write model/ (diffusers layout) or lora/ atomically, with the model card."""
-    name = LORA_DIR if model.lora_config is not None else MODEL_DIR
-    final, tmp = out / name, out / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if model.lora_config is not None:
-        model.save_lora(tmp)
-    else:
-        model.save(tmp)
-    card = {
-        "codec": cfg.model.codec,
-        "max_sequence_length": cfg.model.max_sequence_length,
-        "video": video.model_dump(),
-        "sampling": cfg.sampling.model_dump(),
-    }
-    if model.lora_config is not None:
-        card["base"] = str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path
-    write_card(tmp, card)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
 def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
     """Run (or resume) the recipe in `out`; return the final model folder, or None if stopped early.
 
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
     out = Path(out)
-    _prepare_run_dir(cfg, out)
+    prepare_run_dir(cfg, out)
     for final in (out / MODEL_DIR, out / LORA_DIR):
         if (final / "vidpost.json").is_file():
             log.info("%s is finished (%s exists); nothing to do", out, final)
@@ -358,14 +234,14 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", disable=not progress)
     window = {"loss": [], "grad_norm": [], "seconds": []}
     metrics: dict[str, float] = {}
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for step in range(start + 1, cfg.train.steps + 1):
             tick = time.perf_counter()
             lr = learning_rate(o, step, cfg.train.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            generator = torch.Generator().manual_seed(_seed(cfg.train.seed, 2, step))
-            torch.manual_seed(_seed(cfg.train.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
+            generator = torch.Generator().manual_seed(derive_seed(cfg.train.seed, 2, step))
+            torch.manual_seed(derive_seed(cfg.train.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
             indices = batch_indices(len(data), cfg.train.batch_size, step, cfg.train.seed)
             losses = training_loss(model, data, indices, cfg.train, generator)
             grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), o.grad_clip)
@@ -392,7 +268,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             every = cfg.validation.every_steps
             if (every and step % every == 0) or step == cfg.train.steps:
                 model.transformer.eval()
-                metrics = validate(model, cfg, video, prompts, scorable, out / "samples" / f"step_{step:06d}")
+                metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed, cfg.train.precision,
+                                   out / "samples" / f"step_{step:06d}")
                 model.transformer.train()
                 runlog.write(step, metrics)
                 if metrics:
@@ -407,7 +284,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 return None
     bar.close()
     runlog.close()
-    final = _save_final(model, cfg, video, out)
+    final = save_final(model, cfg.model, cfg.sampling, video, out)
     summary = {"steps": cfg.train.steps, **state, **metrics}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return final

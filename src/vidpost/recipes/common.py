@@ -1,0 +1,164 @@
+"""What every training recipe shares: optimizer and checkpoint settings, the learning-rate schedule, seeds,
+the run directory, clean stops on SIGINT/SIGTERM, validation videos and the final model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from vidpost.config import Config, load_config, save_config
+from vidpost.data.dataset import DatasetWriter
+from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.errors import VidpostError
+from vidpost.evaluation import score_videos, shapeworld_prompts
+from vidpost.generation import generate, read_prompts
+from vidpost.models.config import ModelConfig
+from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
+from vidpost.models.wan import WanVideoModel
+
+log = logging.getLogger("vidpost")
+
+
+class OptimConfig(Config):
+    learning_rate: float = Field(1e-4, gt=0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to learning_rate")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant or cosine decay")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to learning_rate times this")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+
+
+class ValidationConfig(Config):
+    every_steps: int = Field(0, ge=0, description="generate and score validation videos every N steps (0: only at the end)")
+    prompts_file: str | None = Field(
+        None, description="text file, one prompt per line; null: canonical captions of a ShapeWorld split"
+    )
+    split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
+    n: int = Field(16, ge=1, description="number of validation prompts")
+    seed: int = Field(0, description="video j starts from noise seeded seed + j")
+
+
+class CheckpointConfig(Config):
+    every_steps: int = Field(100, ge=1, description="write a checkpoint every N steps (and at the end)")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, well mixed (adjacent steps get unrelated streams)."""
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """The learning rate of step `step` (1-based): linear warm-up, then constant or cosine."""
+    if step <= cfg.warmup_steps:
+        return cfg.learning_rate * step / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints after the current step and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.raised = signum
+        log.warning("stopping after this step (checkpoint first); press Ctrl-C again to stop at once")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare_run_dir(cfg: Config, out: Path) -> None:
+    """Create the run directory with the resolved config; refuse one that holds a run of another config."""
+    saved = out / "config.yaml"
+    if saved.is_file():
+        previous = load_config(type(cfg), saved)
+        if previous != cfg:
+            diff = config_diff(previous.model_dump(), cfg.model_dump())
+            raise VidpostError(f"{out} holds a run with another config ({diff}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> str:
+    for key in old.keys() | new.keys():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = config_diff(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} now"
+    return ""
+
+
+def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
+    """(the first n prompts, whether they are ShapeWorld captions that the rewards can score)."""
+    if cfg.prompts_file is None:
+        return shapeworld_prompts(cfg.split, cfg.n, cfg.seed), True
+    return read_prompts(cfg.prompts_file)[: cfg.n], False
+
+
+def validate(
+    model, prompts: list[str], scorable: bool, sampling: SamplingConfig, video: VideoConfig, seed: int,
+    precision: str, out_dir: Path, prefix: str = "val",
+) -> dict[str, float]:
+    """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's.
+
+    Deterministic: the all-ODE path from noise seeded seed + j, so every validation of a run (and of every
+    stage) sees the same prompts and the same starting noise.
+    """
+    generated = generate(model, prompts, sampling, video, seed=seed, precision=precision, progress=False)
+    with DatasetWriter(out_dir, overwrite=True) as writer:
+        for frames, prompt in zip(generated.videos, prompts, strict=True):
+            writer.add(frames, prompt)
+    scores = score_videos(generated.videos, prompts) if scorable else {}
+    return {f"{prefix}/{name}": value for name, value in scores.items()}
+
+
+def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingConfig, video: VideoConfig,
+               out: Path) -> Path:
+    """Write model/ (diffusers layout) or lora/ atomically, with the model card (`sampling` recommended)."""
+    name = LORA_DIR if model.lora_config is not None else MODEL_DIR
+    final, tmp = out / name, out / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if model.lora_config is not None:
+        model.save_lora(tmp)
+    else:
+        model.save(tmp)
+    card = {
+        "codec": model_cfg.codec,
+        "max_sequence_length": model_cfg.max_sequence_length,
+        "video": video.model_dump(),
+        "sampling": sampling.model_dump(),
+    }
+    if model.lora_config is not None:
+        card["base"] = str(Path(model_cfg.path).resolve()) if Path(model_cfg.path).exists() else model_cfg.path
+    write_card(tmp, card)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final

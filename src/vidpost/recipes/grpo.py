@@ -1,0 +1,435 @@
+"""GRPO for flow-matching video models: Flash-GRPO by default, full-trajectory and sliding-window as baselines.
+
+    vidpost grpo configs/shapeworld/grpo_flash.yaml --out runs/grpo [key=value ...]
+
+Each iteration is a chain of named, timed phases:
+    rollout    P prompts x G samples along the strategy's plan of SDE steps (rl/strategies.py)
+    reward     the configured rewards of the decoded videos
+    advantage  group-relative advantages over the whole batch (all ranks)
+    old        log π_old (and the reference's SDE means, when kl_beta > 0) of every trained transition,
+               computed with the very function and micro-batches of the update, so ρ = 1 exactly at first
+    update     PPO-clip on each transition's ratio (x the rectification weight under flash), minibatches
+Strategies only decide which steps are stochastic and trained; the loop is the same for all three.
+
+The run directory is laid out as SFT's (recipes/sft.py): config.yaml, checkpoints/, logs/ (JSONL and
+TensorBoard), samples/step_N/ (held-out evaluation videos), and the final lora/ or model/ with its
+card, which `vidpost sample --model RUN_DIR` loads. Every iteration's randomness (prompts, k, noise) is
+drawn from (seed, iteration), so a killed run resumes from its last checkpoint exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from vidpost import dist
+from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.config import Config
+from vidpost.data.video_io import to_float, to_uint8
+from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.diffusion.schedule import sampling_sigmas
+from vidpost.diffusion.sde import NOISE_SCHEDULES, gradient_scale, noise_levels, transition_kl
+from vidpost.evaluation import shapeworld_prompts
+from vidpost.generation import PRECISIONS, read_prompts, recommended_video
+from vidpost.models.config import ModelConfig
+from vidpost.models.resolve import LORA_DIR, MODEL_DIR
+from vidpost.models.wan import WanVideoModel
+from vidpost.recipes.common import (
+    CheckpointConfig,
+    StopFlag,
+    ValidationConfig,
+    derive_seed,
+    prepare_run_dir,
+    save_final,
+    validate,
+    validation_prompts,
+)
+from vidpost.rewards.registry import check_reward_names, compute_rewards
+from vidpost.rewards.remote import register_remote
+from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
+from vidpost.rl.losses import policy_loss, rectification_weights
+from vidpost.rl.rollout import Transitions, rollout, transition_log_probs
+from vidpost.rl.strategies import StrategyConfig, plan_steps
+from vidpost.runlog import RunLog
+
+log = logging.getLogger("vidpost")
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+class PromptsConfig(Config):
+    file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld canonical captions")
+    split: Literal["train", "eval", "heldout"] = Field("train", description="ShapeWorld split of the training prompts")
+    n: int = Field(4096, ge=1, description="size of the training prompt pool")
+    seed: int = Field(0, description="seed of the ShapeWorld prompt pool")
+
+
+class NoiseConfig(Config):
+    schedule: Literal[tuple(NOISE_SCHEDULES)] = Field(  # type: ignore[valid-type]
+        "flash", description="SDE noise level g(σ): flash (linear) | flow_grpo (a·sqrt(σ/(1-σ))) | dance (constant eta)"
+    )
+    params: dict[str, float] = Field(default_factory=dict, description="the schedule's parameters, e.g. {a: 0.7}")
+
+
+class RolloutConfig(Config):
+    prompts_per_step: int = Field(8, ge=1, description="P: prompts (groups) per iteration, over all ranks")
+    samples_per_prompt: int = Field(8, ge=2, description="G: samples per prompt, the group size")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="noise level of the SDE steps")
+    precision: Literal[PRECISIONS] = Field("bf16", description="autocast of rollouts and training: bf16 | float32")  # type: ignore[valid-type]
+
+
+class RemoteRewardConfig(Config):
+    url: str = Field(..., description="base URL of a reward server (docs/reward_protocol.md)")
+    rewards: list[str] = Field(..., min_length=1, description="reward names the server provides")
+    timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one request")
+    retries: int = Field(2, ge=0, description="retries after a failed request")
+
+
+class RewardConfig(Config):
+    weights: dict[str, float] = Field(default_factory=lambda: {"total": 1.0}, description="reward name -> weight")
+    mode: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]
+        "weighted_sum", description="advantages of the weighted sum, or the weighted sum of per-reward advantages"
+    )
+    std_scope: Literal[STD_SCOPES] = Field("group", description="advantage std per group or over the batch")  # type: ignore[valid-type]
+    clip: float = Field(5.0, gt=0, description="advantages are clipped to [-clip, clip]")
+    remote: list[RemoteRewardConfig] = Field(default_factory=list, description="reward servers to register")
+
+
+class GRPOTrainConfig(Config):
+    steps: int = Field(100, ge=1, description="iterations (rollout + update)")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (constant)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+    clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip epsilon")
+    kl_beta: float = Field(0.0, ge=0, description="weight of the closed-form KL to the reference (0: off)")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per iteration (the transitions split evenly)")
+    micro_batch_size: int | None = Field(None, ge=1, description="transitions per forward/backward; null = a whole minibatch")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)")
+    seed: int = Field(0, description="every iteration's randomness is drawn from (seed, iteration)")
+
+
+class GRPOConfig(Config):
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(path="shapeworld-sft"), description="the policy to train")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="training prompts")
+    video: VideoConfig | None = Field(None, description="frames and size of the videos; null = the model card's")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="group sampling")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="which steps are stochastic and trained")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="rewards and advantages")
+    train: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig, description="optimisation")
+    evaluation: ValidationConfig = Field(
+        default_factory=lambda: ValidationConfig(every_steps=10, split="heldout", n=32),
+        description="held-out evaluation: deterministic ODE sampling with fixed seeds",
+    )
+    checkpoint: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(every_steps=10), description="checkpointing")
+    log_every_steps: int = Field(1, ge=1, description="write training metrics every N iterations")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> GRPOConfig:
+        if self.rollout.prompts_per_step % dist.world_size():
+            raise ValueError(f"rollout.prompts_per_step {self.rollout.prompts_per_step} must be a multiple of the world size")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def training_prompts(cfg: PromptsConfig) -> list[str]:
+    return read_prompts(cfg.file) if cfg.file is not None else shapeworld_prompts(cfg.split, cfg.n, cfg.seed)
+
+
+def _reference(model: WanVideoModel):
+    """A context giving the reference policy: the model with its LoRA disabled, or a frozen copy made now."""
+    if model.lora_config is not None:
+        @contextmanager
+        def without_lora():
+            model.transformer.disable_adapters()
+            try:
+                yield model
+            finally:
+                model.transformer.enable_adapters()
+        return without_lora
+    frozen = copy.copy(model)
+    frozen.transformer = copy.deepcopy(model.transformer).requires_grad_(False)
+
+    @contextmanager
+    def copy_of_start():
+        yield frozen
+    return copy_of_start
+
+
+class _Phases:
+    """Seconds spent in each named phase of an iteration."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        tick = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tick
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
+
+
+def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
+    """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early."""
+    out = Path(out)
+    prepare_run_dir(cfg, out)
+    for final in (out / MODEL_DIR, out / LORA_DIR):
+        if (final / "vidpost.json").is_file():
+            log.info("%s is finished (%s exists); nothing to do", out, final)
+            return final
+    for server in cfg.reward.remote:
+        register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries)
+    check_reward_names(list(cfg.reward.weights))
+
+    torch.manual_seed(cfg.train.seed)
+    model = WanVideoModel.from_config(cfg.model)
+    video = cfg.video or recommended_video(model)
+    shape = model.latent_shape(video.frames, video.height, video.width)
+    sampling = cfg.rollout.sampling
+    sigmas = sampling_sigmas(sampling.steps, sampling.shift, sampling.scheduler)  # (N + 1,)
+    noise = cfg.rollout.noise
+    g = noise_levels(sigmas, noise.schedule, **noise.params)  # (N,)
+    strategy = cfg.strategy
+    rectify = strategy.name == "flash" and strategy.settings.rectify
+    scales = gradient_scale(sigmas, noise.schedule, **noise.params) if rectify else None  # (N,) c(σ_i)
+    pool = training_prompts(cfg.prompts)
+    eval_prompts, scorable = validation_prompts(cfg.evaluation)
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
+    reference = _reference(model) if cfg.train.kl_beta > 0 else None
+
+    params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
+    t = cfg.train
+    optimizer = torch.optim.AdamW(params.values(), lr=t.learning_rate, betas=t.betas, weight_decay=t.weight_decay)
+    ema = None
+    if t.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(list(params.values()), decay=t.ema_decay)
+    start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, _checkpointed(params, ema), optimizer)
+        start = state.pop("step")
+        if ema is not None:
+            ema.optimization_step = state["ema_steps"]
+        log.info("resuming from %s (iteration %d of %d)", checkpoint, start, t.steps)
+    runlog = RunLog(out, resume_step=start) if dist.is_main() else None
+    if start == 0:
+        log.info("GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
+                 strategy.name, sum(p.numel() for p in params.values()) / 1e6, P, G, sampling.steps)
+
+    def evaluate(step: int) -> dict[str, float]:
+        with _ema_weights(ema, params):
+            return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
+                            cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval")
+
+    metrics: dict[str, float] = {}
+    if start == 0 and runlog is not None:
+        metrics = evaluate(0)
+        runlog.write(0, metrics)
+    bar = tqdm(total=t.steps, initial=start, desc=f"grpo {strategy.name}", unit="it", disable=not progress)
+    with StopFlag() as stop:
+        for step in range(start + 1, t.steps + 1):
+            row = iteration(model, cfg, step, pool, shape, sigmas, g, scales, uncond, reference, params, optimizer)
+            if row["nonfinite"]:
+                state["nonfinite_steps"] += 1
+            if ema is not None:
+                ema.step(list(params.values()))
+                state["ema_steps"] = ema.optimization_step
+            row["train/nonfinite_steps"] = state["nonfinite_steps"]
+            del row["nonfinite"]
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward/weighted']:.3f}")
+            if runlog is not None and (step % cfg.log_every_steps == 0 or step == t.steps):
+                runlog.write(step, row)
+            every = cfg.evaluation.every_steps
+            if (every and step % every == 0) or step == t.steps:
+                metrics = evaluate(step)
+                if runlog is not None:
+                    runlog.write(step, metrics)
+                if metrics:
+                    bar.write(f"iteration {step}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()))
+            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stop.raised is not None or step == stop_after:
+                save_checkpoint(out / "checkpoints", step, _checkpointed(params, ema), optimizer, state,
+                                cfg.checkpoint.keep_last)
+            if stop.raised is not None or step == stop_after:
+                bar.close()
+                log.warning("stopped at iteration %d; checkpoint saved; rerun the same command to resume", step)
+                return None
+    bar.close()
+    if runlog is not None:
+        runlog.close()
+    with _ema_weights(ema, params):
+        final = save_final(model, cfg.model, sampling, video, out)
+    (out / "summary.json").write_text(json.dumps({"iterations": t.steps, **state, **metrics}, indent=1) + "\n")
+    return final
+
+
+def _checkpointed(params: dict[str, torch.nn.Parameter], ema) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds besides the optimizer: the trained weights and, with EMA, its shadow weights."""
+    if ema is None:
+        return dict(params)
+    return {**params, **{f"ema.{name}": shadow for name, shadow in zip(params, ema.shadow_params, strict=True)}}
+
+
+@contextmanager
+def _ema_weights(ema, params: dict[str, torch.nn.Parameter]):
+    """Evaluate and save with the EMA weights (when EMA is on), then put the trained weights back."""
+    if ema is None:
+        yield
+        return
+    ema.store(params.values())
+    ema.copy_to(params.values())
+    try:
+        yield
+    finally:
+        ema.restore(params.values())
+
+
+def iteration(
+    model: WanVideoModel,
+    cfg: GRPOConfig,
+    step: int,
+    pool: list[str],
+    shape: tuple[int, ...],
+    sigmas: torch.Tensor,
+    g: torch.Tensor,
+    scales: torch.Tensor | None,
+    uncond: torch.Tensor | None,
+    reference,
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, float]:
+    """One GRPO iteration (1-based `step`): rollout, reward, advantage, old log-probs, update. Returns its metrics."""
+    phase = _Phases()
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    sampling, precision, t = cfg.rollout.sampling, cfg.rollout.precision, cfg.train
+    generator = torch.Generator().manual_seed(derive_seed(t.seed, 1, step))
+    prompt_ids = torch.randint(len(pool), (P,), generator=generator)  # same draw on every rank
+    plan = plan_steps(cfg.strategy, P, G, sampling.steps, step - 1, generator)
+    local = dist.local_slice(P)  # this rank's groups
+    groups = torch.arange(P)[local]
+    rows = (groups[:, None] * G + torch.arange(G)).flatten()  # this rank's rows of the global batch
+    prompts = [pool[int(i)] for i in prompt_ids[local]]
+    sde_generator = torch.Generator().manual_seed(derive_seed(t.seed, 2, step, dist.rank()))
+    seeds = torch.tensor([derive_seed(t.seed, 3, step, int(r)) & 0x7FFFFFFF for r in rows])
+
+    with phase("rollout"):
+        model.transformer.eval()
+        embeds = model.encode_prompts(prompts)  # (p, L, D)
+        local_plan = type(plan)(sde=plan.sde[rows], train=plan.train[rows],
+                                k=None if plan.k is None else plan.k[local])
+        batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
+                        sde_generator, precision, flash=cfg.strategy.flash if cfg.strategy.name == "flash" else None)
+    with phase("reward"):
+        videos = to_float(to_uint8(model.decode(batch.final).cpu().numpy()))  # scored as a saved clip would be
+        prompt_of_row = [p for p in prompts for _ in range(G)]
+        local_rewards = compute_rewards(list(cfg.reward.weights), videos, prompt_of_row)
+        rewards = {name: dist.all_gather_cat(torch.as_tensor(r, dtype=torch.float64))
+                   for name, r in local_rewards.items()}  # (B,) global, group order
+    with phase("advantage"):
+        advantages = combine_advantages(rewards, cfg.reward.weights, G, cfg.reward.mode, cfg.reward.std_scope,
+                                        cfg.reward.clip)  # (B,) global
+        tr = batch.transitions
+        tr.sample = rows[tr.sample] if len(tr) else tr.sample  # global row of each transition
+        weights = None
+        if scales is not None:
+            all_scales = dist.all_gather_cat(scales[tr.step])
+            weights = rectification_weights(all_scales)[dist.local_slice(all_scales.shape[0])]
+
+    def embeds_of(sub: Transitions) -> torch.Tensor:  # each transition's prompt, among this rank's prompts
+        return embeds[(sub.sample - rows[0]) // G]
+
+    # Minibatches (one optimizer step each) of micro-batches (one forward/backward each); the old
+    # log-probabilities are computed on exactly these micro-batches, so the first update sees ρ = 1.
+    minibatches = [mb.split(t.micro_batch_size or max(1, len(mb))) for mb in torch.arange(len(tr)).tensor_split(t.minibatches)]
+    with phase("old"), torch.no_grad():
+        old_lp, ref_mean = torch.empty(len(tr)), {}
+        for chunk in (c for mb in minibatches for c in mb):
+            sub = tr.select(chunk)
+            old_lp[chunk] = transition_log_probs(model, sub, embeds_of(sub), uncond, sampling.guidance, precision)[0].float()
+            if reference is not None:
+                with reference() as ref_model:
+                    ref_mean[int(chunk[0])] = transition_log_probs(
+                        ref_model, sub, embeds_of(sub), uncond, sampling.guidance, precision)[1]
+
+    with phase("update"):
+        model.transformer.train()
+        stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": [], "loss": []}
+        grad_norms, nonfinite = [], False
+        for chunks in minibatches:
+            size = sum(len(c) for c in chunks)
+            for chunk in chunks:
+                sub = tr.select(chunk)
+                lp, mean, std = transition_log_probs(model, sub, embeds_of(sub), uncond, sampling.guidance, precision)
+                kl = transition_kl(mean, ref_mean[int(chunk[0])], std) if reference is not None else None
+                terms = policy_loss(lp, old_lp[chunk], advantages[sub.sample], t.clip_range,
+                                    None if weights is None else weights[chunk], kl, t.kl_beta)
+                (terms.loss.sum() / size).backward()
+                for key, value in (("ratio", terms.ratio), ("clipped", terms.clipped.float()),
+                                   ("approx_kl", terms.approx_kl), ("loss", terms.loss.detach())):
+                    stats[key].extend(value.float().tolist())
+                if terms.kl is not None:
+                    stats["kl"].extend(terms.kl.float().tolist())
+            _all_reduce_grads(params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), t.grad_clip)
+            if torch.isfinite(grad_norm) and all(np.isfinite(stats["loss"])):
+                optimizer.step()
+            else:  # a bad batch must not poison the weights: skip the update, count it
+                nonfinite = True
+                log.warning("iteration %d: non-finite loss or gradient; update skipped", step)
+            optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(grad_norm.item())
+
+    row: dict[str, float] = {}
+    for name, values in rewards.items():
+        row[f"reward/{name}"] = values.mean().item()
+        row[f"reward/{name}_std"] = values.std(unbiased=False).item()
+    row["reward/weighted"] = sum(w * rewards[n].mean().item() for n, w in cfg.reward.weights.items())
+    row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
+    ratio = np.array(stats["ratio"])
+    row.update({
+        "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()), "train/ratio_max": float(ratio.max()),
+        "train/clip_fraction": float(np.mean(stats["clipped"])), "train/approx_kl": float(np.mean(stats["approx_kl"])),
+        "train/grad_norm": float(np.mean(grad_norms)), "train/transitions": float(len(tr)),
+        "train/rollout_logprob_gap": float((old_lp - tr.rollout_log_prob).abs().max()) if len(tr) else 0.0,
+        "nfe/rollout_per_video": batch.passes_per_video,
+        "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * len(tr) / len(rows),
+    })
+    if stats["kl"]:
+        row["train/kl"] = float(np.mean(stats["kl"]))
+    row.update({f"time/{name}_s": seconds for name, seconds in phase.seconds.items()})
+    row["nonfinite"] = nonfinite
+    return row
+
+
+def _all_reduce_grads(params: dict[str, torch.nn.Parameter]) -> None:
+    """Average gradients over ranks (plain data parallel; FSDP2 does this itself when it wraps the model)."""
+    if not dist.is_distributed():
+        return
+    world = dist.world_size()
+    for p in params.values():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+__all__ = ["GRPOConfig", "iteration", "train", "training_prompts"]

@@ -1,0 +1,126 @@
+"""Which sampling steps are stochastic and which are trained: the only thing GRPO strategies decide.
+
+- flash (Flash-GRPO, the default): each prompt's group draws one step k from [k_min, k_max]; all its
+  samples take their one SDE step at k (iso-temporal grouping), ODE elsewhere, and train only on k.
+  Groups may draw different k; the draw comes from (seed, iteration), so every rank draws the same k.
+- full (Flow-GRPO, DanceGRPO): SDE at every step; each sample trains on a random `train_fraction` of them.
+- window (MixGRPO): SDE on a window of `size` steps that starts at the noisiest step and moves `stride`
+  steps later every `advance_every` iterations (stopping at `max_start`); train on the window.
+
+A plan is a pair of (B, N) boolean masks over the rollout batch in group order (B = P·G).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from vidpost.config import Config
+
+STRATEGIES = ("flash", "full", "window")
+
+
+class FlashConfig(Config):
+    k_min: int = Field(0, ge=0, description="first step index a group may take its SDE step at")
+    k_max: int | None = Field(None, ge=0, description="last step index (inclusive); null = the first half, N/2 - 1")
+    rectify: bool = Field(True, description="temporal gradient rectification: weight each sample by c(sigma_k)^-1 / batch mean")
+    shared_prefix: bool = Field(False, description="a group shares its initial noise and ODE prefix and branches at k")
+    suffix_steps: int | None = Field(None, ge=1, description="ODE steps after k on a coarser grid (null = the rollout grid)")
+
+
+class FullConfig(Config):
+    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of each sample's steps trained (drawn per sample)")
+
+
+class WindowConfig(Config):
+    size: int = Field(4, ge=1, description="number of consecutive SDE (and trained) steps")
+    advance_every: int = Field(25, ge=1, description="iterations between moves of the window")
+    stride: int = Field(1, ge=1, description="steps the window moves each time")
+    max_start: int | None = Field(None, ge=0, description="last start index of the window (null = N - size)")
+
+
+class StrategyConfig(Config):
+    name: Literal["flash", "full", "window"] = Field("flash", description="flash | full | window")
+    flash: FlashConfig | None = Field(None, description="settings of the flash strategy (defaults when null)")
+    full: FullConfig | None = Field(None, description="settings of the full-trajectory strategy (defaults when null)")
+    window: WindowConfig | None = Field(None, description="settings of the sliding-window strategy (defaults when null)")
+
+    @model_validator(mode="after")
+    def _only_the_chosen_settings(self) -> StrategyConfig:
+        for other in STRATEGIES:
+            if other != self.name and getattr(self, other) is not None:
+                raise ValueError(f"settings for strategy '{other}' are given but strategy.name is '{self.name}'")
+        return self
+
+    @property
+    def settings(self) -> FlashConfig | FullConfig | WindowConfig:
+        """The chosen strategy's settings (its defaults when the section is left out)."""
+        defaults = {"flash": FlashConfig, "full": FullConfig, "window": WindowConfig}
+        return getattr(self, self.name) or defaults[self.name]()
+
+
+@dataclass
+class StepPlan:
+    sde: torch.Tensor  # (B, N) bool: the steps each sample takes stochastically
+    train: torch.Tensor  # (B, N) bool: the steps each sample is trained on (a subset of sde)
+    k: torch.Tensor | None = None  # (P,) long: flash's step per group
+
+
+def flash_range(cfg: FlashConfig, num_steps: int) -> tuple[int, int]:
+    """[k_min, k_max] checked against the grid."""
+    k_max = max(num_steps // 2 - 1, cfg.k_min) if cfg.k_max is None else cfg.k_max
+    if k_max < cfg.k_min:
+        raise ValueError(f"flash k_max {k_max} is below k_min {cfg.k_min}")
+    if k_max >= num_steps:
+        raise ValueError(f"flash k_max {k_max} must be below the number of sampling steps {num_steps}")
+    return cfg.k_min, k_max
+
+
+def window_start(cfg: WindowConfig, num_steps: int, iteration: int) -> int:
+    """The window's first step at `iteration` (0-based)."""
+    if cfg.size > num_steps:
+        raise ValueError(f"window size {cfg.size} exceeds the {num_steps} sampling steps")
+    last = num_steps - cfg.size if cfg.max_start is None else min(cfg.max_start, num_steps - cfg.size)
+    return min((iteration // cfg.advance_every) * cfg.stride, last)
+
+
+def plan_steps(
+    strategy: StrategyConfig, num_prompts: int, group_size: int, num_steps: int, iteration: int,
+    generator: torch.Generator,
+) -> StepPlan:
+    """The SDE and training masks of one rollout batch of num_prompts groups of group_size samples."""
+    batch = num_prompts * group_size
+    cfg = strategy.settings
+    if strategy.name == "flash":
+        k_min, k_max = flash_range(cfg, num_steps)
+        k = torch.randint(k_min, k_max + 1, (num_prompts,), generator=generator)  # (P,)
+        sde = torch.zeros(batch, num_steps, dtype=torch.bool)
+        sde[torch.arange(batch), k.repeat_interleave(group_size)] = True
+        return StepPlan(sde=sde, train=sde.clone(), k=k)
+    if strategy.name == "full":
+        sde = torch.ones(batch, num_steps, dtype=torch.bool)
+        n_train = max(1, round(cfg.train_fraction * num_steps))
+        order = torch.rand(batch, num_steps, generator=generator).argsort(dim=1)  # a random order per sample
+        train = torch.zeros_like(sde)
+        train.scatter_(1, order[:, :n_train], True)
+        return StepPlan(sde=sde, train=train)
+    start = window_start(cfg, num_steps, iteration)
+    sde = torch.zeros(batch, num_steps, dtype=torch.bool)
+    sde[:, start : start + cfg.size] = True
+    return StepPlan(sde=sde, train=sde.clone())
+
+
+__all__ = [
+    "STRATEGIES",
+    "FlashConfig",
+    "FullConfig",
+    "StepPlan",
+    "StrategyConfig",
+    "WindowConfig",
+    "flash_range",
+    "plan_steps",
+    "window_start",
+]

@@ -1,0 +1,141 @@
+"""The GRPO recipe: every strategy runs on the shipped ShapeWorld model and on the tiny Wan (real classes,
+VAE codec); the ratio is exactly 1 at the first update; a killed run resumes exactly; LoRA loads in diffusers."""
+
+import json
+import math
+
+import pytest
+import torch
+from diffusers import WanPipeline
+from safetensors.torch import load_file
+
+from vidpost.config import load_config
+from vidpost.diffusion.schedule import sampling_sigmas
+from vidpost.diffusion.sde import noise_levels
+from vidpost.models.wan import WanVideoModel
+from vidpost.recipes.grpo import GRPOConfig, train
+from vidpost.rl.rollout import rollout
+from vidpost.rl.strategies import FlashConfig, StrategyConfig, plan_steps
+from vidpost.runlog import read_metrics
+
+SHAPEWORLD = [
+    "model.path=shapeworld-sft",
+    "rollout.prompts_per_step=2",
+    "rollout.samples_per_prompt=2",
+    "rollout.sampling.steps=4",
+    "rollout.sampling.guidance=2.0",
+    "rollout.precision=float32",
+    "reward.weights={quality: 1.0, coherence: 0.5, total: 1.0}",  # dense rewards: advantages are non-zero
+    "train.steps=2",
+    "train.learning_rate=1e-3",
+    "train.clip_range=0.2",
+    "evaluation.n=2",
+    "evaluation.every_steps=0",
+    "checkpoint.every_steps=1",
+]
+STRATEGY = {
+    "flash": ["strategy.name=flash", "strategy.flash.k_max=2"],
+    "full": ["strategy.name=full", "strategy.full.train_fraction=0.5", "rollout.noise.schedule=flow_grpo"],
+    "window": ["strategy.name=window", "strategy.window.size=2", "strategy.window.advance_every=1",
+               "rollout.noise.schedule=dance"],
+}
+
+
+def _config(*overrides):
+    return load_config(GRPOConfig, None, [*SHAPEWORLD, *overrides])
+
+
+def _trained(run_dir):
+    return load_file(run_dir / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+def _base_weights():
+    model = WanVideoModel.from_config(_config().model)
+    return {k: v.detach().clone() for k, v in model.transformer.state_dict().items()}
+
+
+@pytest.mark.parametrize("strategy", ["flash", "full", "window"])
+def test_each_strategy_trains_on_shapeworld(strategy, tmp_path):
+    assert train(_config(*STRATEGY[strategy]), tmp_path, progress=False) == tmp_path / "model"
+    rows = [r for r in read_metrics(tmp_path) if "train/ratio_mean" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["train/ratio_min"] == r["train/ratio_max"] == 1.0  # one update per rollout: exactly on-policy
+        assert all(math.isfinite(v) for v in r.values())
+        assert r["train/rollout_logprob_gap"] < 1e-3  # float32 rollout and recomputation agree (other batching)
+        assert r["nfe/rollout_per_video"] == 8  # 4 steps x 2 passes (CFG)
+    flags = {"flash": 1, "full": 2, "window": 2}[strategy]
+    assert rows[0]["train/transitions"] == 4 * flags
+    before, after = _base_weights(), _trained(tmp_path)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    evals = [r for r in read_metrics(tmp_path) if "eval/total" in r]
+    assert [r["step"] for r in evals] == [0, 2]  # before training and at the end
+    card = json.loads((tmp_path / "model" / "vidpost.json").read_text())
+    assert card["sampling"]["steps"] == 4
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    flash = STRATEGY["flash"]
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    train(_config(*flash, "train.steps=3"), straight, progress=False)
+    assert train(_config(*flash, "train.steps=3"), resumed, progress=False, stop_after=2) is None
+    train(_config(*flash, "train.steps=3"), resumed, progress=False)
+    a, b = _trained(straight), _trained(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_metrics(resumed) if "train/ratio_mean" in r] == [1, 2, 3]
+
+
+def test_lora_with_kl_and_ema_saves_adapters_that_stock_diffusers_loads(tmp_path):
+    cfg = _config(*STRATEGY["flash"], "model.lora.enabled=true", "model.lora.rank=4", "train.kl_beta=0.01",
+                  "train.ema_decay=0.9", "train.minibatches=2", "train.micro_batch_size=1")
+    assert train(cfg, tmp_path, progress=False) == tmp_path / "lora"
+    rows = [r for r in read_metrics(tmp_path) if "train/kl" in r]
+    assert rows and rows[0]["train/kl"] >= 0
+    assert not rows[0]["train/ratio_min"] == rows[0]["train/ratio_max"] == 1.0  # the 2nd minibatch is off-policy
+    base = WanVideoModel.from_config(cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})}))
+    pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=None, scheduler=base.scheduler,
+                       transformer=base.transformer)
+    pipe.load_lora_weights(tmp_path / "lora")
+    assert any("lora" in name for name, _ in pipe.transformer.named_parameters())
+
+
+def test_tiny_wan_with_vae_runs_every_strategy(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat surfing\na red ball rolling\n")
+    tiny = [
+        "model.path=null", "model.codec=vae", "model.tiny.patch_size=[1,2,2]", "video={frames: 5, height: 16, width: 16}",
+        f"prompts.file={prompts}", "reward.weights={frame_consistency: 1.0, flicker: 1.0}",
+        f"evaluation.prompts_file={prompts}",
+    ]
+    for name, overrides in STRATEGY.items():
+        out = tmp_path / name
+        train(_config(*overrides, *tiny, "train.steps=2"), out, progress=False)
+        rows = [r for r in read_metrics(out) if "train/ratio_mean" in r]
+        assert len(rows) == 2 and all(r["train/grad_norm"] == r["train/grad_norm"] for r in rows)
+
+
+def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branches(tmp_path):
+    model = WanVideoModel.from_config(_config().model)
+    sigmas = sampling_sigmas(4, 5.0)
+    g = noise_levels(sigmas, "flash")
+    strategy = load_config(StrategyConfig, None, ["name=flash", "flash.k_max=2", "flash.shared_prefix=true",
+                                                  "flash.suffix_steps=1"])
+    plan = plan_steps(strategy, 2, 3, 4, 0, torch.Generator().manual_seed(0))
+    embeds = model.encode_prompts(["a large red circle staying still", "a small blue square moving left slowly"])
+    shape = model.latent_shape(10, 32, 32)
+    seeds = torch.arange(6)
+    shared = rollout(model, shape, embeds, None, plan, sigmas, g, 1.0, seeds, torch.Generator().manual_seed(1),
+                     "float32", flash=strategy.settings)
+    tr = shared.transitions
+    assert tr.sample.tolist() == list(range(6))
+    for group in range(2):  # a group branches from one state at its k, then its members differ
+        members = tr.x[group * 3 : group * 3 + 3]
+        assert torch.equal(members[0], members[1]) and torch.equal(members[0], members[2])
+        assert not torch.equal(tr.x_next[group * 3], tr.x_next[group * 3 + 1])
+    k = plan.k.repeat_interleave(3)
+    # passes per video: the prefix k once per group (/3 per member), 1 SDE step, a 1-step suffix
+    assert shared.passes_per_video == pytest.approx(float((k / 3 + 1 + 1).mean()))
+    plain = rollout(model, shape, embeds, None, plan, sigmas, g, 1.0, seeds, torch.Generator().manual_seed(1),
+                    "float32", flash=FlashConfig())
+    assert plain.passes_per_video == 4
+    assert not torch.equal(plain.transitions.x[0], plain.transitions.x[1])  # independent noise per member

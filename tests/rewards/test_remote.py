@@ -1,0 +1,215 @@
+"""Remote rewards on loopback: the server gives exactly the local scores, and every failure is one clear line."""
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from vidpost.cli import build_parser, cmd_reward_serve
+from vidpost.data.video_io import to_float
+from vidpost.errors import VidpostError
+from vidpost.rewards import remote
+from vidpost.rewards.registry import FAMILIES, REWARDS, compute_rewards
+from vidpost.rewards.remote import RemoteReward, encode_videos, make_server, register_remote
+from vidpost.rewards.shapeworld import REWARD_KEYS
+from vidpost.world.config import DatasetConfig
+from vidpost.world.dataset import make_clip
+
+
+@contextmanager
+def running(server: ThreadingHTTPServer) -> Iterator[str]:
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with running(make_server("127.0.0.1", 0)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def clips() -> tuple[np.ndarray, list[str]]:
+    """Three real ShapeWorld clips (float, as a trainer holds them) and their canonical captions."""
+    cfg = DatasetConfig(n=3)
+    made = [make_clip(cfg, i) for i in range(cfg.n)]
+    return to_float(np.stack([video for video, _ in made])), [meta["canonical"] for _, meta in made]
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    families, rewards = dict(FAMILIES), dict(REWARDS)
+    yield
+    FAMILIES.clear()
+    FAMILIES.update(families)
+    REWARDS.clear()
+    REWARDS.update(rewards)
+
+
+def stub_server(scores: Callable[[dict], dict], code: int = 200) -> tuple[ThreadingHTTPServer, list[dict]]:
+    """A server answering every POST with `code` and {"scores": scores(request)}; it records the requests."""
+    seen: list[dict] = []
+
+    class Stub(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(request)
+            body = json.dumps({"scores": scores(request)} if code == 200 else {"error": "model crashed"}).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Stub), seen
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/score", data=body, method="POST")) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_remote_scores_equal_local_scores(url: str, clips) -> None:
+    videos, prompts = clips
+    local = compute_rewards([*REWARD_KEYS, "flicker"], videos, prompts)
+    scores = RemoteReward(url, names=[*REWARD_KEYS, "flicker"])(videos, prompts)
+    assert list(scores) == [*REWARD_KEYS, "flicker"]
+    for name, values in local.items():
+        assert scores[name].dtype == np.float64 and scores[name].shape == (3,)
+        np.testing.assert_array_equal(scores[name], values)
+    assert local["total"].min() > 0.99  # real clips, not a degenerate all-zero comparison
+
+
+def test_names_default_to_what_the_server_lists(clips) -> None:
+    videos, prompts = clips
+    with running(make_server("127.0.0.1", 0, ["total", "success"])) as base:
+        client = RemoteReward(base)
+        assert client.list_rewards() == ["total", "success"]
+        assert list(client(videos, prompts)) == ["total", "success"]
+
+
+def test_unknown_reward_is_the_servers_400(url: str, clips) -> None:
+    videos, prompts = clips
+    with pytest.raises(VidpostError, match=r"unknown reward 'hpsv9'"):
+        RemoteReward(url, names=["total", "hpsv9"])(videos, prompts)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"{not json", "Expecting property name"),
+        (json.dumps({"rewards": ["total"], "prompts": ["a", "b"], "videos": encode_videos(np.zeros((1, 3, 4, 4, 3)))}),
+         "1 videos but 2 prompts"),
+        (json.dumps({"rewards": ["total"], "prompts": ["a"],
+                     "videos": {**encode_videos(np.zeros((1, 3, 4, 4, 3))), "shape": [1, 3, 4, 5, 3]}}),
+         "holds 144 bytes but shape [1, 3, 4, 5, 3] needs 180"),
+        (json.dumps({"rewards": ["total"], "prompts": ["a"], "videos": {"dtype": "uint8", "shape": [1, 4, 4, 3]}}),
+         "videos.shape must be [B, T, H, W, 3]"),
+        (json.dumps({"rewards": ["total"], "prompts": ["no such caption"],
+                     "videos": encode_videos(np.zeros((1, 3, 16, 16, 3)))}), "no such caption"),
+    ],
+)
+def test_bad_requests_get_a_one_line_400(url: str, body, error: str) -> None:
+    code, reply = post(url, body if isinstance(body, bytes) else body.encode())
+    assert code == 400
+    assert error in reply["error"] and "\n" not in reply["error"]
+
+
+def test_each_request_logs_one_line(url: str, clips, caplog: pytest.LogCaptureFixture) -> None:
+    videos, prompts = clips
+    with caplog.at_level("INFO", logger="vidpost"):
+        RemoteReward(url, names=["total"])(videos, prompts)
+    lines = [r.getMessage() for r in caplog.records if "/score" in r.getMessage()]
+    assert len(lines) == 1 and "200 3 videos, total in" in lines[0]
+
+
+def test_server_down_is_not_reachable_after_the_retries(clips, monkeypatch: pytest.MonkeyPatch) -> None:
+    videos, prompts = clips
+    calls = []
+    urlopen = urllib.request.urlopen
+    monkeypatch.setattr(remote.urllib.request, "urlopen", lambda *a, **kw: calls.append(1) or urlopen(*a, **kw))
+    base = f"http://127.0.0.1:{free_port()}"
+    client = RemoteReward(base, retries=1, backoff_s=0, names=["total"])
+    with pytest.raises(VidpostError) as err:
+        client(videos, prompts)
+    assert str(err.value) == f"reward server {base} is not reachable (connection refused) after 2 attempts"
+    assert len(calls) == 2
+
+
+def test_server_errors_are_retried_then_reported(clips) -> None:
+    videos, prompts = clips
+    server, seen = stub_server(lambda request: {}, code=500)
+    with running(server) as base, pytest.raises(VidpostError, match=r"failed \(HTTP 500: model crashed\) after 2"):
+        RemoteReward(base, retries=1, backoff_s=0, names=["total"])(videos, prompts)
+    assert len(seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("scores", "error"),
+    [
+        ({"judge": [0.5]}, "sent scores of shape (1,) for 3 videos"),
+        ({"judge": [0.5, float("nan"), 0.1]}, "non-finite"),
+        ({"judge": ["good", "bad", "ugly"]}, "non-numeric"),
+        ({"other": [0.5, 0.5, 0.5]}, "sent no scores for it"),
+    ],
+)
+def test_a_malformed_response_names_the_reward(clips, scores: dict, error: str) -> None:
+    videos, prompts = clips
+    server, _ = stub_server(lambda request: scores)
+    with running(server) as base, pytest.raises(VidpostError, match=r"reward 'judge'") as err:
+        RemoteReward(base, names=["judge"])(videos, prompts)
+    assert error in str(err.value)
+
+
+def test_register_remote_makes_the_names_usable(clips, clean_registry) -> None:
+    videos, prompts = clips
+    server, seen = stub_server(lambda request: {n: [0.25] * len(request["prompts"]) for n in request["rewards"]})
+    with running(server) as base:
+        assert register_remote(base, ["judge"], retries=0) == ["judge"]
+        assert register_remote(base, ["judge_motion"]) == ["judge", "judge_motion"]  # adds, keeps the first
+        scores = compute_rewards(["judge_motion", "judge", "flicker"], videos, prompts)
+    assert REWARDS["judge"] == REWARDS["judge_motion"] == f"remote:{base}"
+    np.testing.assert_array_equal(scores["judge"], [0.25] * 3)
+    np.testing.assert_array_equal(scores["flicker"], compute_rewards(["flicker"], videos, prompts)["flicker"])
+    assert len(seen) == 1 and seen[0]["rewards"] == ["judge", "judge_motion"]  # one request for the family
+    assert seen[0]["prompts"] == prompts and seen[0]["videos"]["shape"] == list(videos.shape)
+
+
+def test_cli_reward_serve_parses() -> None:
+    args = build_parser().parse_args(["reward", "serve", "--port", "0", "--rewards", "total,flicker"])
+    assert (args.func, args.host, args.port, args.rewards) == (cmd_reward_serve, "127.0.0.1", 0, "total,flicker")
+
+
+def test_a_taken_port_is_one_line(url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(VidpostError, match=f"cannot serve rewards on 127.0.0.1:{port}"):
+        make_server("127.0.0.1", port)
+
+
+def test_a_url_without_scheme_is_one_line() -> None:
+    with pytest.raises(VidpostError, match=r"'gpu-box:8766' must start with http://"):
+        RemoteReward("gpu-box:8766")
