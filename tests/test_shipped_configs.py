@@ -6,6 +6,7 @@ import pytest
 
 from vidpost.config import load_config
 from vidpost.models.config import ModelConfig
+from vidpost.recipes.grpo import GRPOConfig
 from vidpost.recipes.sft import SFTConfig
 from vidpost.world.config import DatasetConfig
 
@@ -14,6 +15,9 @@ SCHEMAS = {
     "shapeworld/world.yaml": DatasetConfig,
     "shapeworld/pretrain.yaml": SFTConfig,
     "shapeworld/sft.yaml": SFTConfig,
+    "shapeworld/grpo_flash.yaml": GRPOConfig,
+    "shapeworld/grpo_full.yaml": GRPOConfig,
+    "shapeworld/grpo_window.yaml": GRPOConfig,
     "wan2.1-t2v-1.3b/model.yaml": ModelConfig,
     "wan2.1-t2v-14b/model.yaml": ModelConfig,
 }

@@ -1,0 +1,1 @@
+"""Reinforcement learning pieces of GRPO: step strategies, rollouts, advantages and the policy loss."""
