@@ -140,6 +140,14 @@ def validate(
     return {f"{prefix}/{name}": value for name, value in scores.items()}
 
 
+def finished_model(out: Path) -> Path | None:
+    """The final model/ or lora/ of a finished run in `out` (one with a model card), else None."""
+    for final in (out / MODEL_DIR, out / LORA_DIR):
+        if (final / "vidpost.json").is_file():
+            return final
+    return None
+
+
 def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingConfig, video: VideoConfig,
                out: Path) -> Path:
     """Write model/ (diffusers layout) or lora/ atomically, with the model card (`sampling` recommended)."""

@@ -42,13 +42,13 @@ from vidpost.diffusion.sde import NOISE_SCHEDULES, gradient_scale, noise_levels,
 from vidpost.evaluation import shapeworld_prompts
 from vidpost.generation import PRECISIONS, read_prompts, recommended_video
 from vidpost.models.config import ModelConfig
-from vidpost.models.resolve import LORA_DIR, MODEL_DIR
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes.common import (
     CheckpointConfig,
     StopFlag,
     ValidationConfig,
     derive_seed,
+    finished_model,
     prepare_run_dir,
     save_final,
     validate,
@@ -190,10 +190,10 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early."""
     out = Path(out)
     prepare_run_dir(cfg, out)
-    for final in (out / MODEL_DIR, out / LORA_DIR):
-        if (final / "vidpost.json").is_file():
-            log.info("%s is finished (%s exists); nothing to do", out, final)
-            return final
+    final = finished_model(out)
+    if final is not None:
+        log.info("%s is finished (%s exists); nothing to do", out, final)
+        return final
     for server in cfg.reward.remote:
         register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries)
     check_reward_names(list(cfg.reward.weights))

@@ -47,7 +47,6 @@ from vidpost.diffusion.schedule import (
 from vidpost.errors import VidpostError
 from vidpost.generation import PRECISIONS, autocast
 from vidpost.models.config import ModelConfig
-from vidpost.models.resolve import LORA_DIR, MODEL_DIR
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes.common import (
     CheckpointConfig,
@@ -55,6 +54,7 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
+    finished_model,
     learning_rate,
     prepare_run_dir,
     save_final,
@@ -197,10 +197,10 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     """
     out = Path(out)
     prepare_run_dir(cfg, out)
-    for final in (out / MODEL_DIR, out / LORA_DIR):
-        if (final / "vidpost.json").is_file():
-            log.info("%s is finished (%s exists); nothing to do", out, final)
-            return final
+    final = finished_model(out)
+    if final is not None:
+        log.info("%s is finished (%s exists); nothing to do", out, final)
+        return final
 
     torch.manual_seed(cfg.train.seed)
     model = WanVideoModel.from_config(cfg.model)
