@@ -272,6 +272,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                                 cfg.checkpoint.keep_last)
             if stop.raised is not None or step == stop_after:
                 bar.close()
+                if runlog is not None:
+                    runlog.close()  # flush TensorBoard: nothing logged is lost on a stop
                 log.warning("stopped at iteration %d; checkpoint saved; rerun the same command to resume", step)
                 return None
     bar.close()
