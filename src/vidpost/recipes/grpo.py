@@ -54,12 +54,12 @@ from vidpost.recipes.common import (
     validate,
     validation_prompts,
 )
-from vidpost.rewards.registry import check_reward_names, compute_rewards
+from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.rollout import Transitions, rollout, transition_log_probs
-from vidpost.rl.strategies import StrategyConfig, plan_steps
+from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
 from vidpost.runlog import RunLog
 
 log = logging.getLogger("vidpost")
@@ -337,8 +337,7 @@ def iteration(
     with phase("rollout"):
         model.transformer.eval()
         embeds = model.encode_prompts(prompts)  # (p, L, D)
-        local_plan = type(plan)(sde=plan.sde[rows], train=plan.train[rows],
-                                k=None if plan.k is None else plan.k[local])
+        local_plan = StepPlan(sde=plan.sde[rows], train=plan.train[rows], k=None if plan.k is None else plan.k[local])
         batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
                         sde_generator, precision, flash=cfg.strategy.flash if cfg.strategy.name == "flash" else None)
     with phase("reward"):
@@ -350,50 +349,52 @@ def iteration(
     with phase("advantage"):
         advantages = combine_advantages(rewards, cfg.reward.weights, G, cfg.reward.mode, cfg.reward.std_scope,
                                         cfg.reward.clip)  # (B,) global
+        local_advantages = advantages[rows]  # tr.sample indexes this rank's rows
         tr = batch.transitions
-        tr.sample = rows[tr.sample] if len(tr) else tr.sample  # global row of each transition
         weights = None
         if scales is not None:
             all_scales = dist.all_gather_cat(scales[tr.step])
             weights = rectification_weights(all_scales)[dist.local_slice(all_scales.shape[0])]
 
-    def embeds_of(sub: Transitions) -> torch.Tensor:  # each transition's prompt, among this rank's prompts
-        return embeds[(sub.sample - rows[0]) // G]
+    def log_probs(policy, sub: Transitions):  # (log π, μ, s) of transitions under `policy`, with their prompts
+        return transition_log_probs(policy, sub, embeds[sub.sample // G], uncond, sampling.guidance, precision)
 
     # Minibatches (one optimizer step each) of micro-batches (one forward/backward each); the old
     # log-probabilities are computed on exactly these micro-batches, so the first update sees ρ = 1.
     minibatches = [mb.split(t.micro_batch_size or max(1, len(mb))) for mb in torch.arange(len(tr)).tensor_split(t.minibatches)]
     with phase("old"), torch.no_grad():
-        old_lp, ref_mean = torch.empty(len(tr)), {}
-        for chunk in (c for mb in minibatches for c in mb):
-            sub = tr.select(chunk)
-            old_lp[chunk] = transition_log_probs(model, sub, embeds_of(sub), uncond, sampling.guidance, precision)[0].float()
-            if reference is not None:
-                with reference() as ref_model:
-                    ref_mean[int(chunk[0])] = transition_log_probs(
-                        ref_model, sub, embeds_of(sub), uncond, sampling.guidance, precision)[1]
+        old_lp = torch.empty(len(tr))
+        ref_mean: list[list[torch.Tensor]] = [[] for _ in minibatches]
+        for n, chunks in enumerate(minibatches):
+            for chunk in chunks:
+                sub = tr.select(chunk)
+                old_lp[chunk] = log_probs(model, sub)[0].float()
+                if reference is not None:
+                    with reference() as ref_model:
+                        ref_mean[n].append(log_probs(ref_model, sub)[1])
 
     with phase("update"):
         model.transformer.train()
-        stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": [], "loss": []}
+        stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": []}
         grad_norms, nonfinite = [], False
-        for chunks in minibatches:
-            size = sum(len(c) for c in chunks)
-            for chunk in chunks:
+        for n, chunks in enumerate(minibatches):
+            size, finite = sum(len(c) for c in chunks), True
+            for m, chunk in enumerate(chunks):
                 sub = tr.select(chunk)
-                lp, mean, std = transition_log_probs(model, sub, embeds_of(sub), uncond, sampling.guidance, precision)
-                kl = transition_kl(mean, ref_mean[int(chunk[0])], std) if reference is not None else None
-                terms = policy_loss(lp, old_lp[chunk], advantages[sub.sample], t.clip_range,
+                lp, mean, std = log_probs(model, sub)
+                kl = transition_kl(mean, ref_mean[n][m], std) if reference is not None else None
+                terms = policy_loss(lp, old_lp[chunk], local_advantages[sub.sample], t.clip_range,
                                     None if weights is None else weights[chunk], kl, t.kl_beta)
                 (terms.loss.sum() / size).backward()
+                finite = finite and bool(torch.isfinite(terms.loss).all())
                 for key, value in (("ratio", terms.ratio), ("clipped", terms.clipped.float()),
-                                   ("approx_kl", terms.approx_kl), ("loss", terms.loss.detach())):
+                                   ("approx_kl", terms.approx_kl)):
                     stats[key].extend(value.float().tolist())
                 if terms.kl is not None:
                     stats["kl"].extend(terms.kl.float().tolist())
             _all_reduce_grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), t.grad_clip)
-            if torch.isfinite(grad_norm) and all(np.isfinite(stats["loss"])):
+            if finite and torch.isfinite(grad_norm):
                 optimizer.step()
             else:  # a bad batch must not poison the weights: skip the update, count it
                 nonfinite = True
@@ -405,14 +406,14 @@ def iteration(
     for name, values in rewards.items():
         row[f"reward/{name}"] = values.mean().item()
         row[f"reward/{name}_std"] = values.std(unbiased=False).item()
-    row["reward/weighted"] = sum(w * rewards[n].mean().item() for n, w in cfg.reward.weights.items())
+    row["reward/weighted"] = float(weighted_sum(rewards, cfg.reward.weights).mean())
     row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
     ratio = np.array(stats["ratio"])
     row.update({
         "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()), "train/ratio_max": float(ratio.max()),
         "train/clip_fraction": float(np.mean(stats["clipped"])), "train/approx_kl": float(np.mean(stats["approx_kl"])),
         "train/grad_norm": float(np.mean(grad_norms)), "train/transitions": float(len(tr)),
-        "train/rollout_logprob_gap": float((old_lp - tr.rollout_log_prob).abs().max()) if len(tr) else 0.0,
+        "train/rollout_logprob_gap": float((old_lp - tr.rollout_log_prob).abs().max()),
         "nfe/rollout_per_video": batch.passes_per_video,
         "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * len(tr) / len(rows),
     })

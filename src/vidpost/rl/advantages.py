@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from vidpost.rewards.registry import weighted_sum
+
 STD_SCOPES = ("group", "batch")
 REWARD_MODES = ("weighted_sum", "per_reward")
 
@@ -51,8 +53,7 @@ def combine_advantages(
     if mode not in REWARD_MODES:
         raise ValueError(f"unknown reward mode {mode!r}; expected one of {', '.join(REWARD_MODES)}")
     if mode == "weighted_sum":
-        total = sum(float(w) * rewards[name].to(torch.float64) for name, w in weights.items())
-        return group_advantages(total, group_size, std_scope, clip)
+        return group_advantages(torch.as_tensor(weighted_sum(rewards, weights)), group_size, std_scope, clip)
     per_reward = sum(
         float(w) * group_advantages(rewards[name], group_size, std_scope, clip) for name, w in weights.items()
     )

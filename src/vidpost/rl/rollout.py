@@ -57,18 +57,10 @@ def _transitions(states: dict[int, torch.Tensor], log_probs: torch.Tensor, train
                  sigmas: torch.Tensor, g: torch.Tensor, rows: torch.Tensor) -> Transitions:
     """The trained transitions of one sampler run over batch rows `rows` (train (b, N) for those rows)."""
     local, step = train.nonzero(as_tuple=True)  # (M,), (M,): sample-major order
-    return Transitions(
-        x=torch.stack([states[int(i)][j] for j, i in zip(local, step, strict=True)]) if len(step) else
-        torch.empty(0),
-        x_next=torch.stack([states[int(i) + 1][j] for j, i in zip(local, step, strict=True)]) if len(step) else
-        torch.empty(0),
-        sample=rows[local],
-        step=step,
-        sigma=sigmas[step],
-        sigma_next=sigmas[step + 1],
-        g=g[step],
-        rollout_log_prob=log_probs[local, step],
-    )
+    x = torch.stack([states[int(i)][j] for j, i in zip(local, step, strict=True)])
+    x_next = torch.stack([states[int(i) + 1][j] for j, i in zip(local, step, strict=True)])
+    return Transitions(x=x, x_next=x_next, sample=rows[local], step=step, sigma=sigmas[step],
+                       sigma_next=sigmas[step + 1], g=g[step], rollout_log_prob=log_probs[local, step])
 
 
 def _concat(parts: list[Transitions]) -> Transitions:
@@ -124,16 +116,14 @@ def rollout(
         for k in plan.k.unique().tolist():
             groups = (plan.k == k).nonzero().flatten()  # (p,)
             rows = (groups[:, None] * group_size + torch.arange(group_size)).flatten()  # (p·G,)
-            if flash.shared_prefix:
+            velocity = GuidedVelocity(model, embeds[groups].repeat_interleave(group_size, dim=0), uncond, guidance)
+            if flash.shared_prefix:  # the prefix once per group, then G branches at k
                 prefix = GuidedVelocity(model, embeds[groups], uncond, guidance)
                 x = initial_noise(shape, seeds[groups * group_size].tolist(), model.device)
                 x = branch(run_steps(prefix, x, sigmas, stop=k).final, group_size)
                 passes += _passes(prefix, len(groups))
             else:
-                x = initial_noise(shape, seeds[rows].tolist(), model.device)
-            velocity = GuidedVelocity(model, embeds[groups].repeat_interleave(group_size, dim=0), uncond, guidance)
-            if not flash.shared_prefix:
-                x = run_steps(velocity, x, sigmas, stop=k).final
+                x = run_steps(velocity, initial_noise(shape, seeds[rows].tolist(), model.device), sigmas, stop=k).final
             step = run_steps(velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=generator, start=k, stop=k + 1)
             parts.append(_transitions(step.states, step.log_probs.cpu(), plan.train[rows], sigmas, g, rows))
             final[rows] = run_steps(velocity, step.final, _suffix_grid(sigmas, k + 1, flash.suffix_steps)).final
