@@ -337,10 +337,10 @@ def test_console_script_runs(tmp_path: Path) -> None:
     exe = shutil.which("vidpost") or str(Path(sys.executable).with_name("vidpost"))
     command = [exe] if Path(exe).exists() else [sys.executable, "-m", "vidpost.cli"]
     ok = subprocess.run([*command, "world", "prompts", "--n", "3", "--seed", "3", "--split", "eval"],
-                        capture_output=True, text=True, timeout=60)
+                        capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr
     assert len(ok.stdout.splitlines()) == 3
     bad = subprocess.run([*command, "world", "make", "--out", str(tmp_path / "ds"), "world.framez=3"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2
     assert_one_line_error(bad.stderr, "world.framez")

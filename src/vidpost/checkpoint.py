@@ -6,8 +6,10 @@
         state.json               step, the optimizer's param_groups and scalar state, the recipe's counters
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a kill during a save
-never leaves a half-written checkpoint, and the previous ones stay intact. Randomness needs no saving:
-recipes draw every step's randomness from (seed, step).
+never leaves a half-written checkpoint, and the previous ones stay intact; an old checkpoint is renamed
+away before it is deleted, for the same reason. The next save removes what a kill left behind. One process
+writes a run's checkpoints (rank 0). Randomness needs no saving: recipes draw every step's randomness from
+(seed, step).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from vidpost.errors import VidpostError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp-"  # folders being written or deleted; never listed as checkpoints
 
 
 def _step_dir(root: Path, step: int) -> Path:
@@ -72,7 +75,9 @@ def save_checkpoint(
     final = _step_dir(root, step)
     if (final / "state.json").is_file():
         return final  # already saved at this step (same weights: steps are deterministic)
-    tmp = root / f".tmp-{final.name}-{secrets.token_hex(4)}"
+    for debris in root.glob(f"{_TMP_PREFIX}*"):  # left by a save or a deletion that was killed
+        shutil.rmtree(debris, ignore_errors=True)
+    tmp = root / f"{_TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
@@ -86,7 +91,10 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        # renamed first: a kill during rmtree would leave a step folder with state.json but without weights
+        doomed = root / f"{_TMP_PREFIX}deleting-{old.name}-{secrets.token_hex(4)}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

@@ -36,6 +36,16 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank: ranks must agree on a decision (skip an update, stop) or they hang."""
+    if not is_distributed():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def local_slice(global_size: int) -> slice:
     """This rank's contiguous share of `global_size` items (which world size must divide)."""
     size = world_size()
@@ -45,4 +55,4 @@ def local_slice(global_size: int) -> slice:
     return slice(rank() * n, (rank() + 1) * n)
 
 
-__all__ = ["all_gather_cat", "is_distributed", "is_main", "local_slice", "rank", "world_size"]
+__all__ = ["all_gather_cat", "any_rank", "is_distributed", "is_main", "local_slice", "rank", "world_size"]

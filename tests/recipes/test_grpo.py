@@ -1,5 +1,6 @@
 """The GRPO recipe: every strategy runs on the shipped ShapeWorld model and on the tiny Wan (real classes,
-VAE codec); the ratio is exactly 1 at the first update; a killed run resumes exactly; LoRA loads in diffusers."""
+VAE codec); the ratio is exactly 1 at the first update; a killed run resumes exactly; a run of non-finite
+iterations stops with its last good checkpoint; LoRA loads in diffusers."""
 
 import json
 import math
@@ -9,10 +10,13 @@ import torch
 from diffusers import WanPipeline
 from safetensors.torch import load_file
 
+from vidpost.checkpoint import list_checkpoints
 from vidpost.config import load_config
 from vidpost.diffusion.schedule import sampling_sigmas
 from vidpost.diffusion.sde import noise_levels
+from vidpost.errors import VidpostError
 from vidpost.models.wan import WanVideoModel
+from vidpost.recipes import grpo
 from vidpost.recipes.grpo import GRPOConfig, train
 from vidpost.rl.rollout import rollout
 from vidpost.rl.strategies import FlashConfig, StrategyConfig, plan_steps
@@ -83,6 +87,32 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     a, b = _trained(straight), _trained(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in read_metrics(resumed) if "train/ratio_mean" in r] == [1, 2, 3]
+
+
+def test_a_run_of_nonfinite_iterations_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_iteration, real_loss, poisoned = grpo.iteration, grpo.policy_loss, {"from": 2}
+
+    def iteration(model, cfg, step, *args):
+        poisoned["now"] = step >= poisoned["from"]
+        return real_iteration(model, cfg, step, *args)
+
+    def policy_loss(*args, **kwargs):  # from iteration 2 on, a NaN loss (and so NaN gradients)
+        terms = real_loss(*args, **kwargs)
+        if poisoned["now"]:
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    monkeypatch.setattr(grpo, "iteration", iteration)
+    monkeypatch.setattr(grpo, "policy_loss", policy_loss)
+    cfg = _config(*STRATEGY["flash"], "train.steps=3", "train.max_consecutive_nonfinite=2")  # checkpoints every step
+    with pytest.raises(VidpostError, match=r"^iteration 3: 2 iterations in a row had a non-finite loss or gradient") as error:
+        train(cfg, tmp_path, progress=False)
+    assert f"the last good checkpoint is {tmp_path / 'checkpoints' / 'step_000001'};" in str(error.value)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_000001"]  # none at 2: it was NaN
+    poisoned["from"] = 99  # the fault is gone: the rerun resumes from that checkpoint and finishes
+    assert train(cfg, tmp_path, progress=False) == tmp_path / "model"
+    rows = [r for r in read_metrics(tmp_path) if "train/ratio_mean" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["train/nonfinite_steps"] == 0
 
 
 def test_lora_with_kl_and_ema_saves_adapters_that_stock_diffusers_loads(tmp_path):

@@ -1,14 +1,21 @@
-"""The SFT / pretraining recipe on a tiny ShapeWorld: resume is exact, micro-batching is invariant, outputs load."""
+"""The SFT / pretraining recipe on a tiny ShapeWorld: resume is exact (also after a real SIGTERM), a run of
+non-finite steps stops with its last good checkpoint, micro-batching is invariant, outputs load."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
 
-from vidpost.config import load_config
+from vidpost.checkpoint import list_checkpoints
+from vidpost.config import load_config, save_config
 from vidpost.errors import VidpostError
+from vidpost.recipes import sft
 from vidpost.recipes.common import OptimConfig, learning_rate
 from vidpost.recipes.sft import SFTConfig, batch_indices, pretrain, train
 from vidpost.runlog import read_metrics
@@ -58,6 +65,89 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_p
     # the log reads as one run: each step once
     steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
     assert steps == [1, 2, 3, 4]
+
+
+# `vidpost sft ...` in a child process whose step 1 waits, once it has begun, for the test's SIGTERM: the signal
+# then always lands mid-run, however slow the machine (the tiny run would otherwise race it to the end).
+SIGTERM_CHILD = """
+import sys, time
+from pathlib import Path
+from vidpost import cli
+from vidpost.recipes import sft
+
+ready, flags, real_loss = Path(sys.argv[1]), [], sft.training_loss
+
+class SeenStopFlag(sft.StopFlag):
+    def __enter__(self):
+        flags.append(self)
+        return super().__enter__()
+
+def training_loss(*args):
+    losses = real_loss(*args)
+    if not ready.exists():
+        ready.touch()
+        deadline = time.monotonic() + 600
+        while flags[0].raised is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return losses
+
+sft.StopFlag, sft.training_loss = SeenStopFlag, training_loss
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_checkpoints_and_exits_and_the_rerun_resumes_to_the_same_weights(finished_run, tmp_path):
+    config, out, ready = tmp_path / "sft.yaml", tmp_path / "run", tmp_path / "ready"
+    save_config(_config(), config)
+    with open(tmp_path / "stderr", "w+") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(ready), "sft", str(config), "--out", str(out)],
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 600
+            while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready.exists(), "the child never reached step 1"
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(timeout=600) == 130
+        finally:
+            child.kill()
+            child.wait()
+        stderr.seek(0)
+        log = stderr.read()
+    assert "stopped at step 1; rerun the same command to resume from" in log, log
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_000001"]
+    assert not (out / "model").exists()
+    assert train(_config(), out, progress=False) == out / "model"
+    a, b = _weights(finished_run), _weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_metrics(out) if "train/loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_run_of_nonfinite_steps_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss, calls = sft.training_loss, []
+
+    def training_loss(model, *args):
+        calls.append(1)
+        if len(calls) == 3:  # step 3 makes a weight NaN: every later loss and gradient is non-finite
+            with torch.no_grad():
+                next(model.transformer.parameters()).fill_(float("nan"))
+        return real_loss(model, *args)
+
+    monkeypatch.setattr(sft, "training_loss", training_loss)
+    cfg = _config("train.steps=6", "train.max_consecutive_nonfinite=3")  # checkpoints every 2 steps
+    with pytest.raises(VidpostError) as error:
+        train(cfg, tmp_path / "run", progress=False)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert str(error.value) == (
+        "step 5: 3 steps in a row had a non-finite loss or gradient (limit train.max_consecutive_nonfinite = 3); "
+        f"stopped, the last good checkpoint is {checkpoints / 'step_000002'}; lower the learning rate or check the data"
+    )
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step_000002"]  # none at step 4: its weights were NaN
+    # that checkpoint is intact: the rerun (past call 3, so without the fault) resumes to a clean run's weights
+    assert train(cfg, tmp_path / "run", progress=False) == tmp_path / "run" / "model"
+    train(cfg, tmp_path / "clean", progress=False)
+    a, b = _weights(tmp_path / "clean"), _weights(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_changes_the_weights_and_logs(finished_run):

@@ -79,10 +79,12 @@ def stub_server(scores: Callable[[dict], dict], code: int = 200) -> tuple[Thread
     return ThreadingHTTPServer(("127.0.0.1", 0), Stub), seen
 
 
-def free_port() -> int:
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A port that refuses connections: bound but not listening, and held so that no other process can take it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -152,12 +154,29 @@ def test_server_down_is_not_reachable_after_the_retries(clips, monkeypatch: pyte
     calls = []
     urlopen = urllib.request.urlopen
     monkeypatch.setattr(remote.urllib.request, "urlopen", lambda *a, **kw: calls.append(1) or urlopen(*a, **kw))
-    base = f"http://127.0.0.1:{free_port()}"
-    client = RemoteReward(base, retries=1, backoff_s=0, names=["total"])
-    with pytest.raises(VidpostError) as err:
-        client(videos, prompts)
+    with closed_port() as port, pytest.raises(VidpostError) as err:
+        base = f"http://127.0.0.1:{port}"
+        RemoteReward(base, retries=1, backoff_s=0, names=["total"])(videos, prompts)
     assert str(err.value) == f"reward server {base} is not reachable (connection refused) after 2 attempts"
     assert len(calls) == 2
+
+
+def test_a_server_that_never_answers_times_out_after_the_retries(clips) -> None:
+    videos, prompts = clips
+    release = threading.Event()
+
+    class Silent(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # holds the request unanswered until the client has given up
+            release.wait(timeout=600)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    with running(server) as base:
+        try:
+            with pytest.raises(VidpostError) as err:
+                RemoteReward(base, timeout_s=0.2, retries=1, backoff_s=0, names=["total"])(videos, prompts)
+        finally:
+            release.set()
+    assert str(err.value) == f"reward server {base} is not reachable (timed out) after 2 attempts"
 
 
 def test_server_errors_are_retried_then_reported(clips) -> None:

@@ -1,5 +1,8 @@
 """Group-relative advantages against a plain numpy computation, and across ranks (2 gloo processes)."""
 
+import queue
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -41,34 +44,53 @@ def test_per_reward_mode_normalises_each_reward_before_weighting():
     np.testing.assert_allclose(summed.numpy(), _reference((a.double() + 0.5 * b.double()).numpy(), 4, "group", 50.0), rtol=1e-12)
 
 
-def _ranks_worker(rank, port, rewards, group_size, queue):
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _ranks_worker(rank, store, rewards, group_size, results):
+    # a file rendezvous: a free port picked by the parent could be taken by another process before rank 0 binds it
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         local = rewards[dist.local_slice(rewards.shape[0])]
         gathered = dist.all_gather_cat(local)
         adv = group_advantages(gathered, group_size)[dist.local_slice(rewards.shape[0])]
-        queue.put((rank, adv))
+        # numpy travels by value; a tensor would travel as a file descriptor that the parent must fetch from this
+        # process, which fails if this process has already exited (a busy machine makes that likely)
+        results.put((rank, adv.numpy()))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_groups_split_across_ranks_get_the_single_process_advantages():
-    import socket
+def _collect(procs, results, timeout_s: float = 600) -> dict:
+    """Each rank's result; fails at once if a rank dies, else waits generously (a busy machine is slow to spawn)."""
+    parts, deadline = {}, time.monotonic() + timeout_s
+    while len(parts) < len(procs):
+        try:
+            rank, value = results.get(timeout=1)
+            parts[rank] = value
+        except queue.Empty:
+            codes = [p.exitcode for p in procs]
+            assert all(code in (None, 0) for code in codes), f"a rank failed: exit codes {codes}"
+            assert time.monotonic() < deadline, f"no result after {timeout_s} s"
+    for p in procs:
+        p.join(timeout=timeout_s)
+        assert p.exitcode == 0
+    return parts
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+
+def test_groups_split_across_ranks_get_the_single_process_advantages(tmp_path):
     rewards = torch.rand(12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     group_size = 4  # 12 rows over 2 ranks: the middle group has 2 rows on each rank
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ranks_worker, args=(r, port, rewards, group_size, queue)) for r in range(2)]
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_ranks_worker, args=(r, tmp_path / "store", rewards, group_size, results))
+             for r in range(2)]
     for p in procs:
         p.start()
-    parts = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    got = torch.cat([parts[0], parts[1]])
+    try:
+        parts = _collect(procs, results)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    got = torch.from_numpy(np.concatenate([parts[0], parts[1]]))
     assert torch.equal(got, group_advantages(rewards, group_size))
     # per-rank statistics (the public-code bug) would differ
     per_rank = torch.cat([group_advantages(rewards[:6], 2), group_advantages(rewards[6:], 2)])

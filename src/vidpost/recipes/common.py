@@ -1,5 +1,6 @@
 """What every training recipe shares: optimizer and checkpoint settings, the learning-rate schedule, seeds,
-the run directory, clean stops on SIGINT/SIGTERM, validation videos and the final model.
+the run directory, clean stops on SIGINT/SIGTERM and on runs of non-finite steps, validation videos and the
+final model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from vidpost.checkpoint import latest_checkpoint
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -90,6 +92,32 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class NonfiniteStreak:
+    """Counts the steps in a row whose update was skipped for a non-finite loss or gradient.
+
+    One bad batch is skipped and forgotten; `limit` in a row means the run has diverged and skipping will not
+    bring it back, so `record` stops the run with one line naming the last good checkpoint. While a streak runs
+    (`length` > 0) recipes write no checkpoint: the weights themselves may be what turned the loss non-finite,
+    so the latest checkpoint stays one from before the streak.
+    """
+
+    def __init__(self, limit: int, checkpoints: Path, unit: str = "step") -> None:
+        self.limit, self.checkpoints, self.unit = limit, Path(checkpoints), unit
+        self.length = 0
+
+    def record(self, step: int, finite: bool) -> None:
+        self.length = 0 if finite else self.length + 1
+        if self.length < self.limit:
+            return
+        last = latest_checkpoint(self.checkpoints)
+        kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written before them"
+        raise VidpostError(
+            f"{self.unit} {step}: {self.length} {self.unit}s in a row had a non-finite loss or gradient "
+            f"(limit train.max_consecutive_nonfinite = {self.limit}); stopped, {kept}; "
+            "lower the learning rate or check the data"
+        )
 
 
 def prepare_run_dir(cfg: Config, out: Path) -> None:

@@ -45,6 +45,7 @@ from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes.common import (
     CheckpointConfig,
+    NonfiniteStreak,
     StopFlag,
     ValidationConfig,
     derive_seed,
@@ -119,6 +120,9 @@ class GRPOTrainConfig(Config):
     micro_batch_size: int | None = Field(None, ge=1, description="transitions per forward/backward; null = a whole minibatch")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)")
     seed: int = Field(0, description="every iteration's randomness is drawn from (seed, iteration)")
+    max_consecutive_nonfinite: int = Field(
+        10, ge=1, description="stop the run after this many iterations in a row with a non-finite loss or gradient"
+    )
 
 
 class GRPOConfig(Config):
@@ -245,12 +249,21 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     if start == 0 and runlog is not None:
         metrics = evaluate(0)
         runlog.write(0, metrics)
+    nonfinite = NonfiniteStreak(t.max_consecutive_nonfinite, out / "checkpoints", unit="iteration")
+
+    def save(step: int) -> None:
+        if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
+            log.warning("iteration %d: no checkpoint while iterations are non-finite", step)
+            return
+        save_checkpoint(out / "checkpoints", step, _checkpointed(params, ema), optimizer, state, cfg.checkpoint.keep_last)
+
     bar = tqdm(total=t.steps, initial=start, desc=f"grpo {strategy.name}", unit="it", disable=not progress)
     with StopFlag() as stop:
         for step in range(start + 1, t.steps + 1):
             row = iteration(model, cfg, step, pool, shape, sigmas, g, scales, uncond, reference, params, optimizer)
             if row["nonfinite"]:
                 state["nonfinite_steps"] += 1
+            nonfinite.record(step, not row["nonfinite"])  # raises after max_consecutive_nonfinite in a row
             if ema is not None:
                 ema.step(list(params.values()))
                 state["ema_steps"] = ema.optimization_step
@@ -267,14 +280,16 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                     runlog.write(step, metrics)
                 if metrics:
                     bar.write(f"iteration {step}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()))
-            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stop.raised is not None or step == stop_after:
-                save_checkpoint(out / "checkpoints", step, _checkpointed(params, ema), optimizer, state,
-                                cfg.checkpoint.keep_last)
-            if stop.raised is not None or step == stop_after:
+            stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
+            # rank 0 alone writes: the ranks hold the same weights, and two writers of one folder would race
+            if dist.is_main() and (step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping):
+                save(step)
+            if stopping:
                 bar.close()
                 if runlog is not None:
                     runlog.close()  # flush TensorBoard: nothing logged is lost on a stop
-                log.warning("stopped at iteration %d; checkpoint saved; rerun the same command to resume", step)
+                log.warning("stopped at iteration %d; rerun the same command to resume from %s", step,
+                            latest_checkpoint(out / "checkpoints") or "the start")
                 return None
     bar.close()
     if runlog is not None:
@@ -394,7 +409,8 @@ def iteration(
                     stats["kl"].extend(terms.kl.float().tolist())
             _all_reduce_grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), t.grad_clip)
-            if finite and torch.isfinite(grad_norm):
+            skip = not (finite and bool(torch.isfinite(grad_norm)))
+            if not dist.any_rank(skip):  # every rank steps, or none (their weights must stay equal)
                 optimizer.step()
             else:  # a bad batch must not poison the weights: skip the update, count it
                 nonfinite = True

@@ -50,6 +50,7 @@ from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes.common import (
     CheckpointConfig,
+    NonfiniteStreak,
     OptimConfig,
     StopFlag,
     ValidationConfig,
@@ -105,6 +106,9 @@ class TrainConfig(Config):
     )
     caption_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a clip on the empty prompt")
     seed: int = Field(0, description="every step's randomness is drawn from (seed, step)")
+    max_consecutive_nonfinite: int = Field(
+        10, ge=1, description="stop the run after this many steps in a row with a non-finite loss or gradient"
+    )
     sigma: SigmaConfig = Field(default_factory=SigmaConfig, description="training timestep distribution")
 
     @model_validator(mode="after")
@@ -228,7 +232,12 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         log.info("training %.2fM parameters on %d clips (%d captions)",
                  sum(p.numel() for p in params.values()) / 1e6, len(data), len(data.captions) - 1)
 
+    nonfinite = NonfiniteStreak(cfg.train.max_consecutive_nonfinite, out / "checkpoints")
+
     def save(step: int) -> None:
+        if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
+            log.warning("step %d: no checkpoint while steps are non-finite", step)
+            return
         save_checkpoint(out / "checkpoints", step, params, optimizer, state, cfg.checkpoint.keep_last)
 
     bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", disable=not progress)
@@ -245,12 +254,14 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             indices = batch_indices(len(data), cfg.train.batch_size, step, cfg.train.seed)
             losses = training_loss(model, data, indices, cfg.train, generator)
             grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), o.grad_clip)
-            if torch.isfinite(losses).all() and torch.isfinite(grad_norm):
+            finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
+            if finite:
                 optimizer.step()
             else:  # a bad batch must not poison the weights: skip it, count it
                 state["nonfinite_steps"] += 1
                 log.warning("step %d: non-finite loss or gradient; update skipped", step)
             optimizer.zero_grad(set_to_none=True)
+            nonfinite.record(step, finite)  # raises after max_consecutive_nonfinite in a row
             window["loss"].append(losses.mean().item())
             window["grad_norm"].append(grad_norm.item())
             window["seconds"].append(time.perf_counter() - tick)
@@ -280,7 +291,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 save(step)
                 bar.close()
                 runlog.close()
-                log.warning("stopped at step %d; checkpoint saved; rerun the same command to resume", step)
+                log.warning("stopped at step %d; rerun the same command to resume from %s", step,
+                            latest_checkpoint(out / "checkpoints") or "the start")
                 return None
     bar.close()
     runlog.close()

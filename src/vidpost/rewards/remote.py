@@ -172,12 +172,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, payload: dict, note: str) -> None:
         body = json.dumps(payload).encode()
+        # logged before the reply is sent, so that a client holding the reply can rely on the line being there
+        log.info("%s %s %s %d %s", self.address_string(), self.command, self.path, code, note)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        log.info("%s %s %s %d %s", self.address_string(), self.command, self.path, code, note)
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/rewards":

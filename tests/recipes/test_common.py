@@ -1,0 +1,15 @@
+"""The pieces every recipe shares that need no model: the non-finite streak that stops a diverged run."""
+
+import pytest
+
+from vidpost.errors import VidpostError
+from vidpost.recipes.common import NonfiniteStreak
+
+
+def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
+    streak = NonfiniteStreak(3, tmp_path / "checkpoints")
+    for step, finite in enumerate([False, False, True, False, False], start=1):
+        streak.record(step, finite)  # two bad, one good (the count restarts), two bad: still under 3
+    assert streak.length == 2
+    with pytest.raises(VidpostError, match=r"^step 6: 3 steps in a row .*no checkpoint was written before them;"):
+        streak.record(6, False)
