@@ -88,3 +88,23 @@ def test_loaded_model_matches_the_saved_one(model_dir):
     for (name, a), b in zip(model.transformer.state_dict().items(), fresh.transformer.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
+
+
+def test_sample_with_a_feature_cache_records_it(model_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["sample", "--model", str(model_dir), "--prompts", str(prompts_file), "--out", str(out)]
+    assert main([*args, "--cache", "first_block", "--cache-threshold", "0.2"]) == 0
+    report = json.loads((out / "sample.json").read_text())
+    assert report["acceleration"] == {"cache": {"name": "first_block", "threshold": 0.2}, "compile": False,
+                                      "attention_backend": None}
+    assert report["nfe_per_video"] == 6  # transformer calls, however much of each the cache skipped
+    assert main([*args, "--cache", "mag", "--overwrite"]) == 0  # calibrates on one extra video
+    cache = json.loads((out / "sample.json").read_text())["acceleration"]["cache"]
+    assert cache["calibrate"] is True and len(cache["mag_ratios"]) == 3 and cache["calibration_nfe"] == 6
+    capsys.readouterr()
+    assert main([*args, "--cache", "pab", "--cache-threshold", "0.2", "--overwrite"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --cache pab: threshold: not a key of cache 'pab' (its keys: spatial_attention_block_skip_range, "
+        "spatial_attention_timestep_skip_range)\n")
+    assert main([*args, "--attention-backend", "sage", "--overwrite"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: attention backend 'sage' is not available here: ")

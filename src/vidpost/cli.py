@@ -98,6 +98,27 @@ def cmd_grpo(args: argparse.Namespace) -> None:
     _train(args, train, GRPOConfig)
 
 
+def _acceleration(args: argparse.Namespace):
+    """--cache, --cache-threshold, --compile, --attention-backend as an AccelerationConfig (mag calibrates itself)."""
+    from pydantic import ValidationError
+
+    from vidpost.inference.acceleration import AccelerationConfig
+
+    cache = None
+    if args.cache != "none":
+        cache = {"name": args.cache, "threshold": args.cache_threshold, "calibrate": True if args.cache == "mag" else None}
+    elif args.cache_threshold is not None:
+        raise VidpostError("--cache-threshold needs --cache first_block or mag")
+    try:
+        return AccelerationConfig(cache=cache, compile=args.compile, attention_backend=args.attention_backend)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        message = " ".join(first["msg"].removeprefix("Value error, ").split())
+        where = f"--cache {args.cache}" if flag == "--cache" else flag
+        raise VidpostError(f"{where}: {message}") from exc
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from vidpost.sample import sample_to_folder
 
@@ -105,6 +126,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     report = sample_to_folder(
         args.model, args.prompts, args.out, seed=args.seed, sampling_overrides={k: v for k, v in flags.items() if v is not None},
         batch_size=args.batch_size, precision=args.precision, fmt=args.format, overwrite=args.overwrite,
+        acceleration=_acceleration(args),
     )
     print(f"wrote {report['videos']} videos to {args.out} ({report['nfe_per_video']} forward passes and "
           f"{report['seconds_per_video']:.2f} s per video)")
@@ -170,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--precision", choices=["float32", "bf16"], default="float32", help="bf16 autocast or float32")
     sample.add_argument("--format", choices=["npy", "gif", "mp4"], default="npy", help="clip file format (npy is lossless)")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    sample.add_argument("--cache", choices=["none", "first_block", "mag", "taylorseer", "pab"], default="none",
+                        help="feature cache that reuses work across steps (mag calibrates on one extra video)")
+    sample.add_argument("--cache-threshold", type=float, help="first_block (default 0.05) or mag (0.06) threshold")
+    sample.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    sample.add_argument("--attention-backend", metavar="NAME", help="diffusers attention backend, e.g. flash, sage")
     sample.set_defaults(func=cmd_sample)
 
     rewards = commands.add_parser("rewards", help="list the registered rewards")

@@ -24,6 +24,7 @@ from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.sampler import GuidedVelocity, run_steps
 from vidpost.diffusion.schedule import sampling_sigmas
 from vidpost.errors import VidpostError
+from vidpost.inference.acceleration import Acceleration, AccelerationConfig, accelerated
 
 PRECISIONS = ("float32", "bf16")
 
@@ -81,7 +82,8 @@ def initial_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.devi
 @dataclass
 class Generated:
     videos: np.ndarray  # uint8 (N, T, H, W, 3)
-    nfe_per_video: int  # transformer forward passes per video (a batched pass counts once per video)
+    nfe_per_video: int  # transformer evaluations per video (a batched pass counts once per video it holds)
+    acceleration: dict  # what `accelerated` applied (AccelerationConfig, plus measured MagCache ratios)
 
 
 @torch.no_grad()
@@ -94,23 +96,36 @@ def generate(
     batch_size: int = 16,
     precision: str = "float32",
     progress: bool = True,
+    acceleration: AccelerationConfig | None = None,
 ) -> Generated:
-    """Sample one video per prompt by the all-ODE path (stock WanPipeline's), in batches."""
+    """Sample one video per prompt by the all-ODE path (stock WanPipeline's), in batches.
+
+    `acceleration` (a feature cache, compiled blocks, an attention backend) holds for this call only. A
+    MagCache to calibrate first samples prompts[0] from seed `seed` once, uncached, and discards it.
+    """
     if not prompts:
         raise VidpostError("no prompts to generate from")
     shape = model.latent_shape(video.frames, video.height, video.width)
     sigmas = sampling_sigmas(sampling.steps, sampling.shift, sampling.scheduler)
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
-    videos, nfe_per_video = [], 0
-    bar = tqdm(total=len(prompts), desc="generate", unit="video", disable=not progress)
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start : start + batch_size])
-        velocity = GuidedVelocity(model, model.encode_prompts(batch), uncond, sampling.guidance)
-        noise = initial_noise(shape, range(seed + start, seed + start + len(batch)), model.device)
+
+    def denoise(batch: list[str], first_seed: int, acc: Acceleration) -> tuple[torch.Tensor, int]:
+        acc.new_run()  # a cache's features and step counters belong to one pass over the grid
+        velocity = GuidedVelocity(model, model.encode_prompts(batch), uncond, sampling.guidance,
+                                  contexts=acc.context, batch_cfg=acc.batch_cfg)
+        noise = initial_noise(shape, range(first_seed, first_seed + len(batch)), model.device)
         with autocast(precision, model.device):
-            latents = run_steps(velocity, noise, sigmas).final
-        videos.append(to_uint8(model.decode(latents).cpu().numpy()))
-        nfe_per_video = velocity.nfe  # the same for every batch
-        bar.update(len(batch))
-    bar.close()
-    return Generated(np.concatenate(videos), nfe_per_video)
+            return run_steps(velocity, noise, sigmas).final, velocity.nfe
+
+    videos, nfe_per_video = [], 0
+    with accelerated(model, acceleration, sampling.steps) as acc:
+        if acc.needs_calibration:
+            acc.calibrate(lambda: denoise(list(prompts[:1]), seed, acc)[1])
+        bar = tqdm(total=len(prompts), desc="generate", unit="video", disable=not progress)
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            latents, nfe_per_video = denoise(batch, seed + start, acc)  # the same for every batch
+            videos.append(to_uint8(model.decode(latents).cpu().numpy()))
+            bar.update(len(batch))
+        bar.close()
+    return Generated(np.concatenate(videos), nfe_per_video, acc.report())

@@ -4,8 +4,10 @@
     vidpost score runs/samples
 
 Each clip's metadata keeps its prompt as `caption`; `sample.json` in the folder records the model, the
-sampling settings used (the model card's recommendation unless overridden), forward passes (NFE),
-seconds per video and peak memory.
+sampling settings used (the model card's recommendation unless overridden), the acceleration (feature cache,
+compile, attention backend), forward passes (NFE), seconds per video and peak memory.
+
+    vidpost sample --model shapeworld-base --prompts prompts.txt --out runs/fast --cache first_block --compile
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vidpost.atomic import atomic_path
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig
 from vidpost.generation import generate, read_prompts, recommended_sampling, recommended_video
+from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import resolve_model
 from vidpost.models.wan import WanVideoModel
@@ -53,8 +56,13 @@ def sample_to_folder(
     fmt: str = "npy",
     overwrite: bool = False,
     progress: bool = True,
+    acceleration: AccelerationConfig | None = None,
 ) -> dict:
-    """Generate and write; return (and save as sample.json) what was used and measured."""
+    """Generate and write; return (and save as sample.json) what was used and measured.
+
+    `acceleration` (inference/acceleration.py) is recorded too; a cache never lowers `nfe_per_video`, which
+    counts transformer calls, however much of each call the cache skipped.
+    """
     prompts = read_prompts(prompts_path)
     model = load_model(model_ref)
     sampling = SamplingConfig.model_validate({**recommended_sampling(model).model_dump(), **(sampling_overrides or {})})
@@ -63,7 +71,7 @@ def sample_to_folder(
         torch.cuda.reset_peak_memory_stats(model.device)
     tick = time.perf_counter()
     generated = generate(model, prompts, sampling, video, seed=seed, batch_size=batch_size, precision=precision,
-                         progress=progress)
+                         progress=progress, acceleration=acceleration)
     seconds = time.perf_counter() - tick
     out = Path(out)
     with DatasetWriter(out, overwrite=overwrite) as writer:
@@ -76,6 +84,7 @@ def sample_to_folder(
         "video": video.model_dump(),
         "seed": seed,
         "precision": precision,
+        "acceleration": generated.acceleration,
         "nfe_per_video": generated.nfe_per_video,
         "seconds_per_video": seconds / len(prompts),
         "peak_memory_mb": _peak_memory_mb(model.device),

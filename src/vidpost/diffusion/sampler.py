@@ -19,6 +19,7 @@ all-ODE path against stock WanPipeline on the tiny Wan.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -51,11 +52,20 @@ class GuidedVelocity:
     """v(x, σ) of `model` (a WanVideoModel) with classifier-free guidance; scale 1 (or less) is one pass.
 
     cond_embeds (B, L, D); uncond_embeds (B, L, D) or (1, L, D), needed only when guidance_scale > 1.
-    `nfe` counts the transformer forward passes made so far.
+    `nfe` counts the transformer evaluations made so far (a batched cond + uncond call counts two).
+    `contexts(branch, sigma)`, if given, wraps each transformer call: branch "cond", "uncond", or "cond+uncond"
+    for a batched call (a feature cache keeps its state per branch, see inference/acceleration.py);
+    `batch_cfg` makes the cond and uncond passes one call of batch 2B (for a cache whose state is not per branch).
     """
 
     def __init__(
-        self, model, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor | None = None, guidance_scale: float = 1.0
+        self,
+        model,
+        cond_embeds: torch.Tensor,
+        uncond_embeds: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        contexts: Callable[[str, torch.Tensor], AbstractContextManager] | None = None,
+        batch_cfg: bool = False,
     ) -> None:
         self.use_cfg = guidance_scale > 1.0  # WanPipeline's do_classifier_free_guidance
         if self.use_cfg and uncond_embeds is None:
@@ -64,17 +74,29 @@ class GuidedVelocity:
         self.cond_embeds = cond_embeds
         self.uncond_embeds = uncond_embeds
         self.guidance_scale = guidance_scale
+        self.contexts = contexts or (lambda branch, sigma: nullcontext())
+        self.batch_cfg = batch_cfg
         self.nfe = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        v = self.model.velocity(x, sigma, self.cond_embeds)
+        if self.use_cfg and self.batch_cfg:
+            uncond = self.uncond_embeds.expand(x.shape[0], -1, -1)
+            with self.contexts("cond+uncond", sigma):
+                both = self.model.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                           torch.cat([self.cond_embeds, uncond]))
+            self.nfe += 2
+            v, v_uncond = both.chunk(2)
+            return v_uncond + self.guidance_scale * (v - v_uncond)
+        with self.contexts("cond", sigma):
+            v = self.model.velocity(x, sigma, self.cond_embeds)
         self.nfe += 1
         if not self.use_cfg:
             return v
         uncond = self.uncond_embeds
         if uncond.shape[0] == 1:
             uncond = uncond.expand(x.shape[0], -1, -1)
-        v_uncond = self.model.velocity(x, sigma, uncond)
+        with self.contexts("uncond", sigma):
+            v_uncond = self.model.velocity(x, sigma, uncond)
         self.nfe += 1
         return v_uncond + self.guidance_scale * (v - v_uncond)
 

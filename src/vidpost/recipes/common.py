@@ -23,6 +23,7 @@ from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.errors import VidpostError
 from vidpost.evaluation import score_videos, shapeworld_prompts
 from vidpost.generation import generate, read_prompts
+from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
@@ -48,6 +49,9 @@ class ValidationConfig(Config):
     split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
     n: int = Field(16, ge=1, description="number of validation prompts")
     seed: int = Field(0, description="video j starts from noise seeded seed + j")
+    acceleration: AccelerationConfig = Field(
+        default_factory=AccelerationConfig, description="feature cache, compile and attention backend of these videos"
+    )
 
 
 class CheckpointConfig(Config):
@@ -153,14 +157,15 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
 
 def validate(
     model, prompts: list[str], scorable: bool, sampling: SamplingConfig, video: VideoConfig, seed: int,
-    precision: str, out_dir: Path, prefix: str = "val",
+    precision: str, out_dir: Path, prefix: str = "val", acceleration: AccelerationConfig | None = None,
 ) -> dict[str, float]:
     """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's.
 
     Deterministic: the all-ODE path from noise seeded seed + j, so every validation of a run (and of every
-    stage) sees the same prompts and the same starting noise.
+    stage) sees the same prompts and the same starting noise (a feature cache in `acceleration` changes the videos).
     """
-    generated = generate(model, prompts, sampling, video, seed=seed, precision=precision, progress=False)
+    generated = generate(model, prompts, sampling, video, seed=seed, precision=precision, progress=False,
+                         acceleration=acceleration)
     with DatasetWriter(out_dir, overwrite=True) as writer:
         for frames, prompt in zip(generated.videos, prompts, strict=True):
             writer.add(frames, prompt)

@@ -243,7 +243,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     def evaluate(step: int) -> dict[str, float]:
         with _ema_weights(ema, params):
             return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
-                            cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval")
+                            cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval",
+                            acceleration=cfg.evaluation.acceleration)
 
     metrics: dict[str, float] = {}
     if start == 0 and runlog is not None:

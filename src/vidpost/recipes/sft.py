@@ -280,7 +280,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             if (every and step % every == 0) or step == cfg.train.steps:
                 model.transformer.eval()
                 metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed, cfg.train.precision,
-                                   out / "samples" / f"step_{step:06d}")
+                                   out / "samples" / f"step_{step:06d}", acceleration=cfg.validation.acceleration)
                 model.transformer.train()
                 runlog.write(step, metrics)
                 if metrics:

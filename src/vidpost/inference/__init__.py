@@ -1,0 +1,1 @@
+"""Inference-only speed-ups applied to an unmodified model (caches, compilation, attention backends)."""
