@@ -38,7 +38,8 @@ SHAPEWORLD = [
     "checkpoint.every_steps=1",
 ]
 STRATEGY = {
-    "flash": ["strategy.name=flash", "strategy.flash.k_max=2"],
+    "flash": ["strategy.name=flash", "strategy.flash.k_max=2", "strategy.flash.shared_prefix=false"],
+    "flash-shared": ["strategy.name=flash", "strategy.flash.k_max=2"],  # the default: a group's prefix run once
     "full": ["strategy.name=full", "strategy.full.train_fraction=0.5", "rollout.noise.schedule=flow_grpo"],
     "window": ["strategy.name=window", "strategy.window.size=2", "strategy.window.advance_every=1",
                "rollout.noise.schedule=dance"],
@@ -58,7 +59,7 @@ def _base_weights():
     return {k: v.detach().clone() for k, v in model.transformer.state_dict().items()}
 
 
-@pytest.mark.parametrize("strategy", ["flash", "full", "window"])
+@pytest.mark.parametrize("strategy", ["flash", "flash-shared", "full", "window"])
 def test_each_strategy_trains_on_shapeworld(strategy, tmp_path):
     assert train(_config(*STRATEGY[strategy]), tmp_path, progress=False) == tmp_path / "model"
     rows = [r for r in read_metrics(tmp_path) if "train/ratio_mean" in r]
@@ -67,8 +68,11 @@ def test_each_strategy_trains_on_shapeworld(strategy, tmp_path):
         assert r["train/ratio_min"] == r["train/ratio_max"] == 1.0  # one update per rollout: exactly on-policy
         assert all(math.isfinite(v) for v in r.values())
         assert r["train/rollout_logprob_gap"] < 1e-3  # float32 rollout and recomputation agree (other batching)
-        assert r["nfe/rollout_per_video"] == 8  # 4 steps x 2 passes (CFG)
-    flags = {"flash": 1, "full": 2, "window": 2}[strategy]
+        if strategy == "flash-shared":  # the k prefix steps (2 passes each) are shared by the group's 2 videos
+            assert r["nfe/rollout_per_video"] in (8 - k for k in (0, 0.5, 1, 1.5, 2))
+        else:
+            assert r["nfe/rollout_per_video"] == 8  # 4 steps x 2 passes (CFG)
+    flags = {"flash": 1, "flash-shared": 1, "full": 2, "window": 2}[strategy]
     assert rows[0]["train/transitions"] == 4 * flags
     before, after = _base_weights(), _trained(tmp_path)
     assert any(not torch.equal(before[k], after[k]) for k in after)
@@ -166,6 +170,6 @@ def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branch
     # passes per video: the prefix k once per group (/3 per member), 1 SDE step, a 1-step suffix
     assert shared.passes_per_video == pytest.approx(float((k / 3 + 1 + 1).mean()))
     plain = rollout(model, shape, embeds, None, plan, sigmas, g, 1.0, seeds, torch.Generator().manual_seed(1),
-                    "float32", flash=FlashConfig())
+                    "float32", flash=FlashConfig(shared_prefix=False))
     assert plain.passes_per_video == 4
     assert not torch.equal(plain.transitions.x[0], plain.transitions.x[1])  # independent noise per member

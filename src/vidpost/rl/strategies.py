@@ -27,7 +27,11 @@ class FlashConfig(Config):
     k_min: int = Field(0, ge=0, description="first step index a group may take its SDE step at")
     k_max: int | None = Field(None, ge=0, description="last step index (inclusive); null = the first half, N/2 - 1")
     rectify: bool = Field(True, description="temporal gradient rectification: weight each sample by c(sigma_k)^-1 / batch mean")
-    shared_prefix: bool = Field(False, description="a group shares its initial noise and ODE prefix and branches at k")
+    shared_prefix: bool = Field(
+        True,
+        description="a group shares its initial noise and ODE prefix and branches at k, so the one SDE step is the "
+        "only difference the advantage credits (false: independent noise per member, the paper's setting)",
+    )
     suffix_steps: int | None = Field(None, ge=1, description="ODE steps after k on a coarser grid (null = the rollout grid)")
 
 
