@@ -72,12 +72,18 @@ def cmd_reward_serve(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace, recipe, schema) -> None:
+    from vidpost import dist
     from vidpost.config import load_config
 
-    final = recipe(load_config(schema, args.config, args.overrides), args.out)
+    dist.init_from_env()  # under torchrun: join its process group (FSDP2); else one process
+    try:
+        final = recipe(load_config(schema, args.config, args.overrides), args.out)
+    finally:
+        dist.destroy()
     if final is None:
         raise SystemExit(130)
-    print(f"final model: {final}")
+    if dist.is_main():
+        print(f"final model: {final}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -96,6 +102,27 @@ def cmd_grpo(args: argparse.Namespace) -> None:
     from vidpost.recipes.grpo import GRPOConfig, train
 
     _train(args, train, GRPOConfig)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from vidpost.recipes.distill import DistillConfig, train
+
+    _train(args, train, DistillConfig)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from vidpost.config import load_config
+    from vidpost.pipeline.config import PipelineConfig
+    from vidpost.pipeline.run import run_pipeline
+
+    run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, pipeline_file=args.config)
+    print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from vidpost.pipeline.report import write_report
+
+    print(f"report: {write_report(args.run)}")
 
 
 def _acceleration(args: argparse.Namespace):
@@ -175,10 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("pretrain", cmd_pretrain, "train a video diffusion model from scratch (flow matching)"),
         ("sft", cmd_sft, "fine-tune a video diffusion model on a captioned dataset (flow matching)"),
         ("grpo", cmd_grpo, "reinforce a video diffusion model on rewards (Flash-GRPO, or full / window GRPO)"),
+        ("distill", cmd_distill, "distil a model into a few-step, one-pass-per-step student (CFG and step distillation)"),
     ):
         recipe = commands.add_parser(name, help=text)
         _add_recipe_args(recipe)
         recipe.set_defaults(func=func)
+
+    run = commands.add_parser("run", help="the post-training stages in order (SFT, GRPO, ...) in one run directory")
+    _add_recipe_args(run)
+    run.set_defaults(func=cmd_run)
+    report = commands.add_parser("report", help="write RUN/report.html (self-contained) for a `vidpost run` directory")
+    report.add_argument("run", metavar="RUN", help="the run directory")
+    report.set_defaults(func=cmd_report)
 
     sample = commands.add_parser("sample", help="generate one video per prompt into a dataset folder")
     sample.add_argument("--model", required=True, help="model directory, run directory, or shapeworld-base / shapeworld-sft")

@@ -1,0 +1,1 @@
+"""`vidpost run` (the stages in order in one run directory) and `vidpost report` (its HTML page)."""

@@ -1,0 +1,130 @@
+"""`vidpost report RUN`: one self-contained HTML page (no network) for a `vidpost run` directory.
+
+Per stage: the held-out table, training curves (PNG) and a grid of the same prompts and seeds across stages
+as animated GIFs; images are embedded as data URIs so the page is a single file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vidpost.atomic import atomic_path
+from vidpost.errors import VidpostError
+from vidpost.runlog import read_metrics
+
+REPORT_NAME = "report.html"
+CURVES = {  # stage -> the logged series worth plotting
+    "sft": ("train/loss", "val/total", "val/quality"),
+    "grpo": ("reward/weighted", "eval/total", "eval/quality", "train/approx_kl"),
+    "enhance": ("reward/total", "train/loss", "eval/total"),
+    "distill": ("train/loss", "val/total", "val/quality"),
+}
+GIF_SCALE = 4  # 32x32 frames are too small to see
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def gif(frames: np.ndarray, scale: int = GIF_SCALE, ms_per_frame: int = 150) -> bytes:
+    """uint8 (T, H, W, 3) -> an endlessly looping animated GIF, upscaled without smoothing."""
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+    return buffer.getvalue()
+
+
+def curves_png(rows: list[dict], keys: tuple[str, ...]) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [k for k in keys if any(k in r for r in rows)]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.4), squeeze=False)
+    for ax, key in zip(axes[0], present, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _table(rows: dict[str, dict]) -> str:
+    from vidpost.pipeline.run import TABLE_KEYS
+
+    head = "".join(f"<th>{k}</th>" for k in ("stage", *TABLE_KEYS))
+    body = []
+    for stage, row in rows.items():
+        cells = "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row[k], float) else f"<td>{row[k]}</td>"
+                        for k in TABLE_KEYS)
+        body.append(f"<tr><td>{html.escape(stage)}</td>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _grid(run: Path, stages: list[str], n: int) -> str:
+    from vidpost.pipeline.run import heldout_videos
+
+    videos = {s: heldout_videos(run / s, n) for s in stages}
+    captions = []
+    meta = run / stages[0] / "heldout" / "metadata.jsonl"
+    if meta.is_file():
+        captions = [json.loads(line)["caption"] for line in meta.read_text().splitlines()[:n]]
+    head = "<th>prompt</th>" + "".join(f"<th>{html.escape(s)}</th>" for s in stages)
+    body = []
+    for i, caption in enumerate(captions):
+        cells = "".join(
+            f'<td><img src="{_data_uri(gif(videos[s][i]), "image/gif")}"></td>' if i < len(videos[s]) else "<td></td>"
+            for s in stages
+        )
+        body.append(f"<tr><td class='cap'>{html.escape(caption)}</td>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_report(run: str | Path) -> Path:
+    """Write RUN/report.html from the run's held-out rows, logs and videos; return its path."""
+    from vidpost.config import load_config
+    from vidpost.pipeline.config import PipelineConfig
+    from vidpost.pipeline.run import HELDOUT_FILE
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise VidpostError(f"{run}: not a `vidpost run` directory (no config.yaml)")
+    cfg = load_config(PipelineConfig, run / "config.yaml")
+    stages = ["base", *[s.name for s in cfg.stages]]
+    rows = {s: json.loads((run / s / HELDOUT_FILE).read_text()) for s in stages if (run / s / HELDOUT_FILE).is_file()}
+    parts = [f"<h1>vidpost run: {html.escape(run.name)}</h1>",
+             f"<p>Held-out table: {cfg.heldout.n} {cfg.heldout.split} prompts, one video each, the same seeds for "
+             "every stage, each model's recommended sampling; rewards are scored against the user's prompt.</p>",
+             _table(rows) if rows else "<p>No stage has finished yet.</p>"]
+    for stage in stages[1:]:
+        metrics = read_metrics(run / stage) if (run / stage / "logs").is_dir() else []
+        png = curves_png(metrics, CURVES.get(stage, ()))
+        if png is not None:
+            parts.append(f"<h2>{stage}: training curves</h2><img src=\"{_data_uri(png, 'image/png')}\">")
+    done = [s for s in stages if s in rows]
+    if cfg.heldout.grid and done:
+        parts.append("<h2>The same prompts and seeds across stages</h2>" + _grid(run, done, cfg.heldout.grid))
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.cap{text-align:left;max-width:22em}"
+             "img{image-rendering:pixelated}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>vidpost run {html.escape(run.name)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    target = run / REPORT_NAME
+    with atomic_path(target) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return target

@@ -1,0 +1,161 @@
+"""`vidpost run`: the post-training stages in order in one run directory, each starting from the last video model.
+
+    RUN/
+      config.yaml          the pipeline config as resolved
+      base/heldout/        the starting model's held-out videos (dataset folder) and heldout.json
+      sft/ grpo/ ...       each a run directory of its recipe (`vidpost sample --model RUN/sft` accepts it),
+                           with heldout/ and heldout.json beside the recipe's own files
+      report.html          `vidpost report RUN`
+
+Rerunning the same command resumes: a stage whose final model exists is skipped (its recipe sees that), an
+interrupted stage resumes from its last checkpoint, and a held-out row already written is not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vidpost.atomic import atomic_path
+from vidpost.config import Config, load_config
+from vidpost.data.dataset import DatasetWriter
+from vidpost.errors import VidpostError
+from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts
+from vidpost.pipeline.config import PipelineConfig, StageConfig, resolve_stage_config
+from vidpost.recipes.common import prepare_run_dir
+
+log = logging.getLogger(__name__)
+HELDOUT_FILE = "heldout.json"
+TABLE_KEYS = ("total", "success", "instruction", "coherence", "quality", "nfe", "seconds_per_video")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How the pipeline drives one recipe: its config class, its train function, and what it produces."""
+
+    config_class: Callable[[], type[Config]]
+    train: Callable[[], Callable[..., Path | None]]
+    model_key: str  # the config key that names the video model it starts from
+    produces: str  # "video" (a model directory that later stages start from) or "enhancer"
+
+
+def _sft() -> Stage:
+    from vidpost.recipes import sft
+
+    return Stage(lambda: sft.SFTConfig, lambda: sft.train, "model.path", "video")
+
+
+def _grpo() -> Stage:
+    from vidpost.recipes import grpo
+
+    return Stage(lambda: grpo.GRPOConfig, lambda: grpo.train, "model.path", "video")
+
+
+STAGES: dict[str, Callable[[], Stage]] = {"sft": _sft, "grpo": _grpo}
+
+
+def stage_recipe(name: str) -> Stage:
+    if name not in STAGES:
+        raise VidpostError(f"stage {name!r} has no recipe in this version of vidpost (available: {', '.join(STAGES)})")
+    return STAGES[name]()
+
+
+# ---------------------------------------------------------------------------------------------- held-out table
+
+
+def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer: str | Path | None = None) -> dict:
+    """Generate and score the held-out prompts with a model (and enhancer); written once into `out`."""
+    done = out / HELDOUT_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    from vidpost.generation import generate, recommended_sampling, recommended_video
+    from vidpost.sample import load_model
+
+    prompts = shapeworld_prompts(cfg.heldout.split, cfg.heldout.n, cfg.heldout.seed)
+    used = _enhanced(prompts, enhancer) if enhancer is not None else prompts
+    model = load_model(str(model_ref))
+    sampling, video = recommended_sampling(model), recommended_video(model)
+    tick = time.perf_counter()
+    generated = generate(model, used, sampling, video, seed=cfg.heldout.seed, progress=False)
+    seconds = (time.perf_counter() - tick) / len(prompts)
+    scores = score_videos(generated.videos, prompts, SHAPEWORLD_SCORES)  # scored against the user's prompt
+    with DatasetWriter(out / "heldout", overwrite=True) as writer:
+        for j, (frames, prompt, prompt_used) in enumerate(zip(generated.videos, prompts, used, strict=True)):
+            extra = {"prompt_used": prompt_used} if enhancer is not None else {}
+            writer.add(frames, prompt, ext=".npy", seed=cfg.heldout.seed + j, **extra)
+    row = {**scores, "nfe": generated.nfe_per_video, "seconds_per_video": seconds, "model": str(model_ref),
+           "enhancer": None if enhancer is None else str(enhancer), "sampling": sampling.model_dump(),
+           "split": cfg.heldout.split, "n": len(prompts)}
+    with atomic_path(done) as tmp:
+        tmp.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def _enhanced(prompts: list[str], enhancer: str | Path) -> list[str]:
+    from vidpost.enhance import load_enhancer
+
+    return load_enhancer(str(enhancer)).rewrite(prompts)
+
+
+def format_heldout_table(rows: dict[str, dict]) -> str:
+    """Markdown table: one row per stage."""
+    lines = ["| stage | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
+    for stage, row in rows.items():
+        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in TABLE_KEYS]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def stage_config(stage: StageConfig, recipe: Stage, start_model: str, pipeline_file: str | Path | None) -> Config:
+    path = resolve_stage_config(stage, pipeline_file)
+    if not path.is_file():
+        raise VidpostError(f"stage {stage.name}: config file not found: {path}")
+    return load_config(recipe.config_class(), path, [f"{recipe.model_key}={start_model}", *stage.overrides])
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path | None = None,
+                 progress: bool = True) -> dict[str, dict]:
+    """Run (or resume) every stage; return the held-out table {stage: row} (also printed per stage)."""
+    out = Path(out)
+    prepare_run_dir(cfg, out)
+    recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
+    video_model, enhancer = cfg.base, None
+    rows = {"base": heldout_row(video_model, out / "base", cfg)}
+    print(format_heldout_table(rows), flush=True)
+    for stage in cfg.stages:
+        recipe, stage_dir = recipes[stage.name], out / stage.name
+        stage_cfg = stage_config(stage, recipe, video_model, pipeline_file)
+        log.info("stage %s: %s -> %s", stage.name, video_model, stage_dir)
+        final = recipe.train()(stage_cfg, stage_dir, progress=progress)
+        if final is None:
+            raise VidpostError(f"stage {stage.name} stopped before the end; rerun the same command to resume")
+        if recipe.produces == "video":
+            video_model = str(stage_dir)
+        else:
+            enhancer = str(stage_dir)
+        rows[stage.name] = heldout_row(video_model, stage_dir, cfg, enhancer)
+        print(format_heldout_table(rows), flush=True)
+    with atomic_path(out / "heldout_table.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    from vidpost.pipeline.report import write_report
+
+    write_report(out)
+    return rows
+
+
+def heldout_videos(stage_dir: Path, n: int) -> list[np.ndarray]:
+    """The first n held-out videos a stage wrote (uint8 (T, H, W, 3)), for the report's grid."""
+    meta = stage_dir / "heldout" / "metadata.jsonl"
+    if not meta.is_file():
+        return []
+    records = [json.loads(line) for line in meta.read_text().splitlines()[:n]]
+    return [np.load(stage_dir / "heldout" / r["file"]) for r in records]

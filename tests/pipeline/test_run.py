@@ -1,0 +1,108 @@
+"""`vidpost run` on ShapeWorld from the shipped base model with tiny stages: the stages chain, each gets a
+held-out row, a rerun resumes without recomputing, the report is one self-contained page."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidpost.cli import main
+from vidpost.config import load_config
+from vidpost.errors import VidpostError
+from vidpost.pipeline.config import PipelineConfig
+from vidpost.pipeline.run import heldout_row, run_pipeline
+from vidpost.recipes.common import finished_model
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
+SFT = ["data.shapeworld.n=8", "train.steps=2", "train.batch_size=4", "train.precision=float32",
+       "validation.n=2", "checkpoint.every_steps=1"]
+GRPO = ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.sampling.steps=4",
+        "rollout.precision=float32", "strategy.flash.k_max=1", "reward.weights={quality: 1.0, coherence: 0.5}",
+        "train.steps=1", "evaluation.n=2", "evaluation.every_steps=0", "checkpoint.every_steps=1"]
+
+
+def _pipeline(tmp_path, stages=("sft", "grpo")) -> Path:
+    overrides = {"sft": SFT, "grpo": GRPO}
+    files = {"sft": "sft.yaml", "grpo": "grpo_flash.yaml"}
+    cfg = {"base": "shapeworld-base", "heldout": {"n": 2, "grid": 2},
+           "stages": [{"name": s, "config": str(CONFIGS / files[s]), "overrides": overrides[s]} for s in stages]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = _pipeline(tmp)
+    out = tmp / "run"
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    return config, out
+
+
+def test_stages_chain_and_each_gets_a_heldout_row(finished):
+    _, out = finished
+    table = json.loads((out / "heldout_table.json").read_text())
+    assert list(table) == ["base", "sft", "grpo"]
+    for row in table.values():
+        assert row["n"] == 2 and 0 <= row["total"] <= 1 and row["nfe"] > 0
+    assert finished_model(out / "sft") is not None and finished_model(out / "grpo") is not None
+    # each stage starts from the previous one's output
+    assert yaml.safe_load((out / "sft" / "config.yaml").read_text())["model"]["path"] == "shapeworld-base"
+    assert yaml.safe_load((out / "grpo" / "config.yaml").read_text())["model"]["path"] == str(out / "sft")
+    assert table["grpo"]["model"] == str(out / "grpo")
+    # the same prompts for every stage, kept as captions of the held-out videos
+    captions = [[json.loads(line)["caption"] for line in (out / s / "heldout" / "metadata.jsonl").read_text().splitlines()]
+                for s in table]
+    assert captions[0] == captions[1] == captions[2] and len(captions[0]) == 2
+
+
+def test_a_rerun_resumes_without_recomputing(finished):
+    config, out = finished
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/heldout.json")}
+    weights = out / "grpo" / "model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/heldout.json")} == stamps
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_the_report_is_one_self_contained_page(finished):
+    _, out = finished
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>")
+    assert not re.search(r"(src|href)=\"https?:", page)  # opens with no network
+    assert page.count('src="data:image/gif;base64,') == 2 * 3  # grid: 2 prompts x (base, sft, grpo)
+    assert 'src="data:image/png;base64,' in page  # training curves
+    for stage in ("base", "sft", "grpo"):
+        assert f"<td>{stage}</td>" in page
+    assert main(["report", str(out)]) == 0  # the command rewrites it
+
+
+def test_a_rerun_with_another_config_is_refused(finished, tmp_path):
+    config, out = finished
+    changed = yaml.safe_load(config.read_text())
+    changed["heldout"]["n"] = 3
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    with pytest.raises(VidpostError, match="heldout.n"):
+        run_pipeline(load_config(PipelineConfig, other), out, pipeline_file=other, progress=False)
+
+
+def test_bad_pipelines_fail_before_any_work(tmp_path):
+    with pytest.raises(VidpostError, match="order"):
+        load_config(PipelineConfig, None, ["stages=[{name: grpo, config: a.yaml}, {name: sft, config: b.yaml}]"])
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"stages": [{"name": "sft", "config": "missing.yaml"}]}))
+    with pytest.raises(VidpostError, match="missing.yaml"):
+        run_pipeline(load_config(PipelineConfig, config), tmp_path / "run", pipeline_file=config, progress=False)
+
+
+def test_heldout_rows_score_against_the_user_prompt(tmp_path):
+    cfg = load_config(PipelineConfig, None, ["stages=[]", "heldout.n=2"])
+    row = heldout_row("shapeworld-sft", tmp_path / "sft", cfg)
+    again = heldout_row("shapeworld-sft", tmp_path / "other", cfg)  # deterministic: same prompts and seeds
+    assert {k: row[k] for k in ("total", "quality")} == {k: again[k] for k in ("total", "quality")}
+    assert row["sampling"]["steps"] == 20 and row["nfe"] == 40
