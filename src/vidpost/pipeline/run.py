@@ -123,8 +123,11 @@ def stage_config(stage: StageConfig, recipe: Stage, start_model: str, pipeline_f
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path | None = None,
-                 progress: bool = True) -> dict[str, dict]:
-    """Run (or resume) every stage; return the held-out table {stage: row} (also printed per stage)."""
+                 progress: bool = True) -> dict[str, dict] | None:
+    """Run (or resume) every stage; return the held-out table {stage: row} (also printed per stage).
+
+    None when a stage was stopped (SIGINT/SIGTERM) after writing its checkpoint: rerunning resumes there.
+    """
     out = Path(out)
     prepare_run_dir(cfg, out)
     recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
@@ -137,7 +140,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path
         log.info("stage %s: %s -> %s", stage.name, video_model, stage_dir)
         final = recipe.train()(stage_cfg, stage_dir, progress=progress)
         if final is None:
-            raise VidpostError(f"stage {stage.name} stopped before the end; rerun the same command to resume")
+            return None
         if recipe.produces == "video":
             video_model = str(stage_dir)
         else:
