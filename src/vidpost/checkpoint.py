@@ -5,6 +5,10 @@
         optimizer.safetensors    every tensor of the optimizer state, keyed "<param index>.<name>"
         state.json               step, the optimizer's param_groups and scalar state, the recipe's counters
 
+A checkpoint holds whole tensors, whatever the world size of the run that wrote it: under FSDP the ranks
+gather their shards (`full_training_state`, a collective), rank 0 writes, and `load_checkpoint` shards what it
+reads like the model's parameters, so a run resumes at another world size.
+
 A checkpoint is written into a hidden temporary folder and renamed into place, so a kill during a save
 never leaves a half-written checkpoint, and the previous ones stay intact; an old checkpoint is renamed
 away before it is deleted, for the same reason. The next save removes what a kill left behind. One process
@@ -25,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from vidpost import dist
 from vidpost.errors import VidpostError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -49,8 +54,19 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def full_training_state(
+    trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Whole trained tensors and optimizer state dict (as `optimizer.state_dict()`) on rank 0's CPU, for rank 0's
+    `save_checkpoint`. Sharded (FSDP) tensors are all-gathered one by one: every rank must call this.
+    """
     state = optimizer.state_dict()
+    full_state = {index: dist.full_tensors(entries) for index, entries in state["state"].items()}
+    return dist.full_tensors(trainable), {"state": full_state, "param_groups": state["param_groups"]}
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, entries in state["state"].items():
         for name, value in entries.items():
@@ -65,11 +81,14 @@ def save_checkpoint(
     root: str | Path,
     step: int,
     trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict,
     state: dict[str, Any],
     keep_last: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under root atomically, then delete all but the newest `keep_last`."""
+    """Write checkpoint `step` under root atomically, then delete all but the newest `keep_last`.
+
+    `optimizer`: the optimizer, or its state dict (as `full_training_state` returns it under FSDP).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = _step_dir(root, step)
@@ -101,7 +120,10 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | Path, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """Restore trained weights (in place) and optimizer state; return state.json (step, counters)."""
+    """Restore trained weights (in place) and optimizer state; return state.json (step, counters).
+
+    Sharded (FSDP) parameters take their shard of each whole tensor; every rank reads the checkpoint.
+    """
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
@@ -117,11 +139,15 @@ def load_checkpoint(
         )
     with torch.no_grad():
         for name, param in parameters.items():
-            param.copy_(weights[name])
+            param.copy_(dist.shard_like(weights[name], param))
     optim_meta = state.pop("optimizer")
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's indices
     entries: dict[int, dict[str, Any]] = {}
     for key, value in [*tensors.items(), *optim_meta["scalars"].items()]:
         index, name = key.split(".", 1)
+        param = ordered[int(index)]
+        if isinstance(value, torch.Tensor) and name != "step" and value.shape == param.shape:  # Adam's moments
+            value = dist.shard_like(value, param)
         entries.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": optim_meta["param_groups"]})
     return state

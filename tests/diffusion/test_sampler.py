@@ -141,3 +141,21 @@ def test_bad_arguments_are_named(model):
         run_steps(velocity, _noise(2), sigmas, sde=torch.ones(4, dtype=torch.bool), g=torch.ones(3))
     with pytest.raises(ValueError, match="start <= stop"):
         run_steps(velocity, _noise(2), sigmas, start=2, stop=1)
+
+
+def test_per_row_generators_give_a_row_the_same_noise_in_any_batch(model):
+    steps = 4
+    sigmas = sampling_sigmas(steps, 3.0)
+    g = noise_levels(sigmas, "flash")
+    flags = torch.zeros(2, steps, dtype=torch.bool)
+    flags[0, 1] = flags[1, 2] = True  # row 1 draws nothing at step 1, where row 0 takes its SDE step
+
+    def generators():
+        return [torch.Generator().manual_seed(s) for s in (3, 4)]
+
+    embeds, noise = model.encode_prompts(PROMPTS), _noise(2)
+    with torch.no_grad():
+        both = run_steps(GuidedVelocity(model, embeds), noise, sigmas, sde=flags, g=g, generator=generators())
+        alone = [run_steps(GuidedVelocity(model, embeds[r : r + 1]), noise[r : r + 1], sigmas, sde=flags[r : r + 1],
+                           g=g, generator=generators()[r : r + 1]) for r in range(2)]
+    torch.testing.assert_close(both.final, torch.cat([a.final for a in alone]), rtol=1e-5, atol=1e-6)

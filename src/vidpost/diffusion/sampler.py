@@ -18,7 +18,7 @@ all-ODE path against stock WanPipeline on the tiny Wan.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -119,13 +119,26 @@ def _flags(sde: torch.Tensor | None, batch: int, num_steps: int, device: torch.d
     return sde
 
 
+def _sde_noise(mean: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
+    """ε of one SDE step shaped like mean (B, C, T, H, W): one draw from `generator`, or per row from its own."""
+    if not isinstance(generator, Sequence):
+        return torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    if len(generator) != mean.shape[0]:
+        raise ValueError(f"need one generator per row ({mean.shape[0]}), got {len(generator)}")
+    noise = torch.zeros_like(mean)
+    for j in rows.nonzero().flatten().tolist():  # ODE rows draw nothing: their streams stay where they are
+        g = generator[j]
+        noise[j] = torch.randn(mean.shape[1:], generator=g, device=g.device, dtype=mean.dtype).to(mean.device)
+    return noise
+
+
 def run_steps(
     velocity: VelocityFn,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     sde: torch.Tensor | None = None,
     g: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     start: int = 0,
     stop: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -134,7 +147,9 @@ def run_steps(
 
     sigmas (N + 1,) decreasing to 0; sde (N,) or (B, N) bool flags (None: all ODE); g (N,) noise levels,
     needed when any flag is set (from `noise_levels`). SDE noise is drawn from `generator`, one
-    (B, C, T, H, W) draw per step that has any SDE row, so a run is reproducible from the generator's seed.
+    (B, C, T, H, W) draw per step that has any SDE row, so a run is reproducible from the generator's seed;
+    or from a list of B generators, one per row, each drawn only at its row's SDE steps, so a row's noise does
+    not depend on the batch it runs in (GRPO's rows split over ranks or buckets).
     Gradients flow through `velocity` unless the caller runs under torch.no_grad (rollouts do).
     """
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
@@ -160,7 +175,7 @@ def run_steps(
         if bool(rows.any()):
             g_i = torch.where(rows.cpu(), g[i], torch.zeros((), dtype=torch.float64))  # g = 0: the ODE step
             mean, std = sde_mean_std(x, v, sigma, sigmas[i + 1].expand(batch), g_i)
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            noise = _sde_noise(mean, rows, generator)
             x_next = mean + std * noise
             safe_std = torch.where(std > 0, std, torch.ones_like(std))  # ODE rows have no density
             lp = transition_log_prob(x_next.detach(), mean, safe_std)

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from vidpost import dist
 from vidpost.checkpoint import latest_checkpoint
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
@@ -163,13 +164,21 @@ def validate(
 
     Deterministic: the all-ODE path from noise seeded seed + j, so every validation of a run (and of every
     stage) sees the same prompts and the same starting noise (a feature cache in `acceleration` changes the videos).
+    Distributed: every rank calls this; each samples its share of the prompts with the full weights, and rank 0
+    writes and scores them all (the other ranks return {}).
     """
-    generated = generate(model, prompts, sampling, video, seed=seed, precision=precision, progress=False,
-                         acceleration=acceleration)
+    share = dist.share(len(prompts))
+    with dist.unsharded(model.transformer):
+        part = generate(model, prompts[share], sampling, video, seed=seed + share.start, precision=precision,
+                        progress=False, acceleration=acceleration).videos if share.stop > share.start else None
+    parts = dist.gather_objects(part)
+    if not dist.is_main():
+        return {}
+    videos = np.concatenate([p for p in parts if p is not None])
     with DatasetWriter(out_dir, overwrite=True) as writer:
-        for frames, prompt in zip(generated.videos, prompts, strict=True):
+        for frames, prompt in zip(videos, prompts, strict=True):
             writer.add(frames, prompt)
-    scores = score_videos(generated.videos, prompts) if scorable else {}
+    scores = score_videos(videos, prompts) if scorable else {}
     return {f"{prefix}/{name}": value for name, value in scores.items()}
 
 
@@ -183,9 +192,24 @@ def finished_model(out: Path) -> Path | None:
 
 def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingConfig, video: VideoConfig,
                out: Path) -> Path:
-    """Write model/ (diffusers layout) or lora/ atomically, with the model card (`sampling` recommended)."""
+    """Write model/ (diffusers layout) or lora/ atomically, with the model card (`sampling` recommended).
+
+    Distributed: every rank calls this; the sharded weights are gathered, whole, to rank 0, which loads them
+    into an unsharded copy of the model (built again from `model_cfg`) and writes it.
+    """
     name = LORA_DIR if model.lora_config is not None else MODEL_DIR
     final, tmp = out / name, out / f".{name}.tmp"
+    if dist.is_distributed():
+        trained = model.transformer.state_dict() if model.lora_config is None else {
+            n: p for n, p in model.transformer.named_parameters() if p.requires_grad}
+        weights = dist.full_tensors(trained)  # {} on ranks other than 0
+        if not dist.is_main():
+            return final
+        model = WanVideoModel.from_config(model_cfg)
+        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
+        trained_missing = missing if model.lora_config is None else [k for k in missing if "lora_" in k]
+        if unexpected or trained_missing:
+            raise VidpostError(f"the rebuilt model does not match the trained one ({(trained_missing + unexpected)[:3]})")
     shutil.rmtree(tmp, ignore_errors=True)
     if model.lora_config is not None:
         model.save_lora(tmp)

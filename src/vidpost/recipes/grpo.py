@@ -1,6 +1,7 @@
 """GRPO for flow-matching video models: Flash-GRPO by default, full-trajectory and sliding-window as baselines.
 
     vidpost grpo configs/shapeworld/grpo_flash.yaml --out runs/grpo [key=value ...]
+    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # FSDP2 over 8 GPUs (README)
 
 Each iteration is a chain of named, timed phases:
     rollout    P prompts x G samples along the strategy's plan of SDE steps (rl/strategies.py)
@@ -15,6 +16,12 @@ The run directory is laid out as SFT's (recipes/sft.py): config.yaml, checkpoint
 TensorBoard), samples/step_N/ (held-out evaluation videos), and the final lora/ or model/ with its
 card, which `vidpost sample --model RUN_DIR` loads. Every iteration's randomness (prompts, k, noise) is
 drawn from (seed, iteration), so a killed run resumes from its last checkpoint exactly.
+
+Under torchrun each rank rolls out and trains its share of the groups (`dist.local_slice`), with the full
+weights held for the rollout (`dist.unsharded`) and FSDP2-sharded weights for the update; rewards, advantages
+and the rectification batch mean are computed over all ranks, k and every row's noise come from (seed,
+iteration, row), minibatches take the same part of every group, and each loss is divided by the global
+minibatch size (FSDP2 sums gradients), so an iteration gives the one-process update at any world size.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import full_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -117,7 +124,7 @@ class GRPOTrainConfig(Config):
     clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip epsilon")
     kl_beta: float = Field(0.0, ge=0, description="weight of the closed-form KL to the reference (0: off)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per iteration (the transitions split evenly)")
-    micro_batch_size: int | None = Field(None, ge=1, description="transitions per forward/backward; null = a whole minibatch")
+    micro_batch_size: int | None = Field(None, ge=1, description="transitions per forward/backward on each rank; null = its whole minibatch")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)")
     seed: int = Field(0, description="every iteration's randomness is drawn from (seed, iteration)")
     max_consecutive_nonfinite: int = Field(
@@ -166,7 +173,8 @@ def _reference(model: WanVideoModel):
                 model.transformer.enable_adapters()
         return without_lora
     frozen = copy.copy(model)
-    frozen.transformer = copy.deepcopy(model.transformer).requires_grad_(False)
+    frozen.transformer = copy.deepcopy(model.transformer).requires_grad_(False)  # before the policy is sharded
+    dist.shard_model(frozen.transformer, frozen.transformer.blocks)
 
     @contextmanager
     def copy_of_start():
@@ -193,17 +201,19 @@ class _Phases:
 def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
     """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early."""
     out = Path(out)
-    prepare_run_dir(cfg, out)
+    with dist.main_first():  # rank 0 writes the run directory; the others find it
+        prepare_run_dir(cfg, out)
     final = finished_model(out)
     if final is not None:
         log.info("%s is finished (%s exists); nothing to do", out, final)
         return final
+    progress = progress and dist.is_main()
     for server in cfg.reward.remote:
         register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries)
     check_reward_names(list(cfg.reward.weights))
 
     torch.manual_seed(cfg.train.seed)
-    model = WanVideoModel.from_config(cfg.model)
+    model = WanVideoModel.from_config(cfg.model).to(dist.device())
     video = cfg.video or recommended_video(model)
     shape = model.latent_shape(video.frames, video.height, video.width)
     sampling = cfg.rollout.sampling
@@ -218,6 +228,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
     reference = _reference(model) if cfg.train.kl_beta > 0 else None
+    dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
 
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     t = cfg.train
@@ -247,16 +258,19 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                             acceleration=cfg.evaluation.acceleration)
 
     metrics: dict[str, float] = {}
-    if start == 0 and runlog is not None:
-        metrics = evaluate(0)
-        runlog.write(0, metrics)
+    if start == 0:
+        metrics = evaluate(0)  # every rank samples its share; rank 0 writes and scores
+        if runlog is not None:
+            runlog.write(0, metrics)
     nonfinite = NonfiniteStreak(t.max_consecutive_nonfinite, out / "checkpoints", unit="iteration")
 
     def save(step: int) -> None:
         if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
             log.warning("iteration %d: no checkpoint while iterations are non-finite", step)
             return
-        save_checkpoint(out / "checkpoints", step, _checkpointed(params, ema), optimizer, state, cfg.checkpoint.keep_last)
+        weights, optimizer_state = full_training_state(_checkpointed(params, ema), optimizer)  # whole, on rank 0
+        if dist.is_main():  # one writer: whole tensors, so any world size resumes from it
+            save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
 
     bar = tqdm(total=t.steps, initial=start, desc=f"grpo {strategy.name}", unit="it", disable=not progress)
     with StopFlag() as stop:
@@ -282,22 +296,22 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                 if metrics:
                     bar.write(f"iteration {step}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()))
             stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
-            # rank 0 alone writes: the ranks hold the same weights, and two writers of one folder would race
-            if dist.is_main() and (step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping):
+            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
                 save(step)
             if stopping:
                 bar.close()
-                if runlog is not None:
+                if runlog is not None:  # rank 0, which wrote the checkpoint
                     runlog.close()  # flush TensorBoard: nothing logged is lost on a stop
-                log.warning("stopped at iteration %d; rerun the same command to resume from %s", step,
-                            latest_checkpoint(out / "checkpoints") or "the start")
+                    log.warning("stopped at iteration %d; rerun the same command to resume from %s", step,
+                                latest_checkpoint(out / "checkpoints") or "the start")
                 return None
     bar.close()
     if runlog is not None:
         runlog.close()
     with _ema_weights(ema, params):
         final = save_final(model, cfg.model, sampling, video, out)
-    (out / "summary.json").write_text(json.dumps({"iterations": t.steps, **state, **metrics}, indent=1) + "\n")
+    if dist.is_main():
+        (out / "summary.json").write_text(json.dumps({"iterations": t.steps, **state, **metrics}, indent=1) + "\n")
     return final
 
 
@@ -314,12 +328,14 @@ def _ema_weights(ema, params: dict[str, torch.nn.Parameter]):
     if ema is None:
         yield
         return
-    ema.store(params.values())
+    trained = [p.detach().clone() for p in params.values()]  # on the device, sharded like the parameters
     ema.copy_to(params.values())
     try:
         yield
     finally:
-        ema.restore(params.values())
+        with torch.no_grad():
+            for p, saved in zip(params.values(), trained, strict=True):
+                p.copy_(saved)
 
 
 def iteration(
@@ -347,15 +363,16 @@ def iteration(
     groups = torch.arange(P)[local]
     rows = (groups[:, None] * G + torch.arange(G)).flatten()  # this rank's rows of the global batch
     prompts = [pool[int(i)] for i in prompt_ids[local]]
-    sde_generator = torch.Generator().manual_seed(derive_seed(t.seed, 2, step, dist.rank()))
+    # one SDE noise stream per row of the global batch: a row's noise does not depend on the rank it runs on
+    sde_generators = [torch.Generator().manual_seed(derive_seed(t.seed, 2, step, int(r))) for r in rows]
     seeds = torch.tensor([derive_seed(t.seed, 3, step, int(r)) & 0x7FFFFFFF for r in rows])
 
-    with phase("rollout"):
+    with phase("rollout"), dist.unsharded(model.transformer):  # full weights: no collective per forward
         model.transformer.eval()
         embeds = model.encode_prompts(prompts)  # (p, L, D)
         local_plan = StepPlan(sde=plan.sde[rows], train=plan.train[rows], k=None if plan.k is None else plan.k[local])
         batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
-                        sde_generator, precision, flash=cfg.strategy.flash if cfg.strategy.name == "flash" else None)
+                        sde_generators, precision, flash=cfg.strategy.flash if cfg.strategy.name == "flash" else None)
     with phase("reward"):
         videos = to_float(to_uint8(model.decode(batch.final).cpu().numpy()))  # scored as a saved clip would be
         prompt_of_row = [p for p in prompts for _ in range(G)]
@@ -377,7 +394,7 @@ def iteration(
 
     # Minibatches (one optimizer step each) of micro-batches (one forward/backward each); the old
     # log-probabilities are computed on exactly these micro-batches, so the first update sees ρ = 1.
-    minibatches = [mb.split(t.micro_batch_size or max(1, len(mb))) for mb in torch.arange(len(tr)).tensor_split(t.minibatches)]
+    minibatches = [mb.split(t.micro_batch_size or max(1, len(mb))) for mb in minibatch_indices(len(tr), len(groups), t.minibatches)]
     with phase("old"), torch.no_grad():
         old_lp = torch.empty(len(tr))
         ref_mean: list[list[torch.Tensor]] = [[] for _ in minibatches]
@@ -394,22 +411,21 @@ def iteration(
         stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": []}
         grad_norms, nonfinite = [], False
         for n, chunks in enumerate(minibatches):
-            size, finite = sum(len(c) for c in chunks), True
+            size, finite = sum(len(c) for c in chunks) * dist.world_size(), True  # over all ranks (equal shares)
             for m, chunk in enumerate(chunks):
                 sub = tr.select(chunk)
                 lp, mean, std = log_probs(model, sub)
                 kl = transition_kl(mean, ref_mean[n][m], std) if reference is not None else None
-                terms = policy_loss(lp, old_lp[chunk], local_advantages[sub.sample], t.clip_range,
-                                    None if weights is None else weights[chunk], kl, t.kl_beta)
-                (terms.loss.sum() / size).backward()
+                terms = policy_loss(lp, old_lp[chunk].to(lp.device), local_advantages[sub.sample].to(lp.device),
+                                    t.clip_range, None if weights is None else weights[chunk].to(lp.device), kl, t.kl_beta)
+                (terms.loss.sum() / size).backward()  # FSDP2 sums over ranks: the global minibatch mean
                 finite = finite and bool(torch.isfinite(terms.loss).all())
                 for key, value in (("ratio", terms.ratio), ("clipped", terms.clipped.float()),
                                    ("approx_kl", terms.approx_kl)):
                     stats[key].extend(value.float().tolist())
                 if terms.kl is not None:
                     stats["kl"].extend(terms.kl.float().tolist())
-            _all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), t.grad_clip)
+            grad_norm = dist.clip_grad_norm_(params.values(), t.grad_clip)  # over all ranks' shards
             skip = not (finite and bool(torch.isfinite(grad_norm)))
             if not dist.any_rank(skip):  # every rank steps, or none (their weights must stay equal)
                 optimizer.step()
@@ -425,31 +441,34 @@ def iteration(
         row[f"reward/{name}_std"] = values.std(unbiased=False).item()
     row["reward/weighted"] = float(weighted_sum(rewards, cfg.reward.weights).mean())
     row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
-    ratio = np.array(stats["ratio"])
+    stats = {k: dist.all_gather_cat(torch.tensor(v, dtype=torch.float64)).numpy() for k, v in stats.items()}  # all ranks
+    ratio = stats["ratio"]
     row.update({
         "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()), "train/ratio_max": float(ratio.max()),
         "train/clip_fraction": float(np.mean(stats["clipped"])), "train/approx_kl": float(np.mean(stats["approx_kl"])),
-        "train/grad_norm": float(np.mean(grad_norms)), "train/transitions": float(len(tr)),
-        "train/rollout_logprob_gap": float((old_lp - tr.rollout_log_prob).abs().max()),
-        "nfe/rollout_per_video": batch.passes_per_video,
+        "train/grad_norm": float(np.mean(grad_norms)), "train/transitions": float(len(tr) * dist.world_size()),
+        "train/rollout_logprob_gap": float(dist.all_gather_cat((old_lp - tr.rollout_log_prob).abs().max()[None]).max()),
+        "nfe/rollout_per_video": float(dist.all_gather_cat(torch.tensor([batch.passes_per_video])).mean()),  # equal rows per rank
         "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * len(tr) / len(rows),
     })
-    if stats["kl"]:
+    if len(stats["kl"]):
         row["train/kl"] = float(np.mean(stats["kl"]))
     row.update({f"time/{name}_s": seconds for name, seconds in phase.seconds.items()})
     row["nonfinite"] = nonfinite
     return row
 
 
-def _all_reduce_grads(params: dict[str, torch.nn.Parameter]) -> None:
-    """Average gradients over ranks (plain data parallel; FSDP2 does this itself when it wraps the model)."""
-    if not dist.is_distributed():
-        return
-    world = dist.world_size()
-    for p in params.values():
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world
+def minibatch_indices(num_transitions: int, num_groups: int, minibatches: int) -> list[torch.Tensor]:
+    """This rank's transitions (sample-major, groups in order) in each minibatch: the n-th part of every group's.
+
+    Every group holds the same number of transitions, so each rank holds an equal share of every minibatch
+    (the same number of forwards on every rank), and a minibatch is the same set of transitions at any world size.
+    """
+    if num_transitions % num_groups:
+        raise ValueError(f"{num_transitions} transitions do not split evenly over {num_groups} groups")
+    per_group = num_transitions // num_groups
+    offsets = torch.arange(num_groups)[:, None] * per_group  # (p, 1)
+    return [(offsets + part).flatten() for part in torch.arange(per_group).tensor_split(minibatches)]
 
 
-__all__ = ["GRPOConfig", "iteration", "train", "training_prompts"]
+__all__ = ["GRPOConfig", "iteration", "minibatch_indices", "train", "training_prompts"]

@@ -2,6 +2,7 @@
 
     vidpost sft configs/shapeworld/sft.yaml --out runs/sft [key=value ...]
     vidpost pretrain configs/shapeworld/pretrain.yaml --out runs/base
+    torchrun --nproc_per_node 8 -m vidpost.cli sft CONFIG --out RUN     # FSDP2 over 8 GPUs (README)
 
 Each step draws clips, a σ per clip and noise ε, forms x_σ = (1 − σ)·x₀ + σ·ε, and regresses the model's
 velocity on ε − x₀; captions are dropped (replaced by the empty prompt) with probability caption_dropout,
@@ -18,6 +19,10 @@ The run directory:
 
 Every step's randomness (clip order, σ, ε, caption dropout) is drawn from (seed, step), so a run that is
 killed and resumed from a checkpoint ends with exactly the weights of an uninterrupted run.
+
+Under torchrun every rank draws the step's whole batch and trains its share of it (`dist.local_slice`), with
+its loss divided by the global batch; FSDP2 sums the gradients, so a step's update is the one-process update
+(up to float rounding) at any world size, and checkpoints (whole tensors) resume at any world size.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost import dist
+from vidpost.checkpoint import full_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config, load_config
 from vidpost.data.cache import CACHE_DTYPES, EncodedDataset, load_or_build_cache
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -99,7 +105,7 @@ class TrainConfig(Config):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="clips per optimizer step")
     micro_batch_size: int | None = Field(
-        None, ge=1, description="clips per forward/backward (gradient accumulation); null = batch_size"
+        None, ge=1, description="clips per forward/backward on each rank (gradient accumulation); null = all of them"
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "bf16", description="bf16 autocast (about 2x faster on CPU) or float32"
@@ -155,10 +161,11 @@ def batch_indices(num_clips: int, batch_size: int, step: int, seed: int) -> torc
 def training_loss(
     model: WanVideoModel, data: EncodedDataset, indices: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """Backpropagate the flow-matching loss of one step's clips; return the per-clip losses (B,).
+    """Backpropagate the flow-matching loss of this rank's share of one step's clips; return its per-clip losses.
 
-    All randomness is drawn for the whole batch before it is split into micro-batches, so the gradient does
-    not depend on micro_batch_size (up to float rounding).
+    All randomness is drawn for the whole (global) batch before it is split over ranks and into micro-batches,
+    and each loss is divided by the global batch size, so the gradient summed over ranks depends on neither
+    the world size nor micro_batch_size (up to float rounding).
     """
     batch = indices.shape[0]
     x0 = data.latents[indices].float()  # (B, C, T, H, W)
@@ -170,7 +177,7 @@ def training_loss(
     noise = torch.randn(x0.shape, generator=generator)
     micro = cfg.micro_batch_size or batch
     losses = []
-    for rows in torch.arange(batch).split(micro):
+    for rows in torch.arange(batch)[dist.local_slice(batch)].split(micro):
         x0_m, noise_m, sigma_m = x0[rows].to(model.device), noise[rows].to(model.device), sigma[rows].to(model.device)
         embeds = data.embeds[caption_ids[rows]].to(model.device)
         with autocast(cfg.precision, model.device):
@@ -200,22 +207,28 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
     out = Path(out)
-    prepare_run_dir(cfg, out)
+    if cfg.train.batch_size % dist.world_size():
+        raise VidpostError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the world size {dist.world_size()}")
+    with dist.main_first():  # rank 0 writes the run directory, the dataset and the cache; the others read them
+        prepare_run_dir(cfg, out)
     final = finished_model(out)
     if final is not None:
         log.info("%s is finished (%s exists); nothing to do", out, final)
         return final
+    progress = progress and dist.is_main()
 
     torch.manual_seed(cfg.train.seed)
-    model = WanVideoModel.from_config(cfg.model)
-    data = load_or_build_cache(
-        _dataset_dir(cfg.data, out), model, out / "cache", cfg.data.caption_key,
-        model_key=cfg.model.model_dump_json(), dtype=cfg.data.cache_dtype, progress=progress,
-    )
+    model = WanVideoModel.from_config(cfg.model).to(dist.device())  # this rank's GPU under torchrun, else the CPU
+    with dist.main_first():
+        data = load_or_build_cache(
+            _dataset_dir(cfg.data, out), model, out / "cache", cfg.data.caption_key,
+            model_key=cfg.model.model_dump_json(), dtype=cfg.data.cache_dtype, progress=progress,
+        )
     if data.skipped:
         log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
     video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
     prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
+    dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
     model.transformer.train()
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     o = cfg.optim
@@ -227,7 +240,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         state = load_checkpoint(checkpoint, params, optimizer)
         start = state.pop("step")
         log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
-    runlog = RunLog(out, resume_step=start)
+    runlog = RunLog(out, resume_step=start) if dist.is_main() else None
     if start == 0:
         log.info("training %.2fM parameters on %d clips (%d captions)",
                  sum(p.numel() for p in params.values()) / 1e6, len(data), len(data.captions) - 1)
@@ -238,7 +251,9 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
             log.warning("step %d: no checkpoint while steps are non-finite", step)
             return
-        save_checkpoint(out / "checkpoints", step, params, optimizer, state, cfg.checkpoint.keep_last)
+        weights, optimizer_state = full_training_state(params, optimizer)  # whole tensors on rank 0
+        if dist.is_main():
+            save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
 
     bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", disable=not progress)
     window = {"loss": [], "grad_norm": [], "seconds": []}
@@ -252,8 +267,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             generator = torch.Generator().manual_seed(derive_seed(cfg.train.seed, 2, step))
             torch.manual_seed(derive_seed(cfg.train.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
             indices = batch_indices(len(data), cfg.train.batch_size, step, cfg.train.seed)
-            losses = training_loss(model, data, indices, cfg.train, generator)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), o.grad_clip)
+            losses = dist.all_gather_cat(training_loss(model, data, indices, cfg.train, generator))  # (B,)
+            grad_norm = dist.clip_grad_norm_(params.values(), o.grad_clip)  # over all ranks' shards
             finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
             if finite:
                 optimizer.step()
@@ -268,7 +283,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             bar.update(1)
             bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
 
-            if step % cfg.log_every_steps == 0 or step == cfg.train.steps:
+            if runlog is not None and (step % cfg.log_every_steps == 0 or step == cfg.train.steps):
                 seconds = float(np.mean(window["seconds"]))
                 runlog.write(step, {
                     "train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(np.mean(window["grad_norm"])),
@@ -282,23 +297,27 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed, cfg.train.precision,
                                    out / "samples" / f"step_{step:06d}", acceleration=cfg.validation.acceleration)
                 model.transformer.train()
-                runlog.write(step, metrics)
+                if runlog is not None:
+                    runlog.write(step, metrics)
                 if metrics:
                     bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items()))
-            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
+            stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
+            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps or stopping:
                 save(step)
-            if stop.raised is not None or step == stop_after:
-                save(step)
+            if stopping:
                 bar.close()
-                runlog.close()
-                log.warning("stopped at step %d; rerun the same command to resume from %s", step,
-                            latest_checkpoint(out / "checkpoints") or "the start")
+                if runlog is not None:  # rank 0, which wrote the checkpoint
+                    runlog.close()
+                    log.warning("stopped at step %d; rerun the same command to resume from %s", step,
+                                latest_checkpoint(out / "checkpoints") or "the start")
                 return None
     bar.close()
-    runlog.close()
+    if runlog is not None:
+        runlog.close()
     final = save_final(model, cfg.model, cfg.sampling, video, out)
-    summary = {"steps": cfg.train.steps, **state, **metrics}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if dist.is_main():
+        summary = {"steps": cfg.train.steps, **state, **metrics}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return final
 
 

@@ -89,12 +89,13 @@ def rollout(
     g: torch.Tensor,
     guidance: float,
     seeds: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     precision: str,
     flash: FlashConfig | None = None,
 ) -> RolloutBatch:
     """Sample P groups of G videos along `plan`. shape (C, T, H, W) latents; embeds (P, L, D) one row per
-    prompt; seeds (B,) of each video's initial noise (a shared prefix uses its group's first seed).
+    prompt; seeds (B,) of each video's initial noise (a shared prefix uses its group's first seed); generator:
+    the SDE noise's, or one per row (B,) so that each row's noise is the same in any batch (`run_steps`).
 
     With flash's `shared_prefix` or `suffix_steps`, groups run in buckets of equal k (each group's prefix
     once, then G branches; a coarser ODE grid after k); otherwise the whole batch runs as one, each row
@@ -124,7 +125,8 @@ def rollout(
                 passes += _passes(prefix, len(groups))
             else:
                 x = run_steps(velocity, initial_noise(shape, seeds[rows].tolist(), model.device), sigmas, stop=k).final
-            step = run_steps(velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=generator, start=k, stop=k + 1)
+            gen = [generator[r] for r in rows.tolist()] if isinstance(generator, list) else generator
+            step = run_steps(velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=gen, start=k, stop=k + 1)
             parts.append(_transitions(step.states, step.log_probs.cpu(), plan.train[rows], sigmas, g, rows))
             final[rows] = run_steps(velocity, step.final, _suffix_grid(sigmas, k + 1, flash.suffix_steps)).final
             passes += _passes(velocity, len(rows))

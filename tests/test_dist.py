@@ -1,0 +1,207 @@
+"""Distributed training (2 gloo processes on the CPU) gives the one-process result: one SFT step and one GRPO
+iteration at world size 2 write the weights, optimizer moments and metrics of world size 1 with the same global
+batch, and a checkpoint written at world size 2 resumes at world size 1 to the weights of an uninterrupted run.
+
+The optimizer moments are compared, not only the weights: Adam's first update is nearly sign(g), so it hides a
+gradient off by the world size; its first moment (1 - β1)·g does not (gradient clipping is off for that reason).
+"""
+
+import queue
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from vidpost import dist
+from vidpost.config import load_config
+from vidpost.data.dataset import read_metadata
+from vidpost.models.wan import WanVideoModel
+from vidpost.recipes import grpo, sft
+from vidpost.recipes.grpo import minibatch_indices
+from vidpost.runlog import read_metrics
+
+SFT = [
+    "data.shapeworld.style=curated",
+    "data.shapeworld.n=8",
+    "data.shapeworld.world.frames=3",
+    "data.shapeworld.world.height=16",
+    "data.shapeworld.world.width=16",
+    "data.shapeworld.world.max_objects=1",
+    "model.tiny.patch_size=[1,4,4]",
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.micro_batch_size=1",
+    "train.precision=float32",
+    "optim.learning_rate=1e-3",
+    "optim.grad_clip=1e6",
+    "sampling.steps=2",
+    "validation.n=3",  # uneven shares over 2 ranks
+    "validation.every_steps=1",
+    "checkpoint.every_steps=1",
+    "log_every_steps=1",
+]
+TINY = ["model.path=null", "model.tiny.patch_size=[1,4,4]"]
+GRPO = [
+    "video={frames: 3, height: 16, width: 16}",
+    "prompts.n=8",
+    "rollout.prompts_per_step=2",
+    "rollout.samples_per_prompt=2",
+    "rollout.sampling.steps=4",
+    "rollout.sampling.guidance=2.0",
+    "rollout.precision=float32",
+    "strategy.flash.k_max=2",
+    "strategy.flash.shared_prefix=true",  # buckets of equal k, and with
+    "train.seed=1",  # k = 0 and 2 for the two groups: the ranks run different numbers of forwards in the rollout
+    "reward.weights={frame_consistency: 1.0, flicker: 1.0}",  # dense: non-zero advantages from a random model
+    "train.steps=1",
+    "train.learning_rate=1e-3",
+    "train.clip_range=0.2",
+    "train.grad_clip=1e6",
+    "train.kl_beta=0.1",
+    "train.ema_decay=0.5",
+    "train.minibatches=2",
+    "evaluation.n=1",  # rank 1 samples nothing
+    "evaluation.every_steps=0",
+]
+LORA = ["model.lora.enabled=true", "model.lora.rank=2", "model.lora.alpha=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """The tiny model saved as a model directory: a LoRA run needs a base to name in its model card."""
+    path = tmp_path_factory.mktemp("base")
+    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ 2 processes
+
+
+def _run_sft(overrides, out):
+    sft.train(load_config(sft.SFTConfig, None, overrides), out, progress=False, stop_after=1)
+
+
+def _run_grpo(overrides, out):
+    grpo.train(load_config(grpo.GRPOConfig, None, overrides), out, progress=False)
+
+
+def _worker(rank, store, job, overrides, out, results):
+    torch.set_num_threads(1)
+    # a file rendezvous: a free port picked by the parent could be taken by another process before rank 0 binds it
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        job(overrides, out)
+        results.put(rank)
+    finally:
+        dist.destroy()
+
+
+def _world_size_2(job, overrides, out, store, timeout_s: float = 600) -> None:
+    """Run job(overrides, out) on 2 ranks; fail at once if a rank dies, else wait generously (a busy machine is slow)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, store, job, overrides, out, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        done, deadline = set(), time.monotonic() + timeout_s
+        while len(done) < 2:
+            try:
+                done.add(results.get(timeout=1))
+            except queue.Empty:
+                codes = [p.exitcode for p in procs]
+                assert all(code in (None, 0) for code in codes), f"a rank failed: exit codes {codes}"
+                assert time.monotonic() < deadline, f"no result after {timeout_s} s"
+        for p in procs:
+            p.join(timeout=timeout_s)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+# ------------------------------------------------------------------------------------------ comparisons
+
+
+def _assert_same_tensors(got: dict, want: dict, what: str) -> None:
+    """Equal up to float32 rounding, which batches of another size change (1e-4 of each tensor's largest value)."""
+    assert set(got) == set(want), what
+    for name, w in want.items():
+        atol = 1e-4 * float(w.abs().max()) if w.is_floating_point() else 0
+        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=atol, msg=lambda m, name=name: f"{what} {name}: {m}")
+
+
+def _assert_same_checkpoint(got, want) -> None:
+    moments = load_file(want / "optimizer.safetensors")  # first: the moments show the gradient, the weights hardly
+    assert any(k.endswith("exp_avg") and v.abs().max() > 0 for k, v in moments.items())  # a gradient to compare
+    _assert_same_tensors(load_file(got / "optimizer.safetensors"), moments, "optimizer")
+    _assert_same_tensors(load_file(got / "trainable.safetensors"), load_file(want / "trainable.safetensors"), "weights")
+
+
+def _assert_same_metrics(got, want, step) -> None:
+    rows = [{k: v for r in read_metrics(run) if r["step"] == step for k, v in r.items()} for run in (got, want)]
+    keys = {k for k in rows[1] if not k.startswith(("time/", "train/seconds", "train/clips_per"))}
+    assert keys <= set(rows[0])
+    for key in keys:
+        assert rows[0][key] == pytest.approx(rows[1][key], rel=1e-4, abs=1e-6), key
+
+
+def _assert_same_videos(got, want) -> None:
+    (a, _), (b, _) = read_metadata(got), read_metadata(want)
+    assert [r["caption"] for r in a] == [r["caption"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        u, v = np.load(got / x["file"]).astype(int), np.load(want / y["file"]).astype(int)
+        assert np.abs(u - v).max() <= 1  # uint8 frames: float rounding may move a pixel by one level
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_sft_step_at_world_size_2_is_world_size_1_and_its_checkpoint_resumes_at_world_size_1(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sft.train(load_config(sft.SFTConfig, None, SFT), one, progress=False) == one / "model"
+    _world_size_2(_run_sft, SFT, two, tmp_path / "store")  # stops after step 1 (as SIGTERM would)
+    assert [p.name for p in (two / "checkpoints").iterdir()] == ["step_000001"]
+    _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
+    _assert_same_metrics(two, one, step=1)
+    _assert_same_videos(two / "samples" / "step_000001", one / "samples" / "step_000001")
+
+    assert sft.train(load_config(sft.SFTConfig, None, SFT), two, progress=False) == two / "model"  # resumed at 1
+    weights = "model/transformer/diffusion_pytorch_model.safetensors"
+    _assert_same_tensors(load_file(two / weights), load_file(one / weights), "final weights")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_grpo_iteration_at_world_size_2_is_world_size_1(lora, tmp_path, tiny_base):
+    overrides = [*GRPO, *([f"model.path={tiny_base}", *LORA] if lora else TINY)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    final = one / ("lora" if lora else "model")
+    assert grpo.train(load_config(grpo.GRPOConfig, None, overrides), one, progress=False) == final
+    _world_size_2(_run_grpo, overrides, two, tmp_path / "store")
+    _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
+    _assert_same_metrics(two, one, step=1)
+    _assert_same_videos(two / "samples" / "step_000001", one / "samples" / "step_000001")
+    weights = "lora/pytorch_lora_weights.safetensors" if lora else "model/transformer/diffusion_pytorch_model.safetensors"
+    _assert_same_tensors(load_file(two / weights), load_file(one / weights), "final weights (EMA)")
+
+
+def test_minibatches_take_the_same_part_of_every_group():
+    # 3 groups of 4 transitions in 2 minibatches: the first two and the last two of each group
+    assert [m.tolist() for m in minibatch_indices(12, 3, 2)] == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]
+    # a rank holding groups 1 and 2 holds exactly its part of each minibatch (indices local to it)
+    whole = minibatch_indices(12, 3, 2)
+    assert [(m[m >= 4] - 4).tolist() for m in whole] == [m.tolist() for m in minibatch_indices(8, 2, 2)]
+
+
+def test_one_process_needs_no_process_group():
+    dist.init_from_env()  # no torchrun variables here: nothing happens
+    assert not dist.is_distributed() and dist.world_size() == 1 and dist.device() == torch.device("cpu")
+    assert dist.share(5) == slice(0, 5) and dist.gather_objects("x") == ["x"]
+    t = torch.arange(3.0)
+    full = dist.full_tensors({"t": t, "n": 1})
+    assert torch.equal(full["t"], t) and full["n"] == 1
+    assert dist.shard_like(t, torch.zeros(3)) is t
