@@ -8,6 +8,12 @@ sampling settings used (the model card's recommendation unless overridden), the 
 compile, attention backend), forward passes (NFE), seconds per video and peak memory.
 
     vidpost sample --model shapeworld-base --prompts prompts.txt --out runs/fast --cache first_block --compile
+
+With `--enhancer NAME_OR_DIR` each prompt is rewritten first (enhance/); the clip's metadata keeps the prompt as
+`caption` and the rewrite the video was generated from as `prompt_used`, and sample.json records the enhancer's
+config and how many rewrites fell back to the prompt.
+
+    vidpost sample --model shapeworld-sft --prompts terse.txt --out runs/enhanced --enhancer shapeworld-enhancer
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ def sample_to_folder(
     overwrite: bool = False,
     progress: bool = True,
     acceleration: AccelerationConfig | None = None,
+    enhancer: str | None = None,
 ) -> dict:
     """Generate and write; return (and save as sample.json) what was used and measured.
 
@@ -64,19 +71,29 @@ def sample_to_folder(
     counts transformer calls, however much of each call the cache skipped.
     """
     prompts = read_prompts(prompts_path)
+    used, enhanced = prompts, None
+    if enhancer is not None:  # rewritten before the video model is loaded, so the two never share memory
+        from vidpost.enhance.resolve import load_enhancer
+
+        rewriter = load_enhancer(enhancer)
+        used = rewriter.rewrite(prompts)
+        enhanced = {"ref": enhancer, "config": rewriter.cfg.model_dump(mode="json"),
+                    "summary": rewriter.counts.summary(), **rewriter.counts.as_metrics(prefix="")}
+        del rewriter
     model = load_model(model_ref)
     sampling = SamplingConfig.model_validate({**recommended_sampling(model).model_dump(), **(sampling_overrides or {})})
     video = recommended_video(model)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
     tick = time.perf_counter()
-    generated = generate(model, prompts, sampling, video, seed=seed, batch_size=batch_size, precision=precision,
+    generated = generate(model, used, sampling, video, seed=seed, batch_size=batch_size, precision=precision,
                          progress=progress, acceleration=acceleration)
     seconds = time.perf_counter() - tick
     out = Path(out)
     with DatasetWriter(out, overwrite=overwrite) as writer:
-        for j, (frames, prompt) in enumerate(zip(generated.videos, prompts, strict=True)):
-            writer.add(frames, prompt, ext=f".{fmt}", seed=seed + j)
+        for j, (frames, prompt, prompt_used) in enumerate(zip(generated.videos, prompts, used, strict=True)):
+            extra = {"prompt_used": prompt_used} if enhanced is not None else {}
+            writer.add(frames, prompt, ext=f".{fmt}", seed=seed + j, **extra)
     report = {
         "model": model_ref,
         "videos": len(prompts),
@@ -85,6 +102,7 @@ def sample_to_folder(
         "seed": seed,
         "precision": precision,
         "acceleration": generated.acceleration,
+        "enhancer": enhanced,
         "nfe_per_video": generated.nfe_per_video,
         "seconds_per_video": seconds / len(prompts),
         "peak_memory_mb": _peak_memory_mb(model.device),

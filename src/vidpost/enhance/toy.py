@@ -1,0 +1,233 @@
+"""The toy enhancer: a tiny causal language model that rewrites terse ShapeWorld prompts into canonical captions.
+
+    <s> red ball going right fast <sep> a large red circle moving right quickly on a black background </s>
+
+The model is a stock transformers `Qwen2ForCausalLM` (a few hundred thousand parameters), and the tokenizer a
+word-level `PreTrainedTokenizerFast` over the ShapeWorld vocabulary (models/text.py), built offline; both save
+in Hugging Face layout (config.json, model.safetensors, tokenizer.json) next to a card, `enhancer.json`, that
+marks the folder as a toy enhancer. Any word outside the vocabulary is `<unk>`, and control tokens typed
+into a prompt ("</s>", "<sep>") are split into unknown words too, so an instruction hidden in a prompt reaches
+the model as unknown words and cannot steer it off the caption grammar.
+
+`sample` decodes a batch (greedy or sampled) and returns each generated token's log-probability, which
+GRPO needs; `completion_logprobs` recomputes them with gradients (teacher forcing), which is also the SFT loss.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from vidpost.atomic import atomic_path
+from vidpost.enhance.base import Enhancer
+from vidpost.enhance.config import EnhancerConfig
+from vidpost.errors import VidpostError
+from vidpost.models.text import EOS, PAD, UNK, shapeworld_vocabulary
+
+BOS, SEP = "<s>", "<sep>"
+CARD_NAME = "enhancer.json"
+
+
+def toy_vocabulary() -> list[str]:
+    """`<pad>` 0, `</s>` 1, `<unk>` 2, `<s>` 3, `<sep>` 4, then the ShapeWorld words and punctuation."""
+    words = shapeworld_vocabulary()
+    assert words[:3] == [PAD, EOS, UNK]
+    return [PAD, EOS, UNK, BOS, SEP, *words[3:]]
+
+
+def build_toy_tokenizer(model_max_length: int = 128) -> PreTrainedTokenizerFast:
+    """Word-level, lower-cased, punctuation split off; adds no special tokens by itself (see `prompt_ids`)."""
+    vocab = {token: i for i, token in enumerate(toy_vocabulary())}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=BOS, sep_token=SEP,
+        model_max_length=model_max_length, padding_side="left",
+    )
+
+
+def build_toy_model(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                    intermediate_size: int = 256, max_positions: int = 256, seed: int = 0) -> Qwen2ForCausalLM:
+    """A randomly initialised tiny Qwen2 (tied embeddings, no dropout), seeded, in eval mode."""
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=True, attention_dropout=0.0,
+        pad_token_id=0, eos_token_id=1, bos_token_id=3,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def save_toy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, directory: str | Path, card: dict) -> Path:
+    """Hugging Face layout (safetensors) plus the `enhancer.json` card ({"backend": "toy", **card})."""
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    with atomic_path(directory / CARD_NAME) as tmp:
+        tmp.write_text(json.dumps({"backend": "toy", **card}, indent=1) + "\n")
+    return directory
+
+
+def load_toy(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """The model (eval mode) and tokenizer of a toy enhancer folder; nothing is downloaded or executed."""
+    directory = Path(directory)
+    if not (directory / CARD_NAME).is_file():
+        raise VidpostError(f"{directory}: not a toy enhancer (no {CARD_NAME})")
+    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, trust_remote_code=False,
+                                                 use_safetensors=True)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    """The words of `text`; control tokens typed as text ("</s>", "<sep>") are split into unknown words."""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerFast, text: str, max_tokens: int) -> list[int]:
+    """`<s> words <sep>`, the words cut to fit max_tokens in all."""
+    return [tokenizer.bos_token_id, *encode(tokenizer, text)[: max_tokens - 2], tokenizer.sep_token_id]
+
+
+def target_ids(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    """`words </s>`: what the model is trained to write after `<sep>`."""
+    return [*encode(tokenizer, text), tokenizer.eos_token_id]
+
+
+def decode(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> str:
+    """Words joined by single spaces; special tokens (`</s>`, `<pad>`) dropped."""
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Rollout:
+    """Decoded completions of a batch of prompts, with what GRPO needs to score and re-weight them."""
+
+    texts: list[str]                  # decoded, special tokens dropped
+    prompt_ids: list[list[int]]       # `<s> ... <sep>`
+    completion_ids: list[list[int]]   # generated tokens, `</s>` included when it was generated
+    logprobs: list[torch.Tensor]      # (len(completion_ids[i]),) log-probability each token was drawn with
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p, renormalised. probs: (B, V)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before this token already reached top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int,
+           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
+    """Decode a completion per prompt, batched with left padding and a KV cache.
+
+    temperature 0 is greedy and records log softmax(logits); otherwise tokens are drawn from
+    softmax(logits / temperature), cut to top_p, and the recorded log-probability is that of this
+    distribution (with top_p = 1 it equals `completion_logprobs(..., temperature)`).
+    """
+    max_prompt = model.config.max_position_embeddings - max_new_tokens
+    if max_prompt < 3:
+        raise VidpostError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+                           f"{model.config.max_position_embeddings} positions")
+    device = next(model.parameters()).device
+    rows = [prompt_ids(tokenizer, p, max_prompt) for p in prompts]
+    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = _positions(mask)
+    batch, eos, pad = len(rows), tokenizer.eos_token_id, tokenizer.pad_token_id
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logps = [], []
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            logp = torch.log_softmax(logits, -1)
+            token = logits.argmax(-1)
+        else:
+            probs = _top_p(torch.softmax(logits / temperature, -1), top_p)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+            logp = probs.log()
+        token = torch.where(done, torch.full_like(token, pad), token)
+        tokens.append(token)
+        logps.append(logp.gather(1, token[:, None]).squeeze(1))
+        done |= token == eos
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+    generated, logprobs = torch.stack(tokens, 1).cpu(), torch.stack(logps, 1).cpu()  # (B, steps)
+    completions, completion_logps = [], []
+    for i in range(batch):
+        row = generated[i].tolist()
+        length = row.index(eos) + 1 if eos in row else len(row)
+        completions.append(row[:length])
+        completion_logps.append(logprobs[i, :length])
+    return Rollout([decode(tokenizer, c) for c in completions], rows, completions, completion_logps)
+
+
+def completion_logprobs(model: PreTrainedModel, prompts: list[list[int]], completions: list[list[int]],
+                        pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced log π(completion token | prompt, earlier tokens), with gradients.
+
+    Each row is laid out as [pad... prompt | completion ...pad], so every completion starts in the same
+    column. Returns (log-probs (B, Lc), mask (B, Lc)) with mask 1 on real completion tokens.
+    """
+    device = next(model.parameters()).device
+    p_ids, p_mask = _left_pad(prompts, pad_id)
+    width = max(len(c) for c in completions)
+    c_ids = torch.tensor([c + [pad_id] * (width - len(c)) for c in completions])
+    c_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completions])
+    ids, mask = torch.cat([p_ids, c_ids], 1).to(device), torch.cat([p_mask, c_mask], 1).to(device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
+    start = p_ids.shape[1]
+    logits = logits[:, start - 1: start - 1 + width].float() / temperature  # (B, Lc, V): predicts each completion token
+    logp = torch.log_softmax(logits, -1).gather(2, c_ids.to(device)[..., None]).squeeze(2)
+    c_mask = c_mask.to(device)
+    return logp * c_mask, c_mask
+
+
+class ToyEnhancer(Enhancer):
+    """A toy enhancer folder (`save_toy`) behind the `Enhancer` interface."""
+
+    def __init__(self, cfg: EnhancerConfig, name: str) -> None:
+        super().__init__(cfg, name)
+        self.model, self.tokenizer = load_toy(cfg.path)
+        self.generator = torch.Generator().manual_seed(cfg.generation.seed)
+
+    def generate(self, prompts: list[str]) -> list[str | None]:
+        g = self.cfg.generation
+        texts: list[str | None] = []
+        for start in range(0, len(prompts), g.batch_size):
+            chunk = prompts[start: start + g.batch_size]
+            texts += sample(self.model, self.tokenizer, chunk, g.max_new_tokens, g.temperature, g.top_p,
+                            self.generator).texts
+        return texts

@@ -1,0 +1,104 @@
+"""`vidpost enhance train`, stage 1 (SFT of the toy enhancer): a few real steps, exact resume, and the metrics."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidpost.enhance.resolve import load_enhancer
+from vidpost.enhance.toy import ToyEnhancer, build_toy_model, build_toy_tokenizer
+from vidpost.errors import VidpostError
+from vidpost.recipes.enhance import (
+    EnhanceConfig,
+    rewrite_metrics,
+    sft_loss,
+    states_intent,
+    train,
+    training_pair,
+)
+from vidpost.runlog import read_metrics
+from vidpost.world.grammar import parse_caption
+from vidpost.world.sampling import split_of
+
+
+def _config(**sft) -> EnhanceConfig:
+    return EnhanceConfig.model_validate({
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "data": {"eval_n": 4},
+        "sft": {"steps": 4, "batch_size": 8, "eval_every_steps": 2, "optim": {"learning_rate": 3e-3}, **sft},
+        "max_new_tokens": 12, "checkpoint": {"every_steps": 1, "keep_last": 5}, "log_every_steps": 1,
+    })
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("enhance_run")
+    assert train(_config(), out, progress=False) == out / "sft"
+    return out
+
+
+def test_a_run_writes_a_loadable_enhancer_logs_and_summary(finished_run):
+    enhancer = load_enhancer(str(finished_run))
+    assert isinstance(enhancer, ToyEnhancer) and enhancer.cfg.path == str(finished_run / "sft")
+    assert len(enhancer.rewrite(["red ball", "blue box"])) == 2
+    metrics = read_metrics(finished_run)
+    losses = [m["sft/loss"] for m in metrics if "sft/loss" in m]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert {"sft/val_parse", "sft/val_complete", "sft/val_intent"} <= set(metrics[-1])
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0 <= summary["sft/val_parse"] <= 1
+    card = json.loads((finished_run / "sft" / "enhancer.json").read_text())
+    assert card["backend"] == "toy" and card["stage"] == "sft"
+    assert train(_config(), finished_run, progress=False) == finished_run / "sft"  # finished: nothing to do
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_path):
+    assert train(_config(), tmp_path, progress=False, stop_after=2) is None
+    assert not (tmp_path / "sft").exists()
+    train(_config(), tmp_path, progress=False)
+    a = load_file(finished_run / "sft" / "model.safetensors")
+    b = load_file(tmp_path / "sft" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [m["step"] for m in read_metrics(tmp_path) if "sft/loss" in m]
+    assert steps == [1, 2, 3, 4]  # the resumed log reads as one run
+
+
+def test_a_run_directory_refuses_another_config(finished_run):
+    with pytest.raises(VidpostError, match="another config"):
+        train(_config(steps=5), finished_run, progress=False)
+
+
+def test_pairs_are_train_split_terse_prompts_and_full_canonical_captions():
+    for index in range(20):
+        terse, canonical = training_pair(0, index)
+        spec = parse_caption(canonical)
+        assert spec.is_complete and split_of(spec) == "train" and terse != canonical
+    assert training_pair(0, 7) == training_pair(0, 7) and training_pair(0, 7) != training_pair(1, 7)
+
+
+def test_sft_loss_is_the_mean_nll_per_target_token():
+    tokenizer = build_toy_tokenizer()
+    model = build_toy_model(len(tokenizer), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    pairs = [("red ball", "a red circle"), ("a green box dropping fast", "a small green square moving down quickly")]
+    loss, tokens = sft_loss(model, tokenizer, pairs, 64)
+    assert tokens == 4 + 8  # the words and </s> of each target
+    singles = [sft_loss(model, tokenizer, [p], 64) for p in pairs]
+    expected = sum(value * n for value, n in singles) / sum(n for _, n in singles)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_states_intent_and_rewrite_metrics():
+    intent = parse_caption("a red circle moving left and a small blue square on a white background")
+    good = parse_caption("a small blue square staying still and a large red circle moving left quickly on a white background")
+    assert states_intent(good, intent)  # order free, unstated attributes free
+    for wrong in ("a large red circle moving right quickly and a small blue square staying still on a white background",
+                  "a large red circle moving left quickly and a large blue square staying still on a white background",
+                  "a large red circle moving left quickly and a small blue square staying still on a black background",
+                  "a large red triangle moving left quickly and a small blue square staying still on a white background",
+                  "a large red circle moving left quickly on a white background"):
+        assert not states_intent(parse_caption(wrong), intent), wrong
+    intents = ["a red circle", "a red circle", "a blue square"]
+    metrics = rewrite_metrics(["a large red circle staying still on a black background", "a red circle",
+                               "not a caption"], intents)
+    assert metrics == {"parse": 2 / 3, "complete": 1 / 3, "intent": 2 / 3}
