@@ -1,0 +1,452 @@
+"""Distillation of a flow-matching video model into a student that needs one forward pass per step and few steps.
+
+    vidpost distill configs/shapeworld/distill.yaml --out runs/distill [key=value ...]
+    vidpost sample --model runs/distill --prompts prompts.txt --out samples/distilled   # the student's defaults
+
+`mode` says what is distilled:
+    cfg    guidance: the student keeps the teacher's grid and reproduces its guided velocity v_u + w·(v_c − v_u)
+           (one fixed w, the teacher's) in one forward pass per step.
+    steps  steps: the student samples in `student_steps[-1]` steps (4 by default) and keeps the teacher's guidance.
+    both   both at once: few steps, one pass each (what LightX2V ships for Wan2.1 as a 4-step, CFG-free LoRA).
+
+Method: progressive trajectory distillation (Salimans & Ho 2022, adapted to flow matching and Euler steps). Each
+step draws P prompts and runs the frozen teacher, guided, on its own sampling grid from fresh noise. On the
+teacher's path it reads, for every interval j of the student's grid, the state at the interval's start and the
+teacher's average velocity over the interval; the student's velocity at that state regresses on it, so one
+student Euler step lands where the teacher's steps land (distill/losses.py has the maths and both special cases:
+the same grid is CFG distillation, a grid of every other point is one progressive halving). `student_steps` may
+list several rounds, e.g. [8, 4]: each round's student becomes the next round's teacher, as in progressive
+distillation, so no round has to bridge more than a few teacher steps. The student starts as a copy of the
+teacher and trains all its weights or a LoRA (`model.lora`): a 4-step LoRA for Wan is `mode: both` with LoRA on.
+
+Why this and not DMD2 (FastVideo, LightX2V): distribution matching trains a second "fake score" model on the
+generator's samples alongside it, with its own optimiser and several critic updates per generator update, and
+backpropagates through few-step rollouts; three transformers in memory and the most compute of the options, for
+few-step quality that beats regression mainly at very large scale and with a GAN term. Trajectory distillation
+needs only the frozen teacher's no-grad passes and one regression, is exact in what it asks (land where the
+teacher lands from the same noise), has no adversarial balance to tune, and fits ShapeWorld's 2-core, 20-minute
+budget. Consistency distillation needs more steps to converge and its one-step targets are noisier.
+
+The run directory is laid out as SFT's (recipes/sft.py): config.yaml, checkpoints/ (the student's trained weights,
+the round's teacher weights and the optimizer), logs/, samples/step_N/ (validation videos at the student's own
+sampling) and samples/teacher/ (the teacher's videos of the same prompts and noise, which `val/mse_to_teacher`
+compares against), and the final model/ or lora/ whose card records the student's steps, shift and guidance.
+Every step's randomness (prompts, noise) is drawn from (seed, step), so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from vidpost import dist
+from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.config import Config
+from vidpost.data.dataset import DatasetWriter, iter_clips
+from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.diffusion.sampler import GuidedVelocity
+from vidpost.diffusion.schedule import sampling_sigmas
+from vidpost.distill.losses import distillation_loss, teacher_targets
+from vidpost.errors import VidpostError
+from vidpost.evaluation import score_videos
+from vidpost.generation import (
+    PRECISIONS,
+    autocast,
+    generate,
+    initial_noise,
+    recommended_sampling,
+    recommended_video,
+)
+from vidpost.models.config import ModelConfig
+from vidpost.models.wan import WanVideoModel
+from vidpost.recipes.common import (
+    CheckpointConfig,
+    NonfiniteStreak,
+    OptimConfig,
+    StopFlag,
+    ValidationConfig,
+    derive_seed,
+    finished_model,
+    learning_rate,
+    prepare_run_dir,
+    save_final,
+    validate,
+    validation_prompts,
+)
+from vidpost.recipes.grpo import PromptsConfig, training_prompts
+from vidpost.runlog import RunLog
+
+log = logging.getLogger("vidpost")
+
+MODES = ("cfg", "steps", "both")
+DEFAULT_STUDENT_STEPS = 4
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+class DistillTrainConfig(Config):
+    steps_per_round: int = Field(100, ge=1, description="optimizer steps of each round (student_steps entry)")
+    prompts_per_step: int = Field(
+        8, ge=1, description="teacher trajectories per optimizer step, each one training pair per student step"
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="training pairs per forward/backward (accumulation); null = all of a step's"
+    )
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "bf16", description="autocast of teacher and student: bf16 (about 2x faster on CPU) or float32"
+    )
+    seed: int = Field(0, description="every step's randomness (prompts, noise) is drawn from (seed, step)")
+    max_consecutive_nonfinite: int = Field(
+        10, ge=1, description="stop the run after this many steps in a row with a non-finite loss or gradient"
+    )
+
+
+class TeacherConfig(Config):
+    steps: int | None = Field(None, ge=1, description="the teacher's sampling steps; null: its card's")
+    shift: float | None = Field(None, gt=0, description="shift of the teacher's and the student's grids; null: the card's")
+    guidance: float | None = Field(None, ge=1, description="the teacher's guidance scale w (distilled); null: the card's")
+
+    def resolve(self, card: SamplingConfig) -> SamplingConfig:
+        """The card's sampling with this config's non-null fields put in (scheduler, negative prompt: the card's)."""
+        return SamplingConfig.model_validate({**card.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+class DistillConfig(Config):
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(path="shapeworld-sft"),
+        description="the teacher; the student starts as its copy (model.lora.enabled: a LoRA student)",
+    )
+    mode: Literal[MODES] = Field(  # type: ignore[valid-type]
+        "both", description="cfg: one pass per step | steps: few steps | both"
+    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="the teacher's sampling (null: its card's)")
+    student_steps: list[int] | None = Field(
+        None, description="steps of each round's student, e.g. [8, 4]; null: [4], in mode cfg the teacher's steps"
+    )
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="prompts of the teacher trajectories")
+    video: VideoConfig | None = Field(None, description="frames and size of the videos; null = the teacher card's")
+    train: DistillTrainConfig = Field(default_factory=DistillTrainConfig, description="rounds, batch, precision")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule (per round)")
+    validation: ValidationConfig = Field(
+        default_factory=lambda: ValidationConfig(every_steps=50, n=32),
+        description="videos at the student's sampling, compared with the teacher's (also at each round's end)",
+    )
+    checkpoint: CheckpointConfig = Field(
+        default_factory=lambda: CheckpointConfig(every_steps=50), description="checkpointing"
+    )
+    log_every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
+
+    @model_validator(mode="after")
+    def _steps_fit_the_mode(self) -> DistillConfig:
+        if self.student_steps is None:
+            return self
+        if self.mode == "cfg":
+            raise ValueError(
+                "mode cfg keeps the teacher's steps: leave student_steps null (mode both distils steps too)"
+            )
+        if not self.student_steps or any(n < 1 for n in self.student_steps):
+            raise ValueError(f"student_steps must list step counts >= 1, got {self.student_steps}")
+        if any(b >= a for a, b in itertools.pairwise(self.student_steps)):
+            raise ValueError(f"student_steps must decrease from round to round, got {self.student_steps}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ rounds
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round: a teacher sampled on its grid with its guidance, and the student grid it is distilled into."""
+
+    index: int  # 0-based
+    teacher: SamplingConfig
+    student: SamplingConfig
+
+    @functools.cached_property
+    def teacher_sigmas(self) -> torch.Tensor:
+        return sampling_sigmas(self.teacher.steps, self.teacher.shift, self.teacher.scheduler)
+
+    @functools.cached_property
+    def student_sigmas(self) -> torch.Tensor:
+        return sampling_sigmas(self.student.steps, self.student.shift, self.student.scheduler)
+
+
+def plan_rounds(mode: str, teacher: SamplingConfig, student_steps: list[int] | None) -> list[Round]:
+    """The rounds of a run: round 0's teacher is the model; each later round's teacher is the previous student.
+
+    The student samples with guidance 1 in modes cfg and both (one pass per step) and keeps the teacher's in mode
+    steps; every grid has the teacher's shift and scheduler.
+    """
+    if mode not in MODES:
+        raise VidpostError(f"unknown distillation mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "cfg":
+        if teacher.guidance <= 1:
+            raise VidpostError("mode cfg distils guidance, but the teacher's guidance is 1; set teacher.guidance")
+        ladder = [teacher.steps]
+    else:
+        ladder = list(student_steps or [DEFAULT_STUDENT_STEPS])
+        # mode both may open with a guidance-only round at the teacher's steps (Meng et al. 2023's first stage)
+        cfg_round = mode == "both" and teacher.guidance > 1 and ladder[0] == teacher.steps
+        if ladder[0] >= teacher.steps and not cfg_round:
+            raise VidpostError(
+                f"student_steps {ladder} must start below the teacher's {teacher.steps} steps (mode {mode}"
+                + (", or at them to distil guidance first)" if mode == "both" else ")")
+            )
+    guidance = teacher.guidance if mode == "steps" else 1.0
+    rounds, current = [], teacher
+    for index, steps in enumerate(ladder):
+        student = teacher.model_copy(update={"steps": steps, "guidance": guidance})
+        rounds.append(Round(index, current, student))
+        current = student
+    return rounds
+
+
+def round_of(step: int, steps_per_round: int) -> tuple[int, int]:
+    """(round index, 1-based step within the round) of global step `step` (1-based)."""
+    return (step - 1) // steps_per_round, (step - 1) % steps_per_round + 1
+
+
+def _frozen_copy(model: WanVideoModel) -> WanVideoModel:
+    frozen = copy.copy(model)
+    frozen.transformer = copy.deepcopy(model.transformer).requires_grad_(False).eval()
+    return frozen
+
+
+# ------------------------------------------------------------------------------------------------ one step
+
+
+def distill_step(
+    student: WanVideoModel,
+    teacher: WanVideoModel,
+    rnd: Round,
+    pool: list[str],
+    shape: tuple[int, ...],
+    uncond: torch.Tensor | None,
+    step: int,
+    cfg: DistillTrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Backpropagate one step's distillation loss; return the per-pair losses (K·P,) and phase seconds.
+
+    All randomness (prompts, noise) is drawn from (seed, step) before the pairs are split into micro-batches, so
+    the gradient does not depend on micro_batch_size (up to float rounding).
+    """
+    P = cfg.prompts_per_step
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 1, step))
+    prompts = [pool[int(i)] for i in torch.randint(len(pool), (P,), generator=generator)]
+    seeds = [derive_seed(cfg.seed, 2, step, row) & 0x7FFFFFFF for row in range(P)]
+    device = student.device
+
+    tick = time.perf_counter()
+    embeds = student.encode_prompts(prompts)  # (P, L, D): teacher and student share the frozen text encoder
+    noise = initial_noise(shape, seeds, device)  # (P, C, T, H, W) at σ = 1
+    with torch.no_grad(), autocast(cfg.precision, device):
+        velocity = GuidedVelocity(teacher, embeds, uncond, rnd.teacher.guidance, batch_cfg=True)
+        states, targets = teacher_targets(velocity, noise, rnd.teacher_sigmas, rnd.student_sigmas)  # (K, P, ...)
+    seconds = {"teacher": time.perf_counter() - tick}
+
+    tick = time.perf_counter()
+    K = states.shape[0]
+    x, target = states.flatten(0, 1), targets.flatten(0, 1)  # (K·P, C, T, H, W); row j·P + p
+    sigma = rnd.student_sigmas[:-1].to(torch.float32).repeat_interleave(P).to(device)  # (K·P,) σˢ_j
+    cond = embeds.repeat(K, 1, 1)  # (K·P, L, D)
+    total = K * P
+    losses = []
+    for rows in torch.arange(total).split(cfg.micro_batch_size or total):
+        guided = GuidedVelocity(student, cond[rows], uncond, rnd.student.guidance)
+        with autocast(cfg.precision, device):
+            v = guided(x[rows], sigma[rows])
+        loss = distillation_loss(v, target[rows])  # (b,)
+        (loss.sum() / total).backward()
+        losses.append(loss.detach().cpu())
+    seconds["student"] = time.perf_counter() - tick
+    return torch.cat(losses), seconds
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
+
+
+def _teacher_videos(teacher: WanVideoModel, prompts: list[str], sampling: SamplingConfig, video: VideoConfig,
+                    cfg: DistillConfig, folder: Path) -> np.ndarray:
+    """The teacher's validation videos, uint8 (N, T, H, W, 3): generated once into `folder`, read back after."""
+    if (folder / "metadata.jsonl").is_file():
+        clips = list(iter_clips(folder))
+        if len(clips) == len(prompts):
+            return np.stack([clip.frames for clip in clips])
+    generated = generate(teacher, prompts, sampling, video, seed=cfg.validation.seed,
+                         precision=cfg.train.precision, progress=False, acceleration=cfg.validation.acceleration)
+    with DatasetWriter(folder, overwrite=True) as writer:
+        for frames, prompt in zip(generated.videos, prompts, strict=True):
+            writer.add(frames, prompt)
+    return generated.videos
+
+
+def _mse_to_teacher(folder: Path, teacher_videos: np.ndarray) -> float:
+    """Mean squared pixel difference in [0, 1] between the videos in `folder` and the teacher's (same noise)."""
+    student = np.stack([clip.frames for clip in iter_clips(folder)]).astype(np.float64) / 255
+    return float(np.mean((student - teacher_videos.astype(np.float64) / 255) ** 2))
+
+
+def train(
+    cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after: int | None = None
+) -> Path | None:
+    """Run (or resume) the distillation in `out`; return the final model/ or lora/, or None if stopped early.
+
+    stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
+    """
+    if dist.world_size() > 1:
+        raise VidpostError("vidpost distill runs in one process (one GPU or the CPU); launch it without torchrun")
+    out = Path(out)
+    prepare_run_dir(cfg, out)
+    final = finished_model(out)
+    if final is not None:
+        log.info("%s is finished (%s exists); nothing to do", out, final)
+        return final
+
+    torch.manual_seed(cfg.train.seed)
+    model = WanVideoModel.from_config(cfg.model)
+    teacher_sampling = cfg.teacher.resolve(recommended_sampling(model))
+    rounds = plan_rounds(cfg.mode, teacher_sampling, cfg.student_steps)
+    video = cfg.video or recommended_video(model)
+    shape = model.latent_shape(video.frames, video.height, video.width)
+    pool = training_prompts(cfg.prompts)
+    prompts, scorable = validation_prompts(cfg.validation)
+    uses_cfg = any(r.teacher.guidance > 1 or r.student.guidance > 1 for r in rounds)
+    uncond = model.encode_prompts([teacher_sampling.negative_prompt]) if uses_cfg else None
+
+    # The round's teacher: a frozen copy of the student as the round began (round 0: the model itself; a LoRA
+    # student starts with B = 0, so its copy is the base). Its trained tensors are checkpointed with the student's.
+    teacher = _frozen_copy(model)
+    params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
+    teacher_params = {name: p for name, p in teacher.transformer.named_parameters() if name in params}
+    teacher_videos = _teacher_videos(teacher, prompts, teacher_sampling, video, cfg, out / "samples" / "teacher")
+    t, o = cfg.train, cfg.optim
+
+    def new_optimizer() -> torch.optim.Optimizer:  # each round starts afresh, as its student is a new problem
+        return torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+
+    optimizer = new_optimizer()
+    total_steps = len(rounds) * t.steps_per_round
+    start, state = 0, {"nonfinite_steps": 0}
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, _checkpointed(params, teacher_params), optimizer)
+        start = state.pop("step")
+        log.info("resuming from %s (step %d of %d)", checkpoint, start, total_steps)
+    runlog = RunLog(out, resume_step=start)
+
+    def evaluate(step: int, sampling: SamplingConfig) -> dict[str, float]:
+        model.transformer.eval()
+        folder = out / "samples" / f"step_{step:06d}"
+        metrics = validate(model, prompts, scorable, sampling, video, cfg.validation.seed, t.precision, folder,
+                           acceleration=cfg.validation.acceleration)
+        model.transformer.train()
+        return {**metrics, "val/mse_to_teacher": _mse_to_teacher(folder, teacher_videos)}
+
+    metrics: dict[str, float] = {}
+    if start == 0:
+        log.info("distilling (%s) %.2fM trained parameters: teacher %d steps at guidance %g -> student %s steps at "
+                 "guidance %g, %d steps per round", cfg.mode, sum(p.numel() for p in params.values()) / 1e6,
+                 teacher_sampling.steps, teacher_sampling.guidance, [r.student.steps for r in rounds],
+                 rounds[-1].student.guidance, t.steps_per_round)
+        if scorable:
+            runlog.write(0, {f"teacher/{k}": v for k, v in score_videos(teacher_videos, prompts).items()})
+        metrics = evaluate(0, rounds[-1].student)  # the teacher sampled as the final student: the baseline
+        runlog.write(0, metrics)
+
+    nonfinite = NonfiniteStreak(t.max_consecutive_nonfinite, out / "checkpoints")
+
+    def save(step: int) -> None:
+        if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
+            log.warning("step %d: no checkpoint while steps are non-finite", step)
+            return
+        save_checkpoint(out / "checkpoints", step, _checkpointed(params, teacher_params), optimizer, state,
+                        cfg.checkpoint.keep_last)
+
+    model.transformer.train()
+    bar = tqdm(total=total_steps, initial=start, desc=f"distill {cfg.mode}", unit="step", disable=not progress)
+    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "seconds": [], "teacher": [], "student": []}
+    with StopFlag() as stop:
+        for step in range(start + 1, total_steps + 1):
+            index, step_in_round = round_of(step, t.steps_per_round)
+            rnd = rounds[index]
+            if step_in_round == 1 and index > 0:  # the previous round's student becomes the teacher
+                with torch.no_grad():
+                    for name, p in teacher_params.items():
+                        p.copy_(params[name])
+                optimizer = new_optimizer()
+                log.info("round %d: teacher %d steps -> student %d steps", index + 1, rnd.teacher.steps,
+                         rnd.student.steps)
+            tick = time.perf_counter()
+            lr = learning_rate(o, step_in_round, t.steps_per_round)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(derive_seed(t.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
+            losses, seconds = distill_step(model, teacher, rnd, pool, shape, uncond, step, t)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), o.grad_clip)
+            finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+            else:  # a bad batch must not poison the weights: skip it, count it
+                state["nonfinite_steps"] += 1
+                log.warning("step %d: non-finite loss or gradient; update skipped", step)
+            optimizer.zero_grad(set_to_none=True)
+            nonfinite.record(step, finite)  # raises after max_consecutive_nonfinite in a row
+            for key, value in (("loss", losses.mean().item()), ("grad_norm", grad_norm.item()),
+                               ("seconds", time.perf_counter() - tick), *seconds.items()):
+                window[key].append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{window['loss'][-1]:.4f}", round=index + 1)
+
+            if step % cfg.log_every_steps == 0 or step == total_steps:
+                means = {key: float(np.mean(values)) for key, values in window.items()}
+                runlog.write(step, {
+                    "train/loss": means["loss"], "train/grad_norm": means["grad_norm"], "train/lr": lr,
+                    "train/round": index + 1, "train/seconds_per_step": means["seconds"],
+                    "time/teacher_s": means["teacher"], "time/student_s": means["student"],
+                    "nfe/teacher_per_prompt": rnd.teacher.steps * (2 if rnd.teacher.guidance > 1 else 1),
+                    "train/nonfinite_steps": state["nonfinite_steps"],
+                })
+                window = {key: [] for key in window}
+            every = cfg.validation.every_steps
+            if (every and step % every == 0) or step_in_round == t.steps_per_round:
+                metrics = evaluate(step, rnd.student)
+                runlog.write(step, metrics)
+                bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items()))
+            if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
+                save(step)
+            if stop.raised is not None or step == stop_after:
+                save(step)
+                bar.close()
+                runlog.close()
+                log.warning("stopped at step %d; rerun the same command to resume from %s", step,
+                            latest_checkpoint(out / "checkpoints") or "the start")
+                return None
+    bar.close()
+    runlog.close()
+    final = save_final(model, cfg.model, rounds[-1].student, video, out)
+    summary = {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state, **metrics}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return final
+
+
+def _checkpointed(
+    params: dict[str, torch.nn.Parameter], teacher: dict[str, torch.nn.Parameter]
+) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds besides the optimizer: the student's trained weights and the round teacher's."""
+    return {**params, **{f"teacher.{name}": p for name, p in teacher.items()}}
+
+
+__all__ = ["DistillConfig", "Round", "distill_step", "plan_rounds", "round_of", "train"]
