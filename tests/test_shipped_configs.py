@@ -6,6 +6,9 @@ import pytest
 
 from vidpost.config import load_config
 from vidpost.models.config import ModelConfig
+from vidpost.pipeline.config import PipelineConfig
+from vidpost.recipes.distill import DistillConfig
+from vidpost.recipes.enhance import EnhanceConfig
 from vidpost.recipes.grpo import GRPOConfig
 from vidpost.recipes.sft import SFTConfig
 from vidpost.world.config import DatasetConfig
@@ -18,7 +21,11 @@ SCHEMAS = {
     "shapeworld/grpo_flash.yaml": GRPOConfig,
     "shapeworld/grpo_full.yaml": GRPOConfig,
     "shapeworld/grpo_window.yaml": GRPOConfig,
+    "shapeworld/distill.yaml": DistillConfig,
+    "shapeworld/enhance.yaml": EnhanceConfig,
+    "shapeworld/pipeline.yaml": PipelineConfig,
     "wan2.1-t2v-1.3b/model.yaml": ModelConfig,
+    "wan2.1-t2v-1.3b/distill_4step_lora.yaml": DistillConfig,
     "wan2.1-t2v-14b/model.yaml": ModelConfig,
 }
 DOCUMENTS_DEFAULTS = {"shapeworld/world.yaml"}  # the others are presets for real checkpoints

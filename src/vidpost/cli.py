@@ -76,13 +76,14 @@ def _train(args: argparse.Namespace, recipe, schema) -> None:
     from vidpost.config import load_config
 
     dist.init_from_env()  # under torchrun: join its process group (FSDP2); else one process
+    main = dist.is_main()
     try:
         final = recipe(load_config(schema, args.config, args.overrides), args.out)
     finally:
         dist.destroy()
     if final is None:
         raise SystemExit(130)
-    if dist.is_main():
+    if main:
         print(f"final model: {final}")
 
 
@@ -115,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from vidpost.pipeline.config import PipelineConfig
     from vidpost.pipeline.run import run_pipeline
 
-    run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, pipeline_file=args.config)
+    if run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, pipeline_file=args.config) is None:
+        raise SystemExit(130)
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
@@ -153,10 +155,37 @@ def cmd_sample(args: argparse.Namespace) -> None:
     report = sample_to_folder(
         args.model, args.prompts, args.out, seed=args.seed, sampling_overrides={k: v for k, v in flags.items() if v is not None},
         batch_size=args.batch_size, precision=args.precision, fmt=args.format, overwrite=args.overwrite,
-        acceleration=_acceleration(args),
+        acceleration=_acceleration(args), enhancer=args.enhancer,
     )
     print(f"wrote {report['videos']} videos to {args.out} ({report['nfe_per_video']} forward passes and "
           f"{report['seconds_per_video']:.2f} s per video)")
+    if args.enhancer:
+        print(f"enhancer {args.enhancer}: {report['enhancer']['summary']}")
+
+
+def cmd_enhance_train(args: argparse.Namespace) -> None:
+    from vidpost.recipes.enhance import EnhanceConfig, train
+
+    _train(args, train, EnhanceConfig)
+
+
+def cmd_enhance_apply(args: argparse.Namespace) -> None:
+    from vidpost.enhance.resolve import load_enhancer
+
+    enhancer = load_enhancer(args.enhancer, args.overrides)
+    lines = [" ".join(line.split()) for line in sys.stdin.read().splitlines()]
+    prompts = [line for line in lines if line]
+    rewrites = iter(enhancer.rewrite(prompts))
+    for line in lines:  # an empty line stays empty, so output line i is the rewrite of input line i
+        print(next(rewrites) if line else "")
+    logging.getLogger("vidpost").info("enhancer %s: %s", args.enhancer, enhancer.counts.summary())
+
+
+def cmd_enhance_serve(args: argparse.Namespace) -> None:
+    from vidpost.enhance.resolve import load_enhancer
+    from vidpost.enhance.server import serve
+
+    serve(load_enhancer(args.enhancer, args.overrides), args.host, args.port)
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--cache-threshold", type=float, help="first_block (default 0.05) or mag (0.06) threshold")
     sample.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     sample.add_argument("--attention-backend", metavar="NAME", help="diffusers attention backend, e.g. flash, sage")
+    sample.add_argument("--enhancer", metavar="NAME_OR_DIR", help="rewrite each prompt first (see `vidpost enhance`); "
+                        "metadata keeps the prompt as caption and the rewrite as prompt_used")
     sample.set_defaults(func=cmd_sample)
+
+    enhance = commands.add_parser("enhance", help="prompt enhancement: train, apply or serve a prompt rewriter")
+    enhance_commands = enhance.add_subparsers(dest="enhance_command", required=True)
+    enhance_train = enhance_commands.add_parser("train", help="train the toy ShapeWorld enhancer (stage 1: SFT)")
+    _add_recipe_args(enhance_train)
+    enhance_train.set_defaults(func=cmd_enhance_train)
+    enhancer_help = ("shapeworld-enhancer, a toy or transformers model directory, an enhance run, "
+                     "an enhancer YAML config or an http(s):// OpenAI-compatible endpoint")
+    enhance_apply = enhance_commands.add_parser("apply", help="rewrite the prompts on stdin, one per line, in order")
+    enhance_apply.add_argument("--enhancer", required=True, metavar="NAME_OR_DIR", help=enhancer_help)
+    enhance_apply.add_argument("overrides", nargs="*", metavar="key=value", help="enhancer config overrides")
+    enhance_apply.set_defaults(func=cmd_enhance_apply)
+    enhance_serve = enhance_commands.add_parser("serve", help="serve an enhancer as an OpenAI-compatible chat endpoint")
+    enhance_serve.add_argument("--enhancer", required=True, metavar="NAME_OR_DIR", help=enhancer_help)
+    enhance_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    enhance_serve.add_argument("--port", type=int, default=8011, help="port to listen on (0: any free port)")
+    enhance_serve.add_argument("overrides", nargs="*", metavar="key=value", help="enhancer config overrides")
+    enhance_serve.set_defaults(func=cmd_enhance_serve)
 
     rewards = commands.add_parser("rewards", help="list the registered rewards")
     rewards.set_defaults(func=cmd_rewards)

@@ -10,9 +10,11 @@ import yaml
 
 from vidpost.cli import main
 from vidpost.config import load_config
+from vidpost.enhance.resolve import load_enhancer
 from vidpost.errors import VidpostError
+from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
-from vidpost.pipeline.run import heldout_row, run_pipeline
+from vidpost.pipeline.run import heldout_row, run_pipeline, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
@@ -106,3 +108,24 @@ def test_heldout_rows_score_against_the_user_prompt(tmp_path):
     again = heldout_row("shapeworld-sft", tmp_path / "other", cfg)  # deterministic: same prompts and seeds
     assert {k: row[k] for k in ("total", "quality")} == {k: again[k] for k in ("total", "quality")}
     assert row["sampling"]["steps"] == 20 and row["nfe"] == 40
+
+
+def test_every_stage_of_the_shipped_pipeline_loads_with_its_recipe():
+    path = CONFIGS / "pipeline.yaml"
+    cfg = load_config(PipelineConfig, path)
+    assert [s.name for s in cfg.stages][:3] == ["sft", "grpo", "enhance"]
+    for stage in cfg.stages:
+        recipe = stage_recipe(stage.name)
+        loaded = stage_config(stage, recipe, "some/model", path)
+        if recipe.produces == "video":
+            assert loaded.model.path == "some/model"  # the previous stage's output is the starting model
+
+
+def test_an_enhancer_row_keeps_the_user_prompt_and_records_the_rewrite(parrot_toy, tmp_path):
+    cfg = load_config(PipelineConfig, None, ["stages=[]", "heldout.n=2"])
+    row = heldout_row("shapeworld-sft", tmp_path, cfg, enhancer=parrot_toy)
+    records = [json.loads(line) for line in (tmp_path / "heldout" / "metadata.jsonl").read_text().splitlines()]
+    prompts = shapeworld_prompts("heldout", 2, 0)
+    assert [r["caption"] for r in records] == prompts  # scored against what the user asked for
+    assert [r["prompt_used"] for r in records] == load_enhancer(str(parrot_toy)).rewrite(prompts)
+    assert row["enhancer"] == str(parrot_toy)

@@ -41,7 +41,7 @@ class Stage:
 
     config_class: Callable[[], type[Config]]
     train: Callable[[], Callable[..., Path | None]]
-    model_key: str  # the config key that names the video model it starts from
+    model_key: str | None  # the config key that names the video model it starts from (None: it starts from none)
     produces: str  # "video" (a model directory that later stages start from) or "enhancer"
 
 
@@ -57,7 +57,19 @@ def _grpo() -> Stage:
     return Stage(lambda: grpo.GRPOConfig, lambda: grpo.train, "model.path", "video")
 
 
-STAGES: dict[str, Callable[[], Stage]] = {"sft": _sft, "grpo": _grpo}
+def _enhance() -> Stage:
+    from vidpost.recipes import enhance
+
+    return Stage(lambda: enhance.EnhanceConfig, lambda: enhance.train, None, "enhancer")
+
+
+def _distill() -> Stage:
+    from vidpost.recipes import distill
+
+    return Stage(lambda: distill.DistillConfig, lambda: distill.train, "model.path", "video")
+
+
+STAGES: dict[str, Callable[[], Stage]] = {"sft": _sft, "grpo": _grpo, "enhance": _enhance, "distill": _distill}
 
 
 def stage_recipe(name: str) -> Stage:
@@ -98,7 +110,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
 
 
 def _enhanced(prompts: list[str], enhancer: str | Path) -> list[str]:
-    from vidpost.enhance import load_enhancer
+    from vidpost.enhance.resolve import load_enhancer
 
     return load_enhancer(str(enhancer)).rewrite(prompts)
 
@@ -119,7 +131,8 @@ def stage_config(stage: StageConfig, recipe: Stage, start_model: str, pipeline_f
     path = resolve_stage_config(stage, pipeline_file)
     if not path.is_file():
         raise VidpostError(f"stage {stage.name}: config file not found: {path}")
-    return load_config(recipe.config_class(), path, [f"{recipe.model_key}={start_model}", *stage.overrides])
+    start = [f"{recipe.model_key}={start_model}"] if recipe.model_key is not None else []
+    return load_config(recipe.config_class(), path, [*start, *stage.overrides])
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path | None = None,
