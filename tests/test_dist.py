@@ -128,10 +128,12 @@ def _world_size_2(job, overrides, out, store, timeout_s: float = 600) -> None:
 
 
 def _assert_same_tensors(got: dict, want: dict, what: str) -> None:
-    """Equal up to float32 rounding, which batches of another size change (1e-4 of each tensor's largest value)."""
+    """Equal up to float32 rounding, which batches of another size change; Adam turns a rounding difference in a
+    near-zero gradient into up to ~5e-4 of a tensor's largest value, so atol is 1e-3 of it (a wrong loss
+    normalisation is off by a relative 1.0)."""
     assert set(got) == set(want), what
     for name, w in want.items():
-        atol = 1e-4 * float(w.abs().max()) if w.is_floating_point() else 0
+        atol = 1e-3 * float(w.abs().max()) if w.is_floating_point() else 0
         torch.testing.assert_close(got[name], w, rtol=1e-4, atol=atol, msg=lambda m, name=name: f"{what} {name}: {m}")
 
 
