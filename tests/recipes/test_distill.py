@@ -10,7 +10,7 @@ from diffusers import WanPipeline
 from safetensors.torch import load_file
 
 from vidpost.cli import main
-from vidpost.config import load_config
+from vidpost.config import load_config, save_config
 from vidpost.diffusion.config import SamplingConfig
 from vidpost.errors import ConfigError, VidpostError
 from vidpost.models.resolve import resolve_model, write_card
@@ -89,8 +89,9 @@ def test_the_tiny_wan_with_its_vae_distils_with_the_teacher_set_in_the_config(tm
 
 
 def test_sample_uses_the_students_recorded_steps_and_guidance(teacher_dir, tmp_path):
-    run = tmp_path / "run"
-    train(_config(teacher_dir, *MODES["both"][0]), run, progress=False)
+    run, config = tmp_path / "run", tmp_path / "distill.yaml"
+    save_config(_config(teacher_dir), config)
+    assert main(["distill", str(config), "--out", str(run), *MODES["both"][0]]) == 0
     (tmp_path / "prompts.txt").write_text("a red circle moving left\na blue square\n")
     out = tmp_path / "samples"
     assert main(["sample", "--model", str(run), "--prompts", str(tmp_path / "prompts.txt"), "--out", str(out)]) == 0

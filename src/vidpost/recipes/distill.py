@@ -16,16 +16,18 @@ teacher's average velocity over the interval; the student's velocity at that sta
 student Euler step lands where the teacher's steps land (distill/losses.py has the maths and both special cases:
 the same grid is CFG distillation, a grid of every other point is one progressive halving). `student_steps` may
 list several rounds, e.g. [8, 4]: each round's student becomes the next round's teacher, as in progressive
-distillation, so no round has to bridge more than a few teacher steps. The student starts as a copy of the
+distillation, so no round has to bridge more than a few teacher steps; in mode both, a first entry equal to the
+teacher's steps is a guidance-only round (Meng et al. 2023's first stage). The student starts as a copy of the
 teacher and trains all its weights or a LoRA (`model.lora`): a 4-step LoRA for Wan is `mode: both` with LoRA on.
 
-Why this and not DMD2 (FastVideo, LightX2V): distribution matching trains a second "fake score" model on the
-generator's samples alongside it, with its own optimiser and several critic updates per generator update, and
-backpropagates through few-step rollouts; three transformers in memory and the most compute of the options, for
-few-step quality that beats regression mainly at very large scale and with a GAN term. Trajectory distillation
-needs only the frozen teacher's no-grad passes and one regression, is exact in what it asks (land where the
-teacher lands from the same noise), has no adversarial balance to tune, and fits ShapeWorld's 2-core, 20-minute
-budget. Consistency distillation needs more steps to converge and its one-step targets are noisier.
+Why this and not DMD2 (FastVideo, LightX2V): distribution matching trains a second, "fake score" model on the
+student's samples next to it, with its own optimizer and several critic updates per student update (and, in
+DMD2, a GAN head), and samples the student's own few-step videos every step: three transformers in memory and
+the most compute of the options, with a balance to tune. Trajectory distillation needs only the frozen teacher's
+no-grad passes and one regression, asks something exact (land where the teacher lands from the same noise), has
+nothing adversarial to balance, and fits ShapeWorld's 2-core, 20-minute budget. Its known limit is that the
+student learns on the teacher's states, not its own (progressive rounds narrow the gap); DMD2 is the next method
+for 1-2 steps.
 
 The run directory is laid out as SFT's (recipes/sft.py): config.yaml, checkpoints/ (the student's trained weights,
 the round's teacher weights and the optimizer), logs/, samples/step_N/ (validation videos at the student's own
