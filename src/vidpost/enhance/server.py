@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from vidpost.enhance.base import Enhancer
 from vidpost.errors import VidpostError, first_line
+from vidpost.jsonhttp import send_json
 
 log = logging.getLogger("vidpost")
 
@@ -85,13 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
     lock: threading.Lock
 
     def _send(self, code: int, payload: dict, note: str) -> None:
-        body = json.dumps(payload).encode()
-        log.info("%s %s %s %d %s", self.address_string(), self.command, self.path, code, note)
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, code, payload, note, log)
 
     def _error(self, code: int, message: str) -> None:
         self._send(code, {"error": {"message": message, "type": _ERROR_TYPES.get(code, "error"), "param": None,

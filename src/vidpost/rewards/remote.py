@@ -34,6 +34,7 @@ import numpy as np
 
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.errors import VidpostError, first_line
+from vidpost.jsonhttp import send_json
 from vidpost.rewards.registry import REWARDS, check_reward_names, compute_rewards, register_family
 
 log = logging.getLogger("vidpost")
@@ -171,14 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         return list(REWARDS) if self.served is None else list(self.served)
 
     def _send(self, code: int, payload: dict, note: str) -> None:
-        body = json.dumps(payload).encode()
-        # logged before the reply is sent, so that a client holding the reply can rely on the line being there
-        log.info("%s %s %s %d %s", self.address_string(), self.command, self.path, code, note)
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, code, payload, note, log)
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/rewards":
