@@ -137,6 +137,24 @@ def prepare_run_dir(cfg: Config, out: Path) -> None:
     save_config(cfg, saved)
 
 
+def start_run(cfg: Config, out: Path, finished=None) -> Path | None:
+    """Prepare `out` (rank 0 first; the others find it) and return its final output if the run is already done.
+
+    finished(out) -> the final output or None; default `finished_model` (model/ or lora/ with a card).
+    """
+    with dist.main_first():
+        prepare_run_dir(cfg, out)
+    final = (finished or finished_model)(out)
+    if final is not None:
+        log.info("%s is finished (%s exists); nothing to do", out, final)
+    return final
+
+
+def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
+    log.warning("stopped at %s %d; rerun the same command to resume from %s", unit, step,
+                latest_checkpoint(checkpoints) or "the start")
+
+
 def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     for key in old.keys() | new.keys():
         a, b = old.get(key), new.get(key)

@@ -80,12 +80,12 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
-    finished_model,
     learning_rate,
-    prepare_run_dir,
     save_final,
+    start_run,
     validate,
     validation_prompts,
+    warn_stopped,
 )
 from vidpost.recipes.grpo import PromptsConfig, training_prompts
 from vidpost.runlog import RunLog
@@ -311,10 +311,8 @@ def train(
     if dist.world_size() > 1:
         raise VidpostError("vidpost distill runs in one process (one GPU or the CPU); launch it without torchrun")
     out = Path(out)
-    prepare_run_dir(cfg, out)
-    final = finished_model(out)
+    final = start_run(cfg, out)
     if final is not None:
-        log.info("%s is finished (%s exists); nothing to do", out, final)
         return final
 
     torch.manual_seed(cfg.train.seed)
@@ -427,14 +425,13 @@ def train(
                 metrics = evaluate(step, rnd.student)
                 runlog.write(step, metrics)
                 bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items()))
-            if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
+            stopping = stop.raised is not None or step == stop_after
+            if step % cfg.checkpoint.every_steps == 0 or step == total_steps or stopping:
                 save(step)
-            if stop.raised is not None or step == stop_after:
-                save(step)
+            if stopping:
                 bar.close()
                 runlog.close()
-                log.warning("stopped at step %d; rerun the same command to resume from %s", step,
-                            latest_checkpoint(out / "checkpoints") or "the start")
+                warn_stopped(step, out / "checkpoints")
                 return None
     bar.close()
     runlog.close()

@@ -53,7 +53,8 @@ from vidpost.recipes.common import (
     OptimConfig,
     StopFlag,
     learning_rate,
-    prepare_run_dir,
+    start_run,
+    warn_stopped,
 )
 from vidpost.runlog import RunLog
 from vidpost.world.config import DatasetConfig
@@ -173,10 +174,8 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
     out = Path(out)
-    prepare_run_dir(cfg, out)
     final = out / STAGE_SFT
-    if (final / CARD_NAME).is_file():
-        log.info("%s is finished (%s exists); nothing to do", out, final)
+    if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
         return final
 
     s, m = cfg.sft, cfg.model
@@ -245,14 +244,13 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
                 metrics = _validate(model, tokenizer, val_prompts, val_intents, cfg.max_new_tokens)
                 runlog.write(step, metrics)
                 bar.write(f"step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
-            if step % cfg.checkpoint.every_steps == 0 or step == s.steps:
+            stopping = stop.raised is not None or step == stop_after
+            if step % cfg.checkpoint.every_steps == 0 or step == s.steps or stopping:
                 save(step)
-            if stop.raised is not None or step == stop_after:
-                save(step)
+            if stopping:
                 bar.close()
                 runlog.close()
-                log.warning("stopped at step %d; rerun the same command to resume from %s", step,
-                            latest_checkpoint(checkpoints) or "the start")
+                warn_stopped(step, checkpoints)
                 return None
     bar.close()
     runlog.close()

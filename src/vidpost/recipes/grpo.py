@@ -56,11 +56,11 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
-    finished_model,
-    prepare_run_dir,
     save_final,
+    start_run,
     validate,
     validation_prompts,
+    warn_stopped,
 )
 from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
 from vidpost.rewards.remote import register_remote
@@ -201,11 +201,8 @@ class _Phases:
 def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
     """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early."""
     out = Path(out)
-    with dist.main_first():  # rank 0 writes the run directory; the others find it
-        prepare_run_dir(cfg, out)
-    final = finished_model(out)
+    final = start_run(cfg, out)
     if final is not None:
-        log.info("%s is finished (%s exists); nothing to do", out, final)
         return final
     progress = progress and dist.is_main()
     for server in cfg.reward.remote:
@@ -302,8 +299,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                 bar.close()
                 if runlog is not None:  # rank 0, which wrote the checkpoint
                     runlog.close()  # flush TensorBoard: nothing logged is lost on a stop
-                    log.warning("stopped at iteration %d; rerun the same command to resume from %s", step,
-                                latest_checkpoint(out / "checkpoints") or "the start")
+                    warn_stopped(step, out / "checkpoints", "iteration")
                 return None
     bar.close()
     if runlog is not None:

@@ -61,12 +61,12 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
-    finished_model,
     learning_rate,
-    prepare_run_dir,
     save_final,
+    start_run,
     validate,
     validation_prompts,
+    warn_stopped,
 )
 from vidpost.runlog import RunLog
 from vidpost.world.config import DatasetConfig
@@ -209,11 +209,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     out = Path(out)
     if cfg.train.batch_size % dist.world_size():
         raise VidpostError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the world size {dist.world_size()}")
-    with dist.main_first():  # rank 0 writes the run directory, the dataset and the cache; the others read them
-        prepare_run_dir(cfg, out)
-    final = finished_model(out)
+    final = start_run(cfg, out)
     if final is not None:
-        log.info("%s is finished (%s exists); nothing to do", out, final)
         return final
     progress = progress and dist.is_main()
 
@@ -308,8 +305,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 bar.close()
                 if runlog is not None:  # rank 0, which wrote the checkpoint
                     runlog.close()
-                    log.warning("stopped at step %d; rerun the same command to resume from %s", step,
-                                latest_checkpoint(out / "checkpoints") or "the start")
+                    warn_stopped(step, out / "checkpoints")
                 return None
     bar.close()
     if runlog is not None:
