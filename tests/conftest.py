@@ -1,9 +1,12 @@
 """Shared across test folders: a random toy enhancer, and a "parrot" toy trained to write one fixed canonical caption."""
 
 import logging
+import queue
+import time
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from vidpost.enhance.toy import build_toy_model, build_toy_tokenizer, save_toy
 from vidpost.recipes.enhance import sft_loss
@@ -43,3 +46,37 @@ def parrot_toy(tmp_path_factory):
         optimizer.step()
         optimizer.zero_grad()
     return save_toy(model.eval(), tokenizer, tmp_path_factory.mktemp("parrot_toy"), {"stage": "test"})
+
+
+def _run_ranks(target, *args, world_size: int = 2, timeout_s: float = 600) -> dict:
+    """{rank: value}: target(rank, *args, results) runs in `world_size` spawned processes, each putting
+    (rank, value) on `results`. Fails at once if a rank dies, else waits generously (a busy machine is slow
+    to spawn); a value must travel by value (numpy, not a torch tensor, whose storage dies with its process)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(rank, *args, results)) for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    try:
+        parts, deadline = {}, time.monotonic() + timeout_s
+        while len(parts) < world_size:
+            try:
+                rank, value = results.get(timeout=1)
+                parts[rank] = value
+            except queue.Empty:
+                codes = [p.exitcode for p in procs]
+                assert all(code in (None, 0) for code in codes), f"a rank failed: exit codes {codes}"
+                assert time.monotonic() < deadline, f"no result after {timeout_s} s"
+        for p in procs:
+            p.join(timeout=timeout_s)
+            assert p.exitcode == 0
+        return parts
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+@pytest.fixture
+def run_ranks():
+    return _run_ranks

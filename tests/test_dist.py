@@ -6,13 +6,10 @@ The optimizer moments are compared, not only the weights: Adam's first update is
 gradient off by the world size; its first moment (1 - β1)·g does not (gradient clipping is off for that reason).
 """
 
-import queue
-import time
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from vidpost import dist
@@ -94,34 +91,14 @@ def _worker(rank, store, job, overrides, out, results):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         job(overrides, out)
-        results.put(rank)
+        results.put((rank, None))
     finally:
         dist.destroy()
 
 
-def _world_size_2(job, overrides, out, store, timeout_s: float = 600) -> None:
+def _world_size_2(run_ranks, job, overrides, out, store, timeout_s: float = 600) -> None:
     """Run job(overrides, out) on 2 ranks; fail at once if a rank dies, else wait generously (a busy machine is slow)."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, store, job, overrides, out, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        done, deadline = set(), time.monotonic() + timeout_s
-        while len(done) < 2:
-            try:
-                done.add(results.get(timeout=1))
-            except queue.Empty:
-                codes = [p.exitcode for p in procs]
-                assert all(code in (None, 0) for code in codes), f"a rank failed: exit codes {codes}"
-                assert time.monotonic() < deadline, f"no result after {timeout_s} s"
-        for p in procs:
-            p.join(timeout=timeout_s)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    run_ranks(_worker, store, job, overrides, out, timeout_s=timeout_s)
 
 
 # ------------------------------------------------------------------------------------------ comparisons
@@ -163,10 +140,10 @@ def _assert_same_videos(got, want) -> None:
 # ------------------------------------------------------------------------------------------ tests
 
 
-def test_sft_step_at_world_size_2_is_world_size_1_and_its_checkpoint_resumes_at_world_size_1(tmp_path):
+def test_sft_step_at_world_size_2_is_world_size_1_and_its_checkpoint_resumes_at_world_size_1(tmp_path, run_ranks):
     one, two = tmp_path / "one", tmp_path / "two"
     assert sft.train(load_config(sft.SFTConfig, None, SFT), one, progress=False) == one / "model"
-    _world_size_2(_run_sft, SFT, two, tmp_path / "store")  # stops after step 1 (as SIGTERM would)
+    _world_size_2(run_ranks, _run_sft, SFT, two, tmp_path / "store")  # stops after step 1 (as SIGTERM would)
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step_000001"]
     _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
     _assert_same_metrics(two, one, step=1)
@@ -178,12 +155,12 @@ def test_sft_step_at_world_size_2_is_world_size_1_and_its_checkpoint_resumes_at_
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_grpo_iteration_at_world_size_2_is_world_size_1(lora, tmp_path, tiny_base):
+def test_grpo_iteration_at_world_size_2_is_world_size_1(lora, tmp_path, tiny_base, run_ranks):
     overrides = [*GRPO, *([f"model.path={tiny_base}", *LORA] if lora else TINY)]
     one, two = tmp_path / "one", tmp_path / "two"
     final = one / ("lora" if lora else "model")
     assert grpo.train(load_config(grpo.GRPOConfig, None, overrides), one, progress=False) == final
-    _world_size_2(_run_grpo, overrides, two, tmp_path / "store")
+    _world_size_2(run_ranks, _run_grpo, overrides, two, tmp_path / "store")
     _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
     _assert_same_metrics(two, one, step=1)
     _assert_same_videos(two / "samples" / "step_000001", one / "samples" / "step_000001")

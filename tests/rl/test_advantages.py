@@ -1,13 +1,10 @@
 """Group-relative advantages against a plain numpy computation, and across ranks (2 gloo processes)."""
 
-import queue
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed
-import torch.multiprocessing as mp
 
 from vidpost import dist
 from vidpost.rl.advantages import advantage_stats, combine_advantages, group_advantages
@@ -58,38 +55,10 @@ def _ranks_worker(rank, store, rewards, group_size, results):
         torch.distributed.destroy_process_group()
 
 
-def _collect(procs, results, timeout_s: float = 600) -> dict:
-    """Each rank's result; fails at once if a rank dies, else waits generously (a busy machine is slow to spawn)."""
-    parts, deadline = {}, time.monotonic() + timeout_s
-    while len(parts) < len(procs):
-        try:
-            rank, value = results.get(timeout=1)
-            parts[rank] = value
-        except queue.Empty:
-            codes = [p.exitcode for p in procs]
-            assert all(code in (None, 0) for code in codes), f"a rank failed: exit codes {codes}"
-            assert time.monotonic() < deadline, f"no result after {timeout_s} s"
-    for p in procs:
-        p.join(timeout=timeout_s)
-        assert p.exitcode == 0
-    return parts
-
-
-def test_groups_split_across_ranks_get_the_single_process_advantages(tmp_path):
+def test_groups_split_across_ranks_get_the_single_process_advantages(tmp_path, run_ranks):
     rewards = torch.rand(12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     group_size = 4  # 12 rows over 2 ranks: the middle group has 2 rows on each rank
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_ranks_worker, args=(r, tmp_path / "store", rewards, group_size, results))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        parts = _collect(procs, results)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    parts = run_ranks(_ranks_worker, tmp_path / "store", rewards, group_size)
     got = torch.from_numpy(np.concatenate([parts[0], parts[1]]))
     assert torch.equal(got, group_advantages(rewards, group_size))
     # per-rank statistics (the public-code bug) would differ

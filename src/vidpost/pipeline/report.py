@@ -65,30 +65,26 @@ def curves_png(rows: list[dict], keys: tuple[str, ...]) -> bytes | None:
 
 
 def _table(rows: dict[str, dict]) -> str:
-    from vidpost.pipeline.run import TABLE_KEYS
+    from vidpost.pipeline.run import TABLE_KEYS, table_cells
 
     head = "".join(f"<th>{k}</th>" for k in ("stage", *TABLE_KEYS))
     body = []
     for stage, row in rows.items():
-        cells = "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row[k], float) else f"<td>{row[k]}</td>"
-                        for k in TABLE_KEYS)
+        cells = "".join(f"<td>{cell}</td>" for cell in table_cells(row))
         body.append(f"<tr><td>{html.escape(stage)}</td>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _grid(run: Path, stages: list[str], n: int) -> str:
-    from vidpost.pipeline.run import heldout_videos
+    from vidpost.pipeline.run import heldout_clips
 
-    videos = {s: heldout_videos(run / s, n) for s in stages}
-    captions = []
-    meta = run / stages[0] / "heldout" / "metadata.jsonl"
-    if meta.is_file():
-        captions = [json.loads(line)["caption"] for line in meta.read_text().splitlines()[:n]]
+    clips = {s: heldout_clips(run / s, n) for s in stages}  # the same prompts and seeds in every stage
+    captions = [caption for caption, _ in clips[stages[0]]]
     head = "<th>prompt</th>" + "".join(f"<th>{html.escape(s)}</th>" for s in stages)
     body = []
     for i, caption in enumerate(captions):
         cells = "".join(
-            f'<td><img src="{_data_uri(gif(videos[s][i]), "image/gif")}"></td>' if i < len(videos[s]) else "<td></td>"
+            f'<td><img src="{_data_uri(gif(clips[s][i][1]), "image/gif")}"></td>' if i < len(clips[s]) else "<td></td>"
             for s in stages
         )
         body.append(f"<tr><td class='cap'>{html.escape(caption)}</td>{cells}</tr>")

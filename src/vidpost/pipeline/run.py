@@ -115,12 +115,16 @@ def _enhanced(prompts: list[str], enhancer: str | Path) -> list[str]:
     return load_enhancer(str(enhancer)).rewrite(prompts)
 
 
+def table_cells(row: dict) -> list[str]:
+    """A held-out row's TABLE_KEYS as text, for the printed table and the report."""
+    return [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in TABLE_KEYS]
+
+
 def format_heldout_table(rows: dict[str, dict]) -> str:
     """Markdown table: one row per stage."""
     lines = ["| stage | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
     for stage, row in rows.items():
-        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in TABLE_KEYS]
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        lines.append(f"| {stage} | " + " | ".join(table_cells(row)) + " |")
     return "\n".join(lines)
 
 
@@ -168,10 +172,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path
     return rows
 
 
-def heldout_videos(stage_dir: Path, n: int) -> list[np.ndarray]:
-    """The first n held-out videos a stage wrote (uint8 (T, H, W, 3)), for the report's grid."""
+def heldout_clips(stage_dir: Path, n: int) -> list[tuple[str, np.ndarray]]:
+    """The first n held-out (caption, uint8 video (T, H, W, 3)) a stage wrote, for the report's grid."""
     meta = stage_dir / "heldout" / "metadata.jsonl"
     if not meta.is_file():
         return []
     records = [json.loads(line) for line in meta.read_text().splitlines()[:n]]
-    return [np.load(stage_dir / "heldout" / r["file"]) for r in records]
+    return [(r["caption"], np.load(stage_dir / "heldout" / r["file"])) for r in records]
