@@ -87,7 +87,7 @@ def test_sample_keeps_the_prompt_as_caption_and_the_rewrite_as_prompt_used(video
 
 def test_enhance_train_runs_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["enhance", "train", str(CONFIG), "--out", str(out), "sft.steps=2",
+    args = ["enhance", "train", str(CONFIG), "--out", str(out), "sft.steps=2", "grpo.steps=0",
             "sft.batch_size=4", "data.eval_n=2", "max_new_tokens=4", "log_every_steps=1"]
     assert main(args) == 0
     assert f"final model: {out / 'sft'}" in capsys.readouterr().out

@@ -60,7 +60,8 @@ def _grpo() -> Stage:
 def _enhance() -> Stage:
     from vidpost.recipes import enhance
 
-    return Stage(lambda: enhance.EnhanceConfig, lambda: enhance.train, None, "enhancer")
+    # its GRPO stage scores rewrites with the pipeline's latest video model, the one it will serve
+    return Stage(lambda: enhance.EnhanceConfig, lambda: enhance.train, "grpo.video_model", "enhancer")
 
 
 def _distill() -> Stage:

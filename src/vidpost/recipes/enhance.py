@@ -11,14 +11,26 @@ the enhancer learns to keep what the prompt states and to fill in the rest (size
 the curated data does. Validation decodes eval-split terse prompts greedily and reports how many rewrites
 parse as canonical captions, are complete, and state everything the prompt's intent states.
 
-Stage 2 (GRPO on the video model's rewards) is not built yet.
+Stage 2, GRPO (when grpo.steps > 0), from the SFT enhancer's weights: each step takes P fresh train-split
+terse prompts (the records after the SFT stage's, so a pure function of the step), samples G rewrites of
+each, generates a video from each rewrite with the frozen video model (all G from the same noise, so the
+rewrite is the only difference within a group), and scores the videos against the user's *intent* (the spec
+behind the terse prompt), never against the rewrite. A rewrite that fails the enhancer's check (not a
+canonical caption) gets what it would get in use: the video of the terse prompt it falls back to. The
+group-relative advantage of a rewrite weights the PPO-clip loss on each of its tokens (`enhancer_grpo_loss`),
+with a k3 estimate of the KL to the frozen SFT enhancer. Validation adds the mean reward of videos made from
+the greedy rewrites of the first eval-split prompts; it runs once before the first step, as the baseline.
 
 The run directory:
     config.yaml              the resolved config
     checkpoints/sft/         step_NNNNNN/ (weights, optimizer, counters); the newest is resumed
-    logs/metrics.jsonl       sft/loss, sft/lr, sft/grad_norm, sft/val_* (and TensorBoard)
-    sft/                     the SFT enhancer (Hugging Face layout + enhancer.json): `--enhancer runs/enhance`
-    summary.json             the final validation metrics
+    checkpoints/grpo/        the same for stage 2 (step 0: the SFT weights, written after the baseline)
+    logs/metrics.jsonl       sft/loss, sft/lr, sft/grad_norm, sft/val_*; then grpo/reward, grpo/reward_<name>,
+                             grpo/parse, grpo/loss, grpo/kl, grpo/clip_frac, grpo/val_*, logged at step
+                             sft.steps + s for GRPO step s, so the log reads as one run (and TensorBoard)
+    sft/                     the SFT enhancer (Hugging Face layout + enhancer.json)
+    grpo/                    the GRPO enhancer, when the stage runs; `--enhancer runs/enhance` takes the last
+    summary.json             the final validation metrics of each stage
 """
 
 from __future__ import annotations
@@ -27,36 +39,49 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config
+from vidpost.data.video_io import to_float
+from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.enhance.base import check_rewrite, normalise
+from vidpost.enhance.config import CheckConfig
 from vidpost.enhance.toy import (
     CARD_NAME,
     build_toy_model,
     build_toy_tokenizer,
     completion_logprobs,
+    load_toy,
     prompt_ids,
     sample,
     save_toy,
     target_ids,
 )
 from vidpost.errors import CaptionError
+from vidpost.generation import PRECISIONS, generate, recommended_sampling, recommended_video
 from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,
     OptimConfig,
     StopFlag,
+    derive_seed,
     learning_rate,
     start_run,
     warn_stopped,
 )
+from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
+from vidpost.rl.advantages import advantage_stats, combine_advantages
+from vidpost.rl.losses import policy_loss
 from vidpost.runlog import RunLog
+from vidpost.sample import load_model
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import prompt_record
 from vidpost.world.grammar import parse_caption
@@ -65,6 +90,7 @@ from vidpost.world.spec import SceneSpec
 log = logging.getLogger("vidpost")
 
 STAGE_SFT = "sft"
+STAGE_GRPO = "grpo"
 
 
 class ToyModelConfig(Config):
@@ -91,13 +117,57 @@ class SFTStageConfig(Config):
     eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only at the end)")
 
 
+class SamplingOverrides(Config):
+    steps: int | None = Field(None, ge=1, description="sampling steps of the videos; null: the video model card's")
+    shift: float | None = Field(None, gt=0, description="timestep shift of the sigma grid; null: the card's")
+    guidance: float | None = Field(None, ge=1, description="classifier-free guidance scale; null: the card's")
+
+    def resolve(self, card: SamplingConfig) -> SamplingConfig:
+        """The card's sampling with this config's non-null fields put in."""
+        return SamplingConfig.model_validate({**card.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+class GRPOStageConfig(Config):
+    steps: int = Field(0, ge=0, description="GRPO steps after SFT, from the SFT enhancer (0: the stage is off)")
+    prompts_per_step: int = Field(4, ge=1, description="P: terse prompts (groups) per step")
+    group_size: int = Field(8, ge=2, description="G: rewrites sampled per prompt, each made into a video")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rewrites (and the trained policy's)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass of the rewrites; below 1, ratios start below 1")
+    clip_range: float = Field(0.2, gt=0, description="PPO ratio clip epsilon")
+    kl_beta: float = Field(0.04, ge=0, description="weight of the per-token k3 KL to the frozen SFT enhancer")
+    epochs: int = Field(1, ge=1, description="optimizer steps on each batch of rewrites (PPO epochs)")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
+    video_model: str = Field("shapeworld-sft", description="the frozen video model: a shipped name, model or run dir")
+    sampling: SamplingOverrides = Field(default_factory=SamplingOverrides, description="changes to the card's sampling")
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "bf16", description="autocast of the video model: bf16 (about 1.5x faster on CPU) | float32"
+    )
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {"total": 1.0, "coherence": 0.5, "quality": 0.5},
+        description="reward name -> weight, as the video GRPO's reward.weights (advantages of the weighted sum)",
+    )
+    seed: int = Field(0, description="step s draws its rewrites and video noise from (seed, s); validation noise: seed")
+    val_videos: int = Field(16, ge=1, description="validation: videos made from the first rewrites (<= data.eval_n)")
+    eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only before step 1 and at the end)")
+    checkpoint_every_steps: int = Field(10, ge=1, description="write a checkpoint every N steps (and at the end)")
+    max_consecutive_nonfinite: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+
+
 class EnhanceConfig(Config):
     model: ToyModelConfig = Field(default_factory=ToyModelConfig, description="the toy enhancer's architecture")
     data: PairsConfig = Field(default_factory=PairsConfig, description="(terse prompt, canonical caption) pairs")
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="stage 1: supervised fine-tuning")
-    max_new_tokens: int = Field(48, ge=1, description="most tokens of a rewrite (validation decoding)")
+    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig, description="stage 2: GRPO on video rewards")
+    max_new_tokens: int = Field(48, ge=1, description="most tokens of a rewrite (GRPO rollouts and validation)")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing")
-    log_every_steps: int = Field(20, ge=1, description="write training metrics every N steps")
+    log_every_steps: int = Field(20, ge=1, description="write SFT metrics every N steps (GRPO: every step)")
+
+    @model_validator(mode="after")
+    def _videos_fit(self) -> EnhanceConfig:
+        if self.grpo.steps and self.grpo.val_videos > self.data.eval_n:
+            raise ValueError(f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
+                             "(the videos are made from the first validation rewrites)")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -107,6 +177,12 @@ def training_pair(seed: int, index: int, split: str = "train") -> tuple[str, str
     """(terse prompt, canonical caption) of pair `index`: the texts of ShapeWorld clip `index` of that split."""
     record = prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split), index)
     return record["terse"], record["canonical"]
+
+
+def user_prompt(seed: int, index: int, split: str = "train") -> tuple[str, str]:
+    """(terse prompt, intent caption) of ShapeWorld clip `index`: what a user types, and what they meant."""
+    record = prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split), index)
+    return record["terse"], record["intent"]
 
 
 def states_intent(rewrite: SceneSpec, intent: SceneSpec) -> bool:
@@ -150,6 +226,78 @@ def sft_loss(model, tokenizer, pairs: list[tuple[str, str]], max_prompt_tokens: 
     return -logp.sum() / tokens, tokens
 
 
+def enhancer_grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO's loss on a batch of B rewrites of up to L tokens, and what the logs report about it.
+
+    Each token of rewrite i is one PPO-clip term (`rl.losses.policy_loss`, elementwise) with the rewrite's
+    advantage A_i, plus kl_beta·KL to the reference. The terms are averaged over the real tokens of each
+    rewrite, then over rewrites (GRPO's per-sequence token mean): every rewrite has the same say whatever its
+    length. The KL is the k3 estimate on the drawn tokens, exp(r − l) − (r − l) − 1 with l, r the policy's and
+    the reference's log-probabilities: >= 0, unbiased for KL(π ‖ π_ref) on tokens drawn from π, and needs no
+    full logits. logprobs (B, L) carry the gradient; old_logprobs, ref_logprobs (B, L); mask (B, L) is 1 on
+    real tokens; advantages (B,). Metrics (means over real tokens): clip_frac, approx_kl (to the old policy)
+    and, with a reference, kl.
+    """
+    real = mask.bool()
+    kl = None
+    if ref_logprobs is not None:
+        delta = (ref_logprobs.to(logprobs.dtype) - logprobs).masked_fill(~real, 0.0)
+        kl = torch.exp(delta) - delta - 1
+    terms = policy_loss(logprobs, old_logprobs.masked_fill(~real, 0.0), advantages[:, None].expand_as(logprobs),
+                        clip_range, kl=kl, kl_beta=kl_beta)
+    lengths = real.sum(1)
+    loss = (terms.loss.masked_fill(~real, 0.0).sum(1) / lengths).mean()
+
+    def token_mean(values: torch.Tensor) -> float:
+        return float(values.double()[real].mean())
+
+    metrics = {"clip_frac": token_mean(terms.clipped), "approx_kl": token_mean(terms.approx_kl)}
+    if terms.kl is not None:
+        metrics["kl"] = token_mean(terms.kl)
+    return loss, metrics
+
+
+def prompts_used(prompts: Sequence[str], rewrites: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """What the video model is given for each rewrite, and (B,) bool: which rewrites pass the enhancer's check.
+
+    A rewrite that fails the check (empty, too long, not a canonical ShapeWorld caption) is replaced by its
+    prompt, as `Enhancer.rewrite` does in use, so it is rewarded with what a user would get from it: the video
+    of the terse prompt. A fixed penalty instead would score an outcome no user ever sees.
+    """
+    max_words = CheckConfig().max_words
+    passed = np.array([check_rewrite(text, max_words, shapeworld=True) is None for text in rewrites])
+    used = [normalise(text) if ok else prompt for prompt, text, ok in zip(prompts, rewrites, passed, strict=True)]
+    return used, passed
+
+
+def rewrite_rewards(
+    video_model, prompts: Sequence[str], intents: Sequence[str], rewrites: Sequence[str], group_size: int,
+    sampling: SamplingConfig, video: VideoConfig, seed: int, precision: str, names: Sequence[str],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The rewards of the videos made from P·G rewrites (group order), scored against the user's intents.
+
+    A video is scored against the intent, what the user asked for, never against the rewrite: a rewrite that
+    changes the request (another colour) would otherwise be paid for a video that matches the change. The G
+    videos of group p all start from the noise of seed `seed + p`, so within a group the rewrite is the only
+    difference and the advantages compare rewrites, not noise draws. Returns ({name: (P·G,)}, passed (P·G,)).
+    """
+    used, passed = prompts_used(prompts, rewrites)
+    videos: list[np.ndarray | None] = [None] * len(used)
+    for member in range(group_size):  # member j of every group, group p from seed + p (generate's convention)
+        made = generate(video_model, used[member::group_size], sampling, video, seed=seed, precision=precision,
+                        progress=False).videos
+        videos[member::group_size] = list(made)
+    return compute_rewards(names, to_float(np.stack(videos)), intents), passed
+
+
 # ------------------------------------------------------------------------------------------ the recipe
 
 
@@ -159,25 +307,41 @@ def _validation_set(cfg: PairsConfig) -> tuple[list[str], list[str]]:
     return [r["terse"] for r in records], [r["intent"] for r in records]
 
 
-def _validate(model, tokenizer, prompts: list[str], intents: list[str], max_new_tokens: int) -> dict[str, float]:
+def _greedy_rewrites(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
     model.eval()
     rewrites = []
     for start in range(0, len(prompts), 64):
         rewrites += sample(model, tokenizer, prompts[start: start + 64], max_new_tokens).texts
     model.train()
+    return rewrites
+
+
+def _validate(model, tokenizer, prompts: list[str], intents: list[str], max_new_tokens: int) -> dict[str, float]:
+    rewrites = _greedy_rewrites(model, tokenizer, prompts, max_new_tokens)
     return {f"{STAGE_SFT}/val_{k}": v for k, v in rewrite_metrics(rewrites, intents).items()}
 
 
 def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
     """Run (or resume) the enhancer's training in `out`; return the final enhancer folder, or None if stopped.
 
-    stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
+    SFT, then GRPO from the SFT enhancer when grpo.steps > 0; a finished stage is not run again.
+    stop_after: stop (as SIGINT would) once this step is done, counting GRPO step s as step sft.steps + s;
+    tests use it to interrupt a run.
     """
     out = Path(out)
-    final = out / STAGE_SFT
+    sft = out / STAGE_SFT
+    final = out / STAGE_GRPO if cfg.grpo.steps else sft
+    if cfg.grpo.steps:
+        check_reward_names(list(cfg.grpo.reward_weights))  # now, not after the SFT stage's minutes
     if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
         return final
+    if not (sft / CARD_NAME).is_file() and _train_sft(cfg, out, progress, stop_after) is None:
+        return None
+    return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
 
+
+def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
+    """Stage 1; returns sft/, or None if stopped."""
     s, m = cfg.sft, cfg.model
     tokenizer = build_toy_tokenizer(m.max_positions)
     model = build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
@@ -254,9 +418,154 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
                 return None
     bar.close()
     runlog.close()
+    final = out / STAGE_SFT
     tmp = out / f".{STAGE_SFT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_toy(model.eval(), tokenizer, tmp, {"stage": STAGE_SFT, "steps": s.steps, **metrics})
     tmp.rename(final)
     (out / "summary.json").write_text(json.dumps({"steps": s.steps, **state, **metrics}, indent=1) + "\n")
     return final
+
+
+def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
+    """Stage 2, from sft/; returns grpo/, or None if stopped. GRPO step s is logged as step sft.steps + s."""
+    g, offset = cfg.grpo, cfg.sft.steps
+    policy, tokenizer = load_toy(out / STAGE_SFT)
+    policy.train()
+    reference = load_toy(out / STAGE_SFT)[0].requires_grad_(False)  # the KL's anchor, and grpo/kl's
+    video_model = load_model(g.video_model)
+    sampling, video = g.sampling.resolve(recommended_sampling(video_model)), recommended_video(video_model)
+    params = dict(policy.named_parameters())
+    optimizer = torch.optim.AdamW(params.values(), lr=g.optim.learning_rate, betas=g.optim.betas,
+                                  weight_decay=g.optim.weight_decay)
+    checkpoints = out / "checkpoints" / STAGE_GRPO
+    start, state = 0, {"nonfinite_steps": 0}
+    checkpoint = latest_checkpoint(checkpoints)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, params, optimizer)
+        start = state.pop("step")
+        log.info("resuming from %s (GRPO step %d of %d)", checkpoint, start, g.steps)
+    elif progress:
+        log.info("GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
+                 g.video_model, g.prompts_per_step, g.group_size, sampling.steps)
+    runlog = RunLog(out, resume_step=offset + start)
+    val_prompts, val_intents = _validation_set(cfg.data)
+    nonfinite = NonfiniteStreak(g.max_consecutive_nonfinite, checkpoints)
+    bar = tqdm(total=g.steps, initial=start, desc="enhance grpo", unit="step", disable=not progress)
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics = _validate_grpo(policy, tokenizer, video_model, cfg, val_prompts, val_intents, sampling, video)
+        runlog.write(offset + step, metrics)
+        bar.write(f"grpo step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
+        return metrics
+
+    def save(step: int) -> None:
+        if nonfinite.length:
+            log.warning("GRPO step %d: no checkpoint while steps are non-finite", step)
+            return
+        save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
+
+    metrics: dict[str, float] = {}
+    with StopFlag() as stop:
+        if checkpoint is None:  # the SFT enhancer's scores; checkpoint 0 keeps a resumed run from logging them twice
+            metrics = evaluate(0)
+            save(0)
+        for step in range(start + 1, g.steps + 1):
+            tick = time.perf_counter()
+            lr = learning_rate(g.optim, step, g.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            row, finite = _grpo_step(policy, reference, tokenizer, video_model, cfg, step, params, optimizer,
+                                     sampling, video)
+            if not finite:
+                state["nonfinite_steps"] += 1
+            nonfinite.record(step, finite)
+            row.update({f"{STAGE_GRPO}/lr": lr, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
+                        f"{STAGE_GRPO}/seconds_per_step": time.perf_counter() - tick})
+            runlog.write(offset + step, row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row[f'{STAGE_GRPO}/reward']:.3f}")
+            if (g.eval_every_steps and step % g.eval_every_steps == 0) or step == g.steps:
+                metrics = evaluate(step)
+            # the last step always finishes the stage, so the final validation is the one grpo/ records
+            stopping = step < g.steps and (stop.raised is not None or offset + step == stop_after)
+            if step % g.checkpoint_every_steps == 0 or step == g.steps or stopping:
+                save(step)
+            if stopping:
+                bar.close()
+                runlog.close()
+                warn_stopped(step, checkpoints)
+                return None
+    bar.close()
+    runlog.close()
+    final, tmp = out / STAGE_GRPO, out / f".{STAGE_GRPO}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_toy(policy.eval(), tokenizer, tmp, {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model,
+                                            **metrics})
+    tmp.rename(final)
+    summary_file = out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary.update({f"{STAGE_GRPO}/steps": g.steps, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"], **metrics})
+    summary_file.write_text(json.dumps(summary, indent=1) + "\n")
+    return final
+
+
+def _grpo_step(policy, reference, tokenizer, video_model, cfg: EnhanceConfig, step: int,
+               params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, sampling: SamplingConfig,
+               video: VideoConfig) -> tuple[dict[str, float], bool]:
+    """GRPO step `step` (1-based): rewrites, videos, rewards, advantages, update(s); (its metrics, all finite)."""
+    g = cfg.grpo
+    P, G = g.prompts_per_step, g.group_size
+    first = cfg.sft.steps * cfg.sft.batch_size + (step - 1) * P  # the records after SFT's pairs: unseen prompts
+    users = [user_prompt(cfg.data.seed, i) for i in range(first, first + P)]
+    prompts = [terse for terse, _ in users for _ in range(G)]  # group order
+    intents = [intent for _, intent in users for _ in range(G)]
+    generator = torch.Generator().manual_seed(derive_seed(g.seed, 1, step))
+    rollout = sample(policy, tokenizer, prompts, cfg.max_new_tokens, g.temperature, g.top_p, generator)
+    scores, passed = rewrite_rewards(video_model, prompts, intents, rollout.texts, G, sampling, video,
+                                     derive_seed(g.seed, 2, step) & 0x7FFFFFFF, g.precision, list(g.reward_weights))
+    rewards = {name: torch.as_tensor(r, dtype=torch.float64) for name, r in scores.items()}
+    advantages = combine_advantages(rewards, g.reward_weights, G)  # (P·G,)
+
+    pad = tokenizer.pad_token_id
+    old = torch.nn.utils.rnn.pad_sequence(rollout.logprobs, batch_first=True)  # (B, L): what the tokens were drawn with
+    with torch.no_grad():
+        ref, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)
+    stats: dict[str, list[float]] = {"loss": [], "grad_norm": [], "clip_frac": [], "approx_kl": [], "kl": []}
+    finite, gap = True, 0.0
+    for epoch in range(g.epochs):
+        logp, mask = completion_logprobs(policy, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)
+        if epoch == 0:  # the same policy as the rollout's: teacher forcing must give its log-probs back (top_p = 1)
+            gap = float((logp.detach() - old).abs().max())
+        loss, terms = enhancer_grpo_loss(logp, old, mask, advantages, g.clip_range, ref, g.kl_beta)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), g.optim.grad_clip)
+        if bool(torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            optimizer.step()
+        else:
+            finite = False
+            log.warning("GRPO step %d: non-finite loss or gradient; update skipped", step)
+        optimizer.zero_grad(set_to_none=True)
+        for key, value in {"loss": loss.item(), "grad_norm": grad_norm.item(), **terms}.items():
+            stats[key].append(value)
+    row = {f"{STAGE_GRPO}/reward": float(weighted_sum(rewards, g.reward_weights).mean()),
+           **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in rewards.items()},
+           f"{STAGE_GRPO}/parse": float(passed.mean()),
+           **{f"{STAGE_GRPO}/{key}": float(np.mean(values)) for key, values in stats.items()},
+           f"{STAGE_GRPO}/tied_groups": advantage_stats(advantages, G)["tied_group_fraction"],
+           f"{STAGE_GRPO}/logprob_gap": gap}
+    return row, finite
+
+
+def _validate_grpo(policy, tokenizer, video_model, cfg: EnhanceConfig, prompts: list[str], intents: list[str],
+                   sampling: SamplingConfig, video: VideoConfig) -> dict[str, float]:
+    """Greedy rewrites of the validation prompts: rewrite_metrics, and the rewards of the first val_videos' videos
+    (video j from the noise of seed grpo.seed + j at every validation)."""
+    g = cfg.grpo
+    rewrites = _greedy_rewrites(policy, tokenizer, prompts, cfg.max_new_tokens)
+    n = g.val_videos
+    rewards, _ = rewrite_rewards(video_model, prompts[:n], intents[:n], rewrites[:n], 1, sampling, video, g.seed,
+                                 g.precision, list(g.reward_weights))
+    metrics = {**rewrite_metrics(rewrites, intents), "reward": float(weighted_sum(rewards, g.reward_weights).mean()),
+               **{f"reward_{name}": float(r.mean()) for name, r in rewards.items()}}
+    return {f"{STAGE_GRPO}/val_{k}": v for k, v in metrics.items()}
