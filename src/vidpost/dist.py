@@ -125,6 +125,15 @@ def gather_objects(obj: Any) -> list[Any] | None:
     return out
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's picklable `obj` on every rank (what the other ranks pass is ignored)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 @contextmanager
 def main_first() -> Iterator[None]:
     """Rank 0 runs the block first (it writes files: run directory, dataset, cache), then the others (they find them).

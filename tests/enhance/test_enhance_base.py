@@ -10,6 +10,7 @@ from vidpost.enhance.config import EnhancerConfig
 from vidpost.enhance.resolve import enhancer_config, enhancer_dir, load_enhancer
 from vidpost.enhance.toy import ToyEnhancer
 from vidpost.errors import VidpostError
+from vidpost.world.grammar import parse_caption
 
 CAPTION = "a small red circle moving left quickly on a black background"
 
@@ -130,3 +131,13 @@ def test_the_shipped_name_resolves_in_assets(random_toy, tmp_path, monkeypatch):
     (tmp_path / "shapeworld-enhancer").symlink_to(random_toy)
     monkeypatch.setenv("VIDPOST_ASSETS", str(tmp_path))
     assert enhancer_config("shapeworld-enhancer").path == str(tmp_path / "shapeworld-enhancer")
+
+
+def test_the_shipped_enhancer_loads_and_writes_complete_canonical_captions():
+    enhancer = load_enhancer("shapeworld-enhancer")
+    rewrites = enhancer.rewrite(["a red circle", "a small blue square going left"])
+    assert enhancer.counts.fallbacks == 0
+    first, second = (parse_caption(text) for text in rewrites)
+    assert first.is_complete and second.is_complete
+    assert (first.objects[0].colour, first.objects[0].shape) == ("red", "circle")
+    assert (second.objects[0].colour, second.objects[0].shape) == ("blue", "square")

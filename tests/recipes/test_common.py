@@ -3,7 +3,7 @@
 import pytest
 
 from vidpost.errors import VidpostError
-from vidpost.recipes.common import NonfiniteStreak
+from vidpost.recipes.common import NonfiniteStreak, rewrite_prompts
 
 
 def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
@@ -13,3 +13,9 @@ def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
     assert streak.length == 2
     with pytest.raises(VidpostError, match=r"^step 6: 3 steps in a row .*no checkpoint was written before them;"):
         streak.record(6, False)
+
+
+def test_rewrite_prompts_uses_the_enhancer_and_falls_back_per_prompt(parrot_toy, parrot_caption):
+    prompts = ["red ball going left", "tiny teal disc"]
+    assert rewrite_prompts(prompts, None) == prompts
+    assert rewrite_prompts(prompts, str(parrot_toy)) == [parrot_caption] * 2

@@ -173,3 +173,34 @@ def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branch
                     "float32", flash=FlashConfig(shared_prefix=False))
     assert plain.passes_per_video == 4
     assert not torch.equal(plain.transitions.x[0], plain.transitions.x[1])  # independent noise per member
+
+
+def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prompts(
+    parrot_caption, tmp_path, monkeypatch
+):
+    encoded, rewarded, asked = [], [], []
+    real_encode, real_rewards = WanVideoModel.encode_prompts, grpo.compute_rewards
+
+    def encode(self, texts):
+        encoded.extend(texts)
+        return real_encode(self, texts)
+
+    def rewards(names, videos, prompts):
+        rewarded.extend(prompts)
+        return real_rewards(names, videos, prompts)
+
+    def rewrite(prompts, enhancer):  # every prompt -> one caption, so what the model is given is unmistakable
+        asked.append(enhancer)
+        return [parrot_caption] * len(prompts)
+
+    monkeypatch.setattr(WanVideoModel, "encode_prompts", encode)
+    monkeypatch.setattr(grpo, "compute_rewards", rewards)
+    monkeypatch.setattr(grpo, "rewrite_prompts", rewrite)
+    cfg = _config("train.steps=1", "prompts.enhancer=rollouts", "evaluation.enhancer=evaluation")
+    train(cfg, tmp_path / "run", progress=False)
+    assert asked == ["rollouts", "evaluation"]
+    assert rewarded and set(rewarded) <= set(grpo.training_prompts(cfg.prompts)) and parrot_caption not in rewarded
+    assert set(encoded) - {""} == {parrot_caption}  # the model never saw a prompt, only rewrites (and "")
+    clips = [json.loads(line) for line in (tmp_path / "run" / "samples" / "step_000000" / "metadata.jsonl").open()]
+    assert [c["prompt_used"] for c in clips] == [parrot_caption] * 2
+    assert all(c["caption"] != parrot_caption for c in clips)  # kept, and scored, against the prompts

@@ -53,6 +53,9 @@ class ValidationConfig(Config):
     acceleration: AccelerationConfig = Field(
         default_factory=AccelerationConfig, description="feature cache, compile and attention backend of these videos"
     )
+    enhancer: str | None = Field(
+        None, description="prompt enhancer that rewrites the prompts first; videos are still scored against the prompts"
+    )
 
 
 class CheckpointConfig(Config):
@@ -174,28 +177,50 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
     return read_prompts(cfg.prompts_file)[: cfg.n], False
 
 
+def rewrite_prompts(prompts: list[str], enhancer: str | None) -> list[str]:
+    """What the video model is given for each prompt: its rewrite by `enhancer` (enhance/), or the prompt itself.
+
+    Rank 0 rewrites (a failed rewrite falls back to its prompt and is counted in the log) and sends the texts to
+    the other ranks, so every rank uses the same ones even when the enhancer samples.
+    """
+    if enhancer is None:
+        return list(prompts)
+    rewrites = None
+    if dist.is_main():
+        from vidpost.enhance.resolve import load_enhancer
+
+        rewrites = load_enhancer(enhancer).rewrite(prompts)
+    return dist.broadcast_object(rewrites)
+
+
 def validate(
     model, prompts: list[str], scorable: bool, sampling: SamplingConfig, video: VideoConfig, seed: int,
     precision: str, out_dir: Path, prefix: str = "val", acceleration: AccelerationConfig | None = None,
+    used: list[str] | None = None,
 ) -> dict[str, float]:
     """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's.
+
+    `used`: what the model is given instead of each prompt (an enhancer's rewrites, see `rewrite_prompts`); the
+    videos are still scored against the prompts, and each clip keeps its rewrite as `prompt_used`.
 
     Deterministic: the all-ODE path from noise seeded seed + j, so every validation of a run (and of every
     stage) sees the same prompts and the same starting noise (a feature cache in `acceleration` changes the videos).
     Distributed: every rank calls this; each samples its share of the prompts with the full weights, and rank 0
     writes and scores them all (the other ranks return {}).
     """
+    rewritten = used is not None
+    used = used if rewritten else prompts
     share = dist.share(len(prompts))
     with dist.unsharded(model.transformer):
-        part = generate(model, prompts[share], sampling, video, seed=seed + share.start, precision=precision,
+        part = generate(model, used[share], sampling, video, seed=seed + share.start, precision=precision,
                         progress=False, acceleration=acceleration).videos if share.stop > share.start else None
     parts = dist.gather_objects(part)
     if not dist.is_main():
         return {}
     videos = np.concatenate([p for p in parts if p is not None])
     with DatasetWriter(out_dir, overwrite=True) as writer:
-        for frames, prompt in zip(videos, prompts, strict=True):
-            writer.add(frames, prompt)
+        for frames, prompt, text in zip(videos, prompts, used, strict=True):
+            writer.add(frames, prompt, **({"prompt_used": text} if rewritten else {}))
     scores = score_videos(videos, prompts) if scorable else {}
     return {f"{prefix}/{name}": value for name, value in scores.items()}
 

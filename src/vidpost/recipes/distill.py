@@ -81,6 +81,7 @@ from vidpost.recipes.common import (
     ValidationConfig,
     derive_seed,
     learning_rate,
+    rewrite_prompts,
     save_final,
     start_run,
     validate,
@@ -280,18 +281,21 @@ def distill_step(
 # ------------------------------------------------------------------------------------------------ the recipe
 
 
-def _teacher_videos(teacher: WanVideoModel, prompts: list[str], sampling: SamplingConfig, video: VideoConfig,
-                    cfg: DistillConfig, folder: Path) -> np.ndarray:
-    """The teacher's validation videos, uint8 (N, T, H, W, 3): generated once into `folder`, read back after."""
+def _teacher_videos(teacher: WanVideoModel, prompts: list[str], used: list[str], sampling: SamplingConfig,
+                    video: VideoConfig, cfg: DistillConfig, folder: Path) -> np.ndarray:
+    """The teacher's validation videos, uint8 (N, T, H, W, 3): generated once into `folder`, read back after.
+
+    `used` is what the teacher is given for each prompt (the validation enhancer's rewrites, or the prompts).
+    """
     if (folder / "metadata.jsonl").is_file():
         clips = list(iter_clips(folder))
         if len(clips) == len(prompts):
             return np.stack([clip.frames for clip in clips])
-    generated = generate(teacher, prompts, sampling, video, seed=cfg.validation.seed,
+    generated = generate(teacher, used, sampling, video, seed=cfg.validation.seed,
                          precision=cfg.train.precision, progress=False, acceleration=cfg.validation.acceleration)
     with DatasetWriter(folder, overwrite=True) as writer:
-        for frames, prompt in zip(generated.videos, prompts, strict=True):
-            writer.add(frames, prompt)
+        for frames, prompt, text in zip(generated.videos, prompts, used, strict=True):
+            writer.add(frames, prompt, **({"prompt_used": text} if cfg.validation.enhancer else {}))
     return generated.videos
 
 
@@ -323,6 +327,7 @@ def train(
     shape = model.latent_shape(video.frames, video.height, video.width)
     pool = training_prompts(cfg.prompts)
     prompts, scorable = validation_prompts(cfg.validation)
+    used = rewrite_prompts(prompts, cfg.validation.enhancer)
     uses_cfg = any(r.teacher.guidance > 1 or r.student.guidance > 1 for r in rounds)
     uncond = model.encode_prompts([teacher_sampling.negative_prompt]) if uses_cfg else None
 
@@ -331,7 +336,7 @@ def train(
     teacher = _frozen_copy(model)
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     teacher_params = {name: p for name, p in teacher.transformer.named_parameters() if name in params}
-    teacher_videos = _teacher_videos(teacher, prompts, teacher_sampling, video, cfg, out / "samples" / "teacher")
+    teacher_videos = _teacher_videos(teacher, prompts, used, teacher_sampling, video, cfg, out / "samples" / "teacher")
     t, o = cfg.train, cfg.optim
 
     def new_optimizer() -> torch.optim.Optimizer:  # each round starts afresh, as its student is a new problem
@@ -351,7 +356,7 @@ def train(
         model.transformer.eval()
         folder = out / "samples" / f"step_{step:06d}"
         metrics = validate(model, prompts, scorable, sampling, video, cfg.validation.seed, t.precision, folder,
-                           acceleration=cfg.validation.acceleration)
+                           acceleration=cfg.validation.acceleration, used=used)
         model.transformer.train()
         return {**metrics, "val/mse_to_teacher": _mse_to_teacher(folder, teacher_videos)}
 

@@ -56,6 +56,7 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
+    rewrite_prompts,
     save_final,
     start_run,
     validate,
@@ -81,6 +82,9 @@ class PromptsConfig(Config):
     split: Literal["train", "eval", "heldout"] = Field("train", description="ShapeWorld split of the training prompts")
     n: int = Field(4096, ge=1, description="size of the training prompt pool")
     seed: int = Field(0, description="seed of the ShapeWorld prompt pool")
+    enhancer: str | None = Field(
+        None, description="prompt enhancer: rollouts are generated from its rewrites, rewarded against the prompts"
+    )
 
 
 class NoiseConfig(Config):
@@ -221,7 +225,9 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     rectify = strategy.name == "flash" and strategy.settings.rectify
     scales = gradient_scale(sigmas, noise.schedule, **noise.params) if rectify else None  # (N,) c(σ_i)
     pool = training_prompts(cfg.prompts)
+    pool_used = rewrite_prompts(pool, cfg.prompts.enhancer)  # once: rewrites are fixed for the run
     eval_prompts, scorable = validation_prompts(cfg.evaluation)
+    eval_used = rewrite_prompts(eval_prompts, cfg.evaluation.enhancer)
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
     reference = _reference(model) if cfg.train.kl_beta > 0 else None
@@ -252,7 +258,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         with _ema_weights(ema, params):
             return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
                             cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval",
-                            acceleration=cfg.evaluation.acceleration)
+                            acceleration=cfg.evaluation.acceleration, used=eval_used)
 
     metrics: dict[str, float] = {}
     if start == 0:
@@ -272,7 +278,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     bar = tqdm(total=t.steps, initial=start, desc=f"grpo {strategy.name}", unit="it", disable=not progress)
     with StopFlag() as stop:
         for step in range(start + 1, t.steps + 1):
-            row = iteration(model, cfg, step, pool, shape, sigmas, g, scales, uncond, reference, params, optimizer)
+            row = iteration(model, cfg, step, pool, pool_used, shape, sigmas, g, scales, uncond, reference, params, optimizer)
             if row["nonfinite"]:
                 state["nonfinite_steps"] += 1
             nonfinite.record(step, not row["nonfinite"])  # raises after max_consecutive_nonfinite in a row
@@ -339,6 +345,7 @@ def iteration(
     cfg: GRPOConfig,
     step: int,
     pool: list[str],
+    pool_used: list[str],
     shape: tuple[int, ...],
     sigmas: torch.Tensor,
     g: torch.Tensor,
@@ -358,14 +365,15 @@ def iteration(
     local = dist.local_slice(P)  # this rank's groups
     groups = torch.arange(P)[local]
     rows = (groups[:, None] * G + torch.arange(G)).flatten()  # this rank's rows of the global batch
-    prompts = [pool[int(i)] for i in prompt_ids[local]]
+    prompts = [pool[int(i)] for i in prompt_ids[local]]  # what the rewards check
+    used = [pool_used[int(i)] for i in prompt_ids[local]]  # what the model is given
     # one SDE noise stream per row of the global batch: a row's noise does not depend on the rank it runs on
     sde_generators = [torch.Generator().manual_seed(derive_seed(t.seed, 2, step, int(r))) for r in rows]
     seeds = torch.tensor([derive_seed(t.seed, 3, step, int(r)) & 0x7FFFFFFF for r in rows])
 
     with phase("rollout"), dist.unsharded(model.transformer):  # full weights: no collective per forward
         model.transformer.eval()
-        embeds = model.encode_prompts(prompts)  # (p, L, D)
+        embeds = model.encode_prompts(used)  # (p, L, D)
         local_plan = StepPlan(sde=plan.sde[rows], train=plan.train[rows], k=None if plan.k is None else plan.k[local])
         batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
                         sde_generators, precision, flash=cfg.strategy.flash if cfg.strategy.name == "flash" else None)

@@ -62,6 +62,7 @@ from vidpost.recipes.common import (
     ValidationConfig,
     derive_seed,
     learning_rate,
+    rewrite_prompts,
     save_final,
     start_run,
     validate,
@@ -225,6 +226,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
     video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
     prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
+    used = rewrite_prompts(prompts, cfg.validation.enhancer)
     dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
     model.transformer.train()
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
@@ -292,7 +294,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             if (every and step % every == 0) or step == cfg.train.steps:
                 model.transformer.eval()
                 metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed, cfg.train.precision,
-                                   out / "samples" / f"step_{step:06d}", acceleration=cfg.validation.acceleration)
+                                   out / "samples" / f"step_{step:06d}", acceleration=cfg.validation.acceleration,
+                                   used=used)
                 model.transformer.train()
                 if runlog is not None:
                     runlog.write(step, metrics)
