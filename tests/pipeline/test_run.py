@@ -14,7 +14,7 @@ from vidpost.enhance.resolve import load_enhancer
 from vidpost.errors import VidpostError
 from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
-from vidpost.pipeline.run import heldout_row, run_pipeline, stage_config, stage_recipe
+from vidpost.pipeline.run import heldout_prompts, heldout_row, run_pipeline, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
@@ -125,7 +125,17 @@ def test_an_enhancer_row_keeps_the_user_prompt_and_records_the_rewrite(parrot_to
     cfg = load_config(PipelineConfig, None, ["stages=[]", "heldout.n=2"])
     row = heldout_row("shapeworld-sft", tmp_path, cfg, enhancer=parrot_toy)
     records = [json.loads(line) for line in (tmp_path / "heldout" / "metadata.jsonl").read_text().splitlines()]
-    prompts = shapeworld_prompts("heldout", 2, 0)
-    assert [r["caption"] for r in records] == prompts  # scored against what the user asked for
-    assert [r["prompt_used"] for r in records] == load_enhancer(str(parrot_toy)).rewrite(prompts)
+    terse, intents = heldout_prompts(cfg)
+    assert terse != intents and row["prompts"] == "terse"
+    assert [r["prompt"] for r in records] == terse  # made from what a user types ...
+    assert [r["caption"] for r in records] == intents  # ... and scored against what they asked for
+    assert [r["prompt_used"] for r in records] == load_enhancer(str(parrot_toy)).rewrite(terse)
     assert row["enhancer"] == str(parrot_toy)
+
+
+def test_canonical_heldout_captions_are_scored_as_they_are_and_never_rewritten(parrot_toy, tmp_path):
+    cfg = load_config(PipelineConfig, None, ["stages=[]", "heldout.n=2", "heldout.prompts=canonical"])
+    row = heldout_row("shapeworld-sft", tmp_path, cfg, enhancer=parrot_toy)
+    records = [json.loads(line) for line in (tmp_path / "heldout" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["caption"] for r in records] == shapeworld_prompts("heldout", 2, 0)
+    assert not any("prompt_used" in r or "prompt" in r for r in records) and row["enhancer"] is None

@@ -21,6 +21,11 @@ class StageConfig(Config):
 
 class HeldoutConfig(Config):
     split: Literal["train", "eval", "heldout"] = Field("heldout", description="ShapeWorld prompt split of the table")
+    prompts: Literal["terse", "canonical"] = Field(
+        "terse",
+        description="what the videos are made from: terse user prompts (scored against their intent; an enhance "
+        "stage's enhancer rewrites them) or full canonical captions (scored against themselves; no rewriting)",
+    )
     n: int = Field(32, ge=1, description="prompts (one video each, the same seeds for every stage)")
     seed: int = Field(0, description="prompt and noise seed")
     grid: int = Field(4, ge=0, description="prompts shown as animations across stages in the report")

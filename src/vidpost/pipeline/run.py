@@ -29,6 +29,8 @@ from vidpost.errors import VidpostError
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig, StageConfig, resolve_stage_config
 from vidpost.recipes.common import prepare_run_dir
+from vidpost.world.config import DatasetConfig
+from vidpost.world.dataset import prompt_record
 
 log = logging.getLogger(__name__)
 HELDOUT_FILE = "heldout.json"
@@ -90,24 +92,40 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     from vidpost.generation import generate, recommended_sampling, recommended_video
     from vidpost.sample import load_model
 
-    prompts = shapeworld_prompts(cfg.heldout.split, cfg.heldout.n, cfg.heldout.seed)
+    prompts, references = heldout_prompts(cfg)
+    if cfg.heldout.prompts == "canonical":
+        enhancer = None  # a canonical caption is already what an enhancer would write
     used = _enhanced(prompts, enhancer) if enhancer is not None else prompts
     model = load_model(str(model_ref))
     sampling, video = recommended_sampling(model), recommended_video(model)
     tick = time.perf_counter()
     generated = generate(model, used, sampling, video, seed=cfg.heldout.seed, progress=False)
     seconds = (time.perf_counter() - tick) / len(prompts)
-    scores = score_videos(generated.videos, prompts, SHAPEWORLD_SCORES)  # scored against the user's prompt
-    with DatasetWriter(out / "heldout", overwrite=True) as writer:
-        for j, (frames, prompt, prompt_used) in enumerate(zip(generated.videos, prompts, used, strict=True)):
-            extra = {"prompt_used": prompt_used} if enhancer is not None else {}
-            writer.add(frames, prompt, ext=".npy", seed=cfg.heldout.seed + j, **extra)
+    scores = score_videos(generated.videos, references, SHAPEWORLD_SCORES)  # what the user asked for
+    with DatasetWriter(out / "heldout", overwrite=True) as writer:  # caption: what `vidpost score` checks
+        for j, (frames, prompt, reference, prompt_used) in enumerate(
+                zip(generated.videos, prompts, references, used, strict=True)):
+            extra = {"prompt": prompt} if prompt != reference else {}
+            if enhancer is not None:
+                extra["prompt_used"] = prompt_used
+            writer.add(frames, reference, ext=".npy", seed=cfg.heldout.seed + j, **extra)
     row = {**scores, "nfe": generated.nfe_per_video, "seconds_per_video": seconds, "model": str(model_ref),
            "enhancer": None if enhancer is None else str(enhancer), "sampling": sampling.model_dump(),
-           "split": cfg.heldout.split, "n": len(prompts)}
+           "split": cfg.heldout.split, "prompts": cfg.heldout.prompts, "n": len(prompts)}
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def heldout_prompts(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
+    """(what the videos are made from, what they are scored against): terse prompts and their intents, or the
+    canonical captions twice. The same for every stage, so the rows compare models on the same requests."""
+    h = cfg.heldout
+    if h.prompts == "canonical":
+        captions = shapeworld_prompts(h.split, h.n, h.seed)
+        return captions, captions
+    records = [prompt_record(DatasetConfig(n=h.n, seed=h.seed, split=h.split), i) for i in range(h.n)]
+    return [r["terse"] for r in records], [r["intent"] for r in records]
 
 
 def _enhanced(prompts: list[str], enhancer: str | Path) -> list[str]:
@@ -174,9 +192,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path
 
 
 def heldout_clips(stage_dir: Path, n: int) -> list[tuple[str, np.ndarray]]:
-    """The first n held-out (caption, uint8 video (T, H, W, 3)) a stage wrote, for the report's grid."""
+    """The first n held-out (user prompt, uint8 video (T, H, W, 3)) a stage wrote, for the report's grid."""
     meta = stage_dir / "heldout" / "metadata.jsonl"
     if not meta.is_file():
         return []
     records = [json.loads(line) for line in meta.read_text().splitlines()[:n]]
-    return [(r["caption"], np.load(stage_dir / "heldout" / r["file"])) for r in records]
+    return [(r.get("prompt", r["caption"]), np.load(stage_dir / "heldout" / r["file"])) for r in records]
