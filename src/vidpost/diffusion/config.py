@@ -18,6 +18,18 @@ class SamplingConfig(Config):
     negative_prompt: str = Field("", description="the unconditional prompt of guidance (Wan's default: empty)")
 
 
+class SamplingOverrides(Config):
+    """Changes to a model card's sampling: each non-null field replaces the card's."""
+
+    steps: int | None = Field(None, ge=1, description="sampling steps; null: the model card's")
+    shift: float | None = Field(None, gt=0, description="timestep shift of the sigma grid; null: the card's")
+    guidance: float | None = Field(None, ge=1, description="classifier-free guidance scale; null: the card's")
+
+    def resolve(self, card: SamplingConfig) -> SamplingConfig:
+        """The card's sampling with this config's non-null fields put in (scheduler, negative prompt: the card's)."""
+        return SamplingConfig.model_validate({**card.model_dump(), **self.model_dump(exclude_none=True)})
+
+
 class VideoConfig(Config):
     frames: int = Field(10, ge=1, description="frames per video (VAE models: 4k + 1)")
     height: int = Field(32, ge=8, description="frame height in pixels")

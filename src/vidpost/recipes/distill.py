@@ -57,7 +57,7 @@ from vidpost import dist
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.dataset import DatasetWriter, iter_clips
-from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.diffusion.sampler import GuidedVelocity
 from vidpost.diffusion.schedule import sampling_sigmas
 from vidpost.distill.losses import distillation_loss, teacher_targets
@@ -117,14 +117,10 @@ class DistillTrainConfig(Config):
     )
 
 
-class TeacherConfig(Config):
+class TeacherConfig(SamplingOverrides):
     steps: int | None = Field(None, ge=1, description="the teacher's sampling steps; null: its card's")
     shift: float | None = Field(None, gt=0, description="shift of the teacher's and the student's grids; null: the card's")
     guidance: float | None = Field(None, ge=1, description="the teacher's guidance scale w (distilled); null: the card's")
-
-    def resolve(self, card: SamplingConfig) -> SamplingConfig:
-        """The card's sampling with this config's non-null fields put in (scheduler, negative prompt: the card's)."""
-        return SamplingConfig.model_validate({**card.model_dump(), **self.model_dump(exclude_none=True)})
 
 
 class DistillConfig(Config):

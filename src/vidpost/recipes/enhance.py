@@ -51,7 +51,7 @@ from tqdm import tqdm
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.video_io import to_float
-from vidpost.diffusion.config import SamplingConfig, VideoConfig
+from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.enhance.base import check_rewrite, normalise
 from vidpost.enhance.config import CheckConfig
 from vidpost.enhance.toy import (
@@ -115,16 +115,6 @@ class SFTStageConfig(Config):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
     max_consecutive_nonfinite: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
     eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only at the end)")
-
-
-class SamplingOverrides(Config):
-    steps: int | None = Field(None, ge=1, description="sampling steps of the videos; null: the video model card's")
-    shift: float | None = Field(None, gt=0, description="timestep shift of the sigma grid; null: the card's")
-    guidance: float | None = Field(None, ge=1, description="classifier-free guidance scale; null: the card's")
-
-    def resolve(self, card: SamplingConfig) -> SamplingConfig:
-        """The card's sampling with this config's non-null fields put in."""
-        return SamplingConfig.model_validate({**card.model_dump(), **self.model_dump(exclude_none=True)})
 
 
 class GRPOStageConfig(Config):
