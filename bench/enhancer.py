@@ -28,12 +28,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from vidpost.enhance.resolve import load_enhancer  # noqa: E402
-from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos  # noqa: E402
+from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_records  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
-from vidpost.recipes.enhance import rewrite_metrics  # noqa: E402
+from vidpost.recipes.enhance import prompts_used, rewrite_metrics  # noqa: E402
 from vidpost.sample import load_model  # noqa: E402
-from vidpost.world.config import DatasetConfig  # noqa: E402
-from vidpost.world.dataset import prompt_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,7 +47,7 @@ def main() -> None:
     parser.add_argument("--name", default="enhancer", help="results file stem")
     args = parser.parse_args()
 
-    records = [prompt_record(DatasetConfig(n=args.n, seed=args.seed, split=args.split), i) for i in range(args.n)]
+    records = shapeworld_records(args.split, args.n, args.seed)
     terse, intents = [r["terse"] for r in records], [r["intent"] for r in records]
     prompts = {"raw terse prompt": terse}
     extra: dict[str, dict] = {"raw terse prompt": {}}
@@ -57,12 +55,11 @@ def main() -> None:
         name, sep, ref = spec.partition("=")
         if not sep:
             parser.error(f"--enhancers takes NAME=ENHANCER, got {spec!r}")
-        enhancer = load_enhancer(ref)
-        raw = enhancer.generate(terse)  # unchecked, for the intent share
-        prompts[f"{name} enhancer"] = enhancer.rewrite(terse)
-        extra[f"{name} enhancer"] = {"ref": ref, "passed_check": 1 - enhancer.counts.fallbacks / len(terse),
-                                     **{f"rewrite_{k}": v for k, v in rewrite_metrics(
-                                         [r or "" for r in raw], intents).items()}}
+        raw = [text or "" for text in load_enhancer(ref).generate(terse)]  # unchecked, for the intent share
+        used, passed = prompts_used(terse, raw)  # a rewrite that fails the check falls back, as in use
+        prompts[f"{name} enhancer"] = used
+        extra[f"{name} enhancer"] = {"ref": ref, "passed_check": float(passed.mean()),
+                                     **{f"rewrite_{k}": v for k, v in rewrite_metrics(raw, intents).items()}}
     prompts["oracle caption"] = [r["canonical"] for r in records]
     extra["oracle caption"] = {}
 

@@ -30,6 +30,15 @@ WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per the vendors' datasheets
 
 
+def skipped_without_gpu(out: Path) -> bool:
+    """Without a CUDA GPU, say so and write {"skipped": ...} to `out`; True when skipped."""
+    if torch.cuda.is_available():
+        return False
+    print(f"{out.stem}: skipped (no CUDA GPU on this machine)")
+    out.write_text(json.dumps({"skipped": "no CUDA GPU", "date": datetime.date.today().isoformat()}) + "\n")
+    return True
+
+
 def transformer_flops(params: int, tokens: int, dim: int, layers: int, text_tokens: int) -> float:
     """Forward FLOPs of one pass: 2·params·tokens for the matmuls, plus self- and cross-attention scores."""
     return 2 * params * tokens + 4 * layers * dim * tokens * (tokens + text_tokens)
@@ -127,9 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "gpu_grpo_step.json"
-    if not torch.cuda.is_available():
-        print("gpu_grpo_step: skipped (no CUDA GPU on this machine)")
-        out.write_text(json.dumps({"skipped": "no CUDA GPU", "date": datetime.date.today().isoformat()}) + "\n")
+    if skipped_without_gpu(out):
         return
     rows = []
     for mode in args.modes:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_grpo_step import PEAK_BF16_TFLOPS, build, transformer_flops
+from gpu_grpo_step import PEAK_BF16_TFLOPS, build, skipped_without_gpu, transformer_flops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (name, steps, guidance): the teacher, then the students bench/inference.py measures on ShapeWorld
@@ -64,9 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "gpu_inference.json"
-    if not torch.cuda.is_available():
-        print("gpu_inference: skipped (no CUDA GPU on this machine)")
-        out.write_text(json.dumps({"skipped": "no CUDA GPU", "date": datetime.date.today().isoformat()}) + "\n")
+    if skipped_without_gpu(out):
         return
 
     from vidpost.inference.acceleration import AccelerationConfig, CacheConfig

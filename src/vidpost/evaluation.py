@@ -99,13 +99,18 @@ def format_table(scores: Sequence[FolderScore]) -> str:
 SHAPEWORLD_SCORES = ("total", "instruction", "coherence", "quality", "success")
 
 
-def shapeworld_prompts(split: str, n: int, seed: int = 0) -> list[str]:
-    """The canonical captions of the first n clips of a ShapeWorld split: fixed evaluation prompts."""
+def shapeworld_records(split: str, n: int, seed: int = 0) -> list[dict]:
+    """The texts (canonical, terse, intent) of the first n clips of a ShapeWorld split: fixed evaluation prompts."""
     from vidpost.world.config import DatasetConfig
     from vidpost.world.dataset import prompt_record
 
     cfg = DatasetConfig(n=n, seed=seed, split=split)
-    return [prompt_record(cfg, i)["canonical"] for i in range(n)]
+    return [prompt_record(cfg, i) for i in range(n)]
+
+
+def shapeworld_prompts(split: str, n: int, seed: int = 0) -> list[str]:
+    """The canonical captions of the first n clips of a ShapeWorld split."""
+    return [record["canonical"] for record in shapeworld_records(split, n, seed)]
 
 
 def score_videos(videos: np.ndarray, captions: Sequence[str], rewards: Sequence[str] = SHAPEWORLD_SCORES) -> dict:

@@ -26,11 +26,9 @@ from vidpost.atomic import atomic_path
 from vidpost.config import Config, load_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.errors import VidpostError
-from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts
+from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts, shapeworld_records
 from vidpost.pipeline.config import PipelineConfig, StageConfig, resolve_stage_config
-from vidpost.recipes.common import prepare_run_dir
-from vidpost.world.config import DatasetConfig
-from vidpost.world.dataset import prompt_record
+from vidpost.recipes.common import prepare_run_dir, rewrite_prompts
 
 log = logging.getLogger(__name__)
 HELDOUT_FILE = "heldout.json"
@@ -95,7 +93,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     prompts, references = heldout_prompts(cfg)
     if cfg.heldout.prompts == "canonical":
         enhancer = None  # a canonical caption is already what an enhancer would write
-    used = _enhanced(prompts, enhancer) if enhancer is not None else prompts
+    used = rewrite_prompts(prompts, None if enhancer is None else str(enhancer))
     model = load_model(str(model_ref))
     sampling, video = recommended_sampling(model), recommended_video(model)
     tick = time.perf_counter()
@@ -124,14 +122,8 @@ def heldout_prompts(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     if h.prompts == "canonical":
         captions = shapeworld_prompts(h.split, h.n, h.seed)
         return captions, captions
-    records = [prompt_record(DatasetConfig(n=h.n, seed=h.seed, split=h.split), i) for i in range(h.n)]
+    records = shapeworld_records(h.split, h.n, h.seed)
     return [r["terse"] for r in records], [r["intent"] for r in records]
-
-
-def _enhanced(prompts: list[str], enhancer: str | Path) -> list[str]:
-    from vidpost.enhance.resolve import load_enhancer
-
-    return load_enhancer(str(enhancer)).rewrite(prompts)
 
 
 def table_cells(row: dict) -> list[str]:

@@ -66,6 +66,7 @@ from vidpost.enhance.toy import (
     target_ids,
 )
 from vidpost.errors import CaptionError
+from vidpost.evaluation import shapeworld_records
 from vidpost.generation import PRECISIONS, generate, recommended_sampling, recommended_video
 from vidpost.recipes.common import (
     CheckpointConfig,
@@ -163,15 +164,19 @@ class EnhanceConfig(Config):
 # ------------------------------------------------------------------------------------------ pure helpers
 
 
+def _record(seed: int, index: int, split: str) -> dict:
+    return prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split), index)
+
+
 def training_pair(seed: int, index: int, split: str = "train") -> tuple[str, str]:
     """(terse prompt, canonical caption) of pair `index`: the texts of ShapeWorld clip `index` of that split."""
-    record = prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split), index)
+    record = _record(seed, index, split)
     return record["terse"], record["canonical"]
 
 
 def user_prompt(seed: int, index: int, split: str = "train") -> tuple[str, str]:
     """(terse prompt, intent caption) of ShapeWorld clip `index`: what a user types, and what they meant."""
-    record = prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split), index)
+    record = _record(seed, index, split)
     return record["terse"], record["intent"]
 
 
@@ -292,8 +297,7 @@ def rewrite_rewards(
 
 
 def _validation_set(cfg: PairsConfig) -> tuple[list[str], list[str]]:
-    records = [prompt_record(DatasetConfig(n=cfg.eval_n, seed=cfg.eval_seed, split="eval"), i)
-               for i in range(cfg.eval_n)]
+    records = shapeworld_records("eval", cfg.eval_n, cfg.eval_seed)
     return [r["terse"] for r in records], [r["intent"] for r in records]
 
 
@@ -330,6 +334,17 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
 
 
+def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> tuple[bool, int, dict]:
+    """(whether a checkpoint was found, steps done, counters) of a stage, loading its newest checkpoint."""
+    checkpoint = latest_checkpoint(checkpoints)
+    if checkpoint is None:
+        return False, 0, {"nonfinite_steps": 0}
+    state = load_checkpoint(checkpoint, params, optimizer)
+    start = state.pop("step")
+    log.info("resuming from %s (%s)", checkpoint, progress_text % start)
+    return True, start, state
+
+
 def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 1; returns sft/, or None if stopped."""
     s, m = cfg.sft, cfg.model
@@ -341,13 +356,8 @@ def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | 
     optimizer = torch.optim.AdamW(params.values(), lr=s.optim.learning_rate, betas=s.optim.betas,
                                   weight_decay=s.optim.weight_decay)
     checkpoints = out / "checkpoints" / STAGE_SFT
-    start, state = 0, {"nonfinite_steps": 0}
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, params, optimizer)
-        start = state.pop("step")
-        log.info("resuming from %s (step %d of %d)", checkpoint, start, s.steps)
-    elif progress:
+    resumed, start, state = _resume(checkpoints, params, optimizer, f"step %d of {s.steps}")
+    if not resumed and progress:
         log.info("training a %.2fM-parameter toy enhancer", sum(p.numel() for p in params.values()) / 1e6)
     runlog = RunLog(out, resume_step=start)
     val_prompts, val_intents = _validation_set(cfg.data)
@@ -429,13 +439,8 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
     optimizer = torch.optim.AdamW(params.values(), lr=g.optim.learning_rate, betas=g.optim.betas,
                                   weight_decay=g.optim.weight_decay)
     checkpoints = out / "checkpoints" / STAGE_GRPO
-    start, state = 0, {"nonfinite_steps": 0}
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, params, optimizer)
-        start = state.pop("step")
-        log.info("resuming from %s (GRPO step %d of %d)", checkpoint, start, g.steps)
-    elif progress:
+    resumed, start, state = _resume(checkpoints, params, optimizer, f"GRPO step %d of {g.steps}")
+    if not resumed and progress:
         log.info("GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
                  g.video_model, g.prompts_per_step, g.group_size, sampling.steps)
     runlog = RunLog(out, resume_step=offset + start)
@@ -457,7 +462,7 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
 
     metrics: dict[str, float] = {}
     with StopFlag() as stop:
-        if checkpoint is None:  # the SFT enhancer's scores; checkpoint 0 keeps a resumed run from logging them twice
+        if not resumed:  # the SFT enhancer's scores; checkpoint 0 keeps a resumed run from logging them twice
             metrics = evaluate(0)
             save(0)
         for step in range(start + 1, g.steps + 1):
