@@ -1,6 +1,7 @@
-"""Distributed training (2 gloo processes on the CPU) gives the one-process result: one SFT step and one GRPO
-iteration at world size 2 write the weights, optimizer moments and metrics of world size 1 with the same global
-batch, and a checkpoint written at world size 2 resumes at world size 1 to the weights of an uninterrupted run.
+"""Distributed training (2 gloo processes on the CPU) gives the one-process result: one SFT step, one GRPO
+iteration and one distillation step at world size 2 write the weights, optimizer moments and metrics of world
+size 1 with the same global batch, and a checkpoint written at world size 2 (SFT; distillation, whose checkpoint
+also holds the round's teacher) resumes at world size 1 to the weights of an uninterrupted run.
 
 The optimizer moments are compared, not only the weights: Adam's first update is nearly sign(g), so it hides a
 gradient off by the world size; its first moment (1 - β1)·g does not (gradient clipping is off for that reason).
@@ -15,8 +16,10 @@ from safetensors.torch import load_file
 from vidpost import dist
 from vidpost.config import load_config
 from vidpost.data.dataset import read_metadata
+from vidpost.errors import VidpostError
+from vidpost.models.resolve import write_card
 from vidpost.models.wan import WanVideoModel
-from vidpost.recipes import grpo, sft
+from vidpost.recipes import distill, enhance, grpo, sft
 from vidpost.recipes.grpo import minibatch_indices
 from vidpost.runlog import read_metrics
 
@@ -64,6 +67,21 @@ GRPO = [
     "evaluation.every_steps=0",
 ]
 LORA = ["model.lora.enabled=true", "model.lora.rank=2", "model.lora.alpha=2"]
+DISTILL = [
+    "mode=both",  # guidance and steps: the teacher runs guided, two passes per step
+    "student_steps=[2]",
+    "prompts.n=8",
+    "train.steps_per_round=2",
+    "train.prompts_per_step=2",
+    "train.micro_batch_size=1",
+    "train.precision=float32",
+    "optim.learning_rate=1e-3",
+    "optim.grad_clip=1e6",
+    "validation.n=3",  # uneven shares over 2 ranks
+    "validation.every_steps=1",
+    "checkpoint.every_steps=1",
+    "log_every_steps=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +89,16 @@ def tiny_base(tmp_path_factory):
     """The tiny model saved as a model directory: a LoRA run needs a base to name in its model card."""
     path = tmp_path_factory.mktemp("base")
     WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """The tiny model with a card (4 steps at guidance 2, 3x16x16 videos): what distillation reads its teacher from."""
+    path = tmp_path_factory.mktemp("teacher")
+    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(path)
+    write_card(path, {"codec": "pixel", "max_sequence_length": 64, "video": {"frames": 3, "height": 16, "width": 16},
+                      "sampling": {"steps": 4, "shift": 3.0, "guidance": 2.0}})
     return path
 
 
@@ -83,6 +111,10 @@ def _run_sft(overrides, out):
 
 def _run_grpo(overrides, out):
     grpo.train(load_config(grpo.GRPOConfig, None, overrides), out, progress=False)
+
+
+def _run_distill(overrides, out):
+    distill.train(load_config(distill.DistillConfig, None, overrides), out, progress=False, stop_after=1)
 
 
 def _worker(rank, store, job, overrides, out, results):
@@ -184,3 +216,44 @@ def test_one_process_needs_no_process_group():
     full = dist.full_tensors({"t": t, "n": 1})
     assert torch.equal(full["t"], t) and full["n"] == 1
     assert dist.shard_like(t, torch.zeros(3)) is t
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_distill_step_at_world_size_2_is_world_size_1_and_its_checkpoint_resumes_at_world_size_1(
+    lora, tmp_path, tiny_teacher, run_ranks
+):
+    overrides = [f"model.path={tiny_teacher}", *DISTILL, *(LORA if lora else [])]
+    config = load_config(distill.DistillConfig, None, overrides)
+    one, two = tmp_path / "one", tmp_path / "two"
+    final = "lora" if lora else "model"
+    assert distill.train(config, one, progress=False) == one / final
+    _world_size_2(run_ranks, _run_distill, overrides, two, tmp_path / "store")  # stops after step 1 of 2
+    assert [p.name for p in (two / "checkpoints").iterdir()] == ["step_000001"]
+    _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
+    assert any(k.startswith("teacher.") for k in load_file(two / "checkpoints" / "step_000001" / "trainable.safetensors"))
+    _assert_same_metrics(two, one, step=1)
+    _assert_same_videos(two / "samples" / "teacher", one / "samples" / "teacher")
+    _assert_same_videos(two / "samples" / "step_000001", one / "samples" / "step_000001")
+
+    assert distill.train(config, two, progress=False) == two / final  # resumed at step 1, in one process
+    weights = "lora/pytorch_lora_weights.safetensors" if lora else "model/transformer/diffusion_pytorch_model.safetensors"
+    _assert_same_tensors(load_file(two / weights), load_file(one / weights), "final weights")
+
+
+def _refuse_distill(overrides, out):
+    with pytest.raises(VidpostError, match="prompts_per_step 3 must be a multiple of the world size 2"):
+        distill.train(load_config(distill.DistillConfig, None, overrides), out, progress=False)
+
+
+def _refuse_enhance(overrides, out):
+    with pytest.raises(VidpostError, match="launch it without torchrun"):
+        enhance.train(load_config(enhance.EnhanceConfig, None, overrides), out, progress=False)
+
+
+def test_distill_needs_prompts_that_split_over_the_ranks(tmp_path, tiny_teacher, run_ranks):
+    overrides = [f"model.path={tiny_teacher}", *DISTILL, "train.prompts_per_step=3"]
+    _world_size_2(run_ranks, _refuse_distill, overrides, tmp_path / "run", tmp_path / "store")  # both ranks refuse
+
+
+def test_the_toy_enhancer_trains_in_one_process(tmp_path, run_ranks):
+    _world_size_2(run_ranks, _refuse_enhance, [], tmp_path / "run", tmp_path / "store")  # both ranks refuse

@@ -34,6 +34,11 @@ the round's teacher weights and the optimizer), logs/, samples/step_N/ (validati
 sampling) and samples/teacher/ (the teacher's videos of the same prompts and noise, which `val/mse_to_teacher`
 compares against), and the final model/ or lora/ whose card records the student's steps, shift and guidance.
 Every step's randomness (prompts, noise) is drawn from (seed, step), so a killed run resumes exactly.
+
+Under torchrun every rank draws the step's P prompts and their noise from (seed, step), runs the teacher on its
+share of them (`train.prompts_per_step` counts over all ranks and must divide by the world size) and trains the
+student on its share of the pairs; the student and the round's teacher are sharded with FSDP2 as in SFT, each rank
+divides its loss by the global number of pairs, so a step is the one-process step. Rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -54,9 +59,9 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import full_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config
-from vidpost.data.dataset import DatasetWriter, iter_clips
+from vidpost.data.dataset import iter_clips
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.diffusion.sampler import GuidedVelocity
 from vidpost.diffusion.schedule import sampling_sigmas
@@ -66,7 +71,6 @@ from vidpost.evaluation import score_videos
 from vidpost.generation import (
     PRECISIONS,
     autocast,
-    generate,
     initial_noise,
     recommended_sampling,
     recommended_video,
@@ -103,10 +107,10 @@ DEFAULT_STUDENT_STEPS = 4
 class DistillTrainConfig(Config):
     steps_per_round: int = Field(100, ge=1, description="optimizer steps of each round (student_steps entry)")
     prompts_per_step: int = Field(
-        8, ge=1, description="teacher trajectories per optimizer step, each one training pair per student step"
+        8, ge=1, description="teacher trajectories per optimizer step over all ranks, each one training pair per student step"
     )
     micro_batch_size: int | None = Field(
-        None, ge=1, description="training pairs per forward/backward (accumulation); null = all of a step's"
+        None, ge=1, description="training pairs per forward/backward on each rank (accumulation); null = all of its share"
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "bf16", description="autocast of teacher and student: bf16 (about 2x faster on CPU) or float32"
@@ -237,7 +241,7 @@ def distill_step(
     step: int,
     cfg: DistillTrainConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Backpropagate one step's distillation loss; return the per-pair losses (K·P,) and phase seconds.
+    """Backpropagate this rank's share of one step's distillation loss; return its per-pair losses and phase seconds.
 
     All randomness (prompts, noise) is drawn from (seed, step) before the pairs are split into micro-batches, so
     the gradient does not depend on micro_batch_size (up to float rounding).
@@ -246,6 +250,8 @@ def distill_step(
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 1, step))
     prompts = [pool[int(i)] for i in torch.randint(len(pool), (P,), generator=generator)]
     seeds = [derive_seed(cfg.seed, 2, step, row) & 0x7FFFFFFF for row in range(P)]
+    local = dist.local_slice(P)  # this rank's prompts; every rank drew all P, so the split changes nothing else
+    prompts, seeds = prompts[local], seeds[local]
     device = student.device
 
     tick = time.perf_counter()
@@ -257,13 +263,13 @@ def distill_step(
     seconds = {"teacher": time.perf_counter() - tick}
 
     tick = time.perf_counter()
-    K = states.shape[0]
-    x, target = states.flatten(0, 1), targets.flatten(0, 1)  # (K·P, C, T, H, W); row j·P + p
-    sigma = rnd.student_sigmas[:-1].to(torch.float32).repeat_interleave(P).to(device)  # (K·P,) σˢ_j
-    cond = embeds.repeat(K, 1, 1)  # (K·P, L, D)
-    total = K * P
+    K, local_p = states.shape[:2]
+    x, target = states.flatten(0, 1), targets.flatten(0, 1)  # (K·p, C, T, H, W); row j·p + i (p: this rank's)
+    sigma = rnd.student_sigmas[:-1].to(torch.float32).repeat_interleave(local_p).to(device)  # (K·p,) σˢ_j
+    cond = embeds.repeat(K, 1, 1)  # (K·p, L, D)
+    total, pairs = K * P, K * local_p  # the loss is a mean over all ranks' pairs
     losses = []
-    for rows in torch.arange(total).split(cfg.micro_batch_size or total):
+    for rows in torch.arange(pairs).split(cfg.micro_batch_size or pairs):
         guided = GuidedVelocity(student, cond[rows], uncond, rnd.student.guidance)
         with autocast(cfg.precision, device):
             v = guided(x[rows], sigma[rows])
@@ -278,21 +284,21 @@ def distill_step(
 
 
 def _teacher_videos(teacher: WanVideoModel, prompts: list[str], used: list[str], sampling: SamplingConfig,
-                    video: VideoConfig, cfg: DistillConfig, folder: Path) -> np.ndarray:
-    """The teacher's validation videos, uint8 (N, T, H, W, 3): generated once into `folder`, read back after.
+                    video: VideoConfig, cfg: DistillConfig, folder: Path) -> np.ndarray | None:
+    """The teacher's validation videos, uint8 (N, T, H, W, 3) on rank 0 (None on the others): generated once into
+    `folder` (every rank samples its share), read back after.
 
     `used` is what the teacher is given for each prompt (the validation enhancer's rewrites, or the prompts).
     """
-    if (folder / "metadata.jsonl").is_file():
-        clips = list(iter_clips(folder))
-        if len(clips) == len(prompts):
-            return np.stack([clip.frames for clip in clips])
-    generated = generate(teacher, used, sampling, video, seed=cfg.validation.seed,
-                         precision=cfg.train.precision, progress=False, acceleration=cfg.validation.acceleration)
-    with DatasetWriter(folder, overwrite=True) as writer:
-        for frames, prompt, text in zip(generated.videos, prompts, used, strict=True):
-            writer.add(frames, prompt, **({"prompt_used": text} if cfg.validation.enhancer else {}))
-    return generated.videos
+    def read() -> np.ndarray | None:
+        clips = list(iter_clips(folder)) if (folder / "metadata.jsonl").is_file() else []
+        return np.stack([clip.frames for clip in clips]) if len(clips) == len(prompts) else None
+
+    if dist.broadcast_object(read() is not None if dist.is_main() else None):
+        return read() if dist.is_main() else None
+    validate(teacher, prompts, False, sampling, video, cfg.validation.seed, cfg.train.precision, folder,
+             acceleration=cfg.validation.acceleration, used=used if cfg.validation.enhancer else None)
+    return read() if dist.is_main() else None
 
 
 def _mse_to_teacher(folder: Path, teacher_videos: np.ndarray) -> float:
@@ -308,15 +314,17 @@ def train(
 
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
-    if dist.world_size() > 1:
-        raise VidpostError("vidpost distill runs in one process (one GPU or the CPU); launch it without torchrun")
+    if cfg.train.prompts_per_step % dist.world_size():
+        raise VidpostError(f"train.prompts_per_step {cfg.train.prompts_per_step} must be a multiple of the world "
+                           f"size {dist.world_size()}")
     out = Path(out)
     final = start_run(cfg, out)
     if final is not None:
         return final
+    progress = progress and dist.is_main()
 
     torch.manual_seed(cfg.train.seed)
-    model = WanVideoModel.from_config(cfg.model)
+    model = WanVideoModel.from_config(cfg.model).to(dist.device())  # this rank's GPU under torchrun, else the CPU
     teacher_sampling = cfg.teacher.resolve(recommended_sampling(model))
     rounds = plan_rounds(cfg.mode, teacher_sampling, cfg.student_steps)
     video = cfg.video or recommended_video(model)
@@ -330,6 +338,8 @@ def train(
     # The round's teacher: a frozen copy of the student as the round began (round 0: the model itself; a LoRA
     # student starts with B = 0, so its copy is the base). Its trained tensors are checkpointed with the student's.
     teacher = _frozen_copy(model)
+    dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
+    dist.shard_model(teacher.transformer, teacher.transformer.blocks)  # sharded alike, so rounds copy shard to shard
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     teacher_params = {name: p for name, p in teacher.transformer.named_parameters() if name in params}
     teacher_videos = _teacher_videos(teacher, prompts, used, teacher_sampling, video, cfg, out / "samples" / "teacher")
@@ -346,14 +356,17 @@ def train(
         state = load_checkpoint(checkpoint, _checkpointed(params, teacher_params), optimizer)
         start = state.pop("step")
         log.info("resuming from %s (step %d of %d)", checkpoint, start, total_steps)
-    runlog = RunLog(out, resume_step=start)
+    runlog = RunLog(out, resume_step=start) if dist.is_main() else None
 
     def evaluate(step: int, sampling: SamplingConfig) -> dict[str, float]:
+        """The student's validation metrics on rank 0 ({} on the others, which sample their share)."""
         model.transformer.eval()
         folder = out / "samples" / f"step_{step:06d}"
         metrics = validate(model, prompts, scorable, sampling, video, cfg.validation.seed, t.precision, folder,
                            acceleration=cfg.validation.acceleration, used=used)
         model.transformer.train()
+        if not dist.is_main():
+            return {}
         return {**metrics, "val/mse_to_teacher": _mse_to_teacher(folder, teacher_videos)}
 
     metrics: dict[str, float] = {}
@@ -362,10 +375,11 @@ def train(
                  "guidance %g, %d steps per round", cfg.mode, sum(p.numel() for p in params.values()) / 1e6,
                  teacher_sampling.steps, teacher_sampling.guidance, [r.student.steps for r in rounds],
                  rounds[-1].student.guidance, t.steps_per_round)
-        if scorable:
+        if scorable and runlog is not None:
             runlog.write(0, {f"teacher/{k}": v for k, v in score_videos(teacher_videos, prompts).items()})
         metrics = evaluate(0, rounds[-1].student)  # the teacher sampled as the final student: the baseline
-        runlog.write(0, metrics)
+        if runlog is not None:
+            runlog.write(0, metrics)
 
     nonfinite = NonfiniteStreak(t.max_consecutive_nonfinite, out / "checkpoints")
 
@@ -373,8 +387,11 @@ def train(
         if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
             log.warning("step %d: no checkpoint while steps are non-finite", step)
             return
-        save_checkpoint(out / "checkpoints", step, _checkpointed(params, teacher_params), optimizer, state,
-                        cfg.checkpoint.keep_last)
+        weights, optimizer_state = full_training_state(params, optimizer)  # whole tensors on rank 0
+        teacher_weights = dist.full_tensors(teacher_params)
+        if dist.is_main():
+            save_checkpoint(out / "checkpoints", step, _checkpointed(weights, teacher_weights), optimizer_state,
+                            state, cfg.checkpoint.keep_last)
 
     model.transformer.train()
     bar = tqdm(total=total_steps, initial=start, desc=f"distill {cfg.mode}", unit="step", disable=not progress)
@@ -396,7 +413,8 @@ def train(
                 group["lr"] = lr
             torch.manual_seed(derive_seed(t.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
             losses, seconds = distill_step(model, teacher, rnd, pool, shape, uncond, step, t)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), o.grad_clip)
+            losses = dist.all_gather_cat(losses)  # all ranks' pairs
+            grad_norm = dist.clip_grad_norm_(params.values(), o.grad_clip)  # over all ranks' shards
             finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
             if finite:
                 optimizer.step()
@@ -411,7 +429,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{window['loss'][-1]:.4f}", round=index + 1)
 
-            if step % cfg.log_every_steps == 0 or step == total_steps:
+            if runlog is not None and (step % cfg.log_every_steps == 0 or step == total_steps):
                 means = {key: float(np.mean(values)) for key, values in window.items()}
                 runlog.write(step, {
                     "train/loss": means["loss"], "train/grad_norm": means["grad_norm"], "train/lr": lr,
@@ -424,21 +442,25 @@ def train(
             every = cfg.validation.every_steps
             if (every and step % every == 0) or step_in_round == t.steps_per_round:
                 metrics = evaluate(step, rnd.student)
-                runlog.write(step, metrics)
-                bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items()))
-            stopping = stop.raised is not None or step == stop_after
+                if runlog is not None:
+                    runlog.write(step, metrics)
+                    bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items()))
+            stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
             if step % cfg.checkpoint.every_steps == 0 or step == total_steps or stopping:
                 save(step)
             if stopping:
                 bar.close()
-                runlog.close()
+                if runlog is not None:
+                    runlog.close()
                 warn_stopped(step, out / "checkpoints")
                 return None
     bar.close()
-    runlog.close()
+    if runlog is not None:
+        runlog.close()
     final = save_final(model, cfg.model, rounds[-1].student, video, out)
-    summary = {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state, **metrics}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if dist.is_main():
+        summary = {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state, **metrics}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return final
 
 

@@ -48,6 +48,7 @@ import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
+from vidpost import dist
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.video_io import to_float
@@ -65,7 +66,7 @@ from vidpost.enhance.toy import (
     save_toy,
     target_ids,
 )
-from vidpost.errors import CaptionError
+from vidpost.errors import CaptionError, VidpostError
 from vidpost.evaluation import shapeworld_records
 from vidpost.generation import PRECISIONS, generate, recommended_sampling, recommended_video
 from vidpost.recipes.common import (
@@ -322,6 +323,8 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     stop_after: stop (as SIGINT would) once this step is done, counting GRPO step s as step sft.steps + s;
     tests use it to interrupt a run.
     """
+    if dist.world_size() > 1:  # a 0.14M-parameter language model: more processes would only race on `out`
+        raise VidpostError("vidpost enhance train trains the toy enhancer in one process; launch it without torchrun")
     out = Path(out)
     sft = out / STAGE_SFT
     final = out / STAGE_GRPO if cfg.grpo.steps else sft
