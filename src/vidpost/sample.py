@@ -28,7 +28,7 @@ import torch
 from vidpost.atomic import atomic_path
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig
-from vidpost.generation import generate, read_prompts, recommended_sampling, recommended_video
+from vidpost.generation import generate, read_prompts, recommended_sampling, recommended_video, resolve_precision
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import resolve_model
@@ -100,7 +100,7 @@ def sample_to_folder(
         "sampling": sampling.model_dump(),
         "video": video.model_dump(),
         "seed": seed,
-        "precision": precision,
+        "precision": resolve_precision(precision, model.device),
         "acceleration": generated.acceleration,
         "enhancer": enhanced,
         "nfe_per_video": generated.nfe_per_video,

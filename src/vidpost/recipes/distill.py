@@ -113,7 +113,7 @@ class DistillTrainConfig(Config):
         None, ge=1, description="training pairs per forward/backward on each rank (accumulation); null = all of its share"
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
-        "bf16", description="autocast of teacher and student: bf16 (about 2x faster on CPU) or float32"
+        "auto", description="autocast of teacher and student: auto (bf16 where the hardware has it) | bf16 | float32"
     )
     seed: int = Field(0, description="every step's randomness (prompts, noise) is drawn from (seed, step)")
     max_consecutive_nonfinite: int = Field(

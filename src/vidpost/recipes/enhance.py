@@ -132,7 +132,7 @@ class GRPOStageConfig(Config):
     video_model: str = Field("shapeworld-sft", description="the frozen video model: a shipped name, model or run dir")
     sampling: SamplingOverrides = Field(default_factory=SamplingOverrides, description="changes to the card's sampling")
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
-        "bf16", description="autocast of the video model: bf16 (about 1.5x faster on CPU) | float32"
+        "auto", description="autocast of the video model: auto (bf16 where the hardware has it) | bf16 | float32"
     )
     reward_weights: dict[str, float] = Field(
         default_factory=lambda: {"total": 1.0, "coherence": 0.5, "quality": 0.5},

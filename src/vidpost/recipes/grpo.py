@@ -99,7 +99,7 @@ class RolloutConfig(Config):
     samples_per_prompt: int = Field(8, ge=2, description="G: samples per prompt, the group size")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="noise level of the SDE steps")
-    precision: Literal[PRECISIONS] = Field("bf16", description="autocast of rollouts and training: bf16 | float32")  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = Field("auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32")  # type: ignore[valid-type]
 
 
 class RemoteRewardConfig(Config):

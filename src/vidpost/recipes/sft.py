@@ -109,7 +109,7 @@ class TrainConfig(Config):
         None, ge=1, description="clips per forward/backward on each rank (gradient accumulation); null = all of them"
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
-        "bf16", description="bf16 autocast (about 2x faster on CPU) or float32"
+        "auto", description="autocast: auto (bf16 where the hardware has it natively, else float32) | bf16 | float32"
     )
     caption_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a clip on the empty prompt")
     seed: int = Field(0, description="every step's randomness is drawn from (seed, step)")
