@@ -63,8 +63,9 @@ def recommended_video(model) -> VideoConfig:
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bf16 in hardware: a CUDA GPU with bf16, or an x86 CPU with AVX512-BF16 or AMX.
 
-    Elsewhere bf16 autocast is emulated and slower than float32: 4x slower for a ShapeWorld training step on
-    an AVX2-only AMD EPYC (2026-12-01), where AVX512-BF16 machines run it about twice as fast as float32.
+    Elsewhere bf16 autocast is emulated and slower than float32: on an AVX2-only AMD EPYC (2026-12-01) a
+    ShapeWorld forward pass took 4.3x and a training step about 15x as long, where AVX512-BF16 machines run
+    them about twice as fast as float32.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
