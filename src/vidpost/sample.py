@@ -28,7 +28,13 @@ import torch
 from vidpost.atomic import atomic_path
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig
-from vidpost.generation import generate, read_prompts, recommended_sampling, recommended_video, resolve_precision
+from vidpost.generation import (
+    generate,
+    read_prompts,
+    recommended_sampling,
+    recommended_video,
+    resolve_precision,
+)
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import resolve_model

@@ -256,3 +256,22 @@ def test_shipped_wan_model_configs_load(name):
     assert cfg.path == f"models/{'Wan2.1-T2V-1.3B' if '1.3b' in name else 'Wan2.1-T2V-14B'}-Diffusers"
     assert (cfg.codec, cfg.dtype, cfg.max_sequence_length) == ("vae", "bfloat16", 512)
     assert cfg.lora.enabled and cfg.lora.target_modules == TARGETS
+
+
+def test_identity_init_makes_the_untrained_velocity_its_input_and_saves_as_a_stock_model(tmp_path):
+    kwargs = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=64, patch_size=(2, 4, 4),
+                  text_dim=32)  # 96 values per token; width 2 x 32 = 64 is too narrow
+    with pytest.raises(VidpostError, match=r"identity_init needs the transformer width \(64\) above the values per token \(96"):
+        WanVideoModel.build_tiny("pixel", identity_init=True, **kwargs)
+    kwargs["attention_head_dim"] = 64  # width 128 > 96
+    x = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    corr = {}
+    for identity in (False, True):
+        model = WanVideoModel.build_tiny("pixel", identity_init=identity, seed=3, **kwargs)
+        with torch.no_grad():
+            v = model.velocity(x, torch.ones(2), model.encode_prompts(PROMPTS[:2]))
+        corr[identity] = torch.corrcoef(torch.stack([v.flatten(), x.flatten()]))[0, 1].item()
+    assert corr[True] > 0.9 and abs(corr[False]) < 0.2, corr
+    model.save(tmp_path)  # only the initial weights differ: a stock WanTransformer3DModel loads it unchanged
+    stock = WanTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer")
+    assert torch.equal(stock.proj_out.weight, model.transformer.proj_out.weight)

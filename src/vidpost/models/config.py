@@ -23,6 +23,9 @@ class TinyModelConfig(Config):
     text_num_heads: int = Field(2, ge=1, description="UMT5 attention heads (text_dim must divide by it)")
     text_ffn_dim: int = Field(64, ge=1, description="UMT5 feed-forward width")
     seed: int = Field(0, description="seed of the random initialisation (the same seed gives the same weights)")
+    identity_init: bool = Field(
+        False, description="start the patch embedding and output projection as an identity path (pixel models with large patches)"
+    )
 
 
 class LoraSectionConfig(Config):

@@ -152,13 +152,15 @@ class WanVideoModel:
         text_num_heads: int = 2,
         text_ffn_dim: int = 64,
         seed: int = 0,
+        identity_init: bool = False,
         dtype: torch.dtype = torch.float32,
         max_sequence_length: int = 64,
     ) -> WanVideoModel:
         """The real Wan classes at toy size, randomly initialised from `seed`, with the ShapeWorld tokenizer.
 
         codec "pixel": transformer in/out channels 3; "vae": diffusers' tiny test VAE (z_dim 16). The global
-        torch RNG is left untouched.
+        torch RNG is left untouched. identity_init: start with an identity path from input to output
+        (init_identity_path).
         """
         if codec not in ("vae", "pixel"):
             raise VidpostError(f"unknown codec {codec!r}; expected 'vae' or 'pixel'")
@@ -180,6 +182,8 @@ class WanVideoModel:
                 cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads",
             )
+            if identity_init:
+                init_identity_path(transformer)
         _cast_like_from_pretrained(transformer, dtype)
         text_encoder.to(dtype)
         return cls(transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(), video_codec, max_sequence_length)
@@ -410,6 +414,36 @@ def _load_errors(root: Path, name: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise VidpostError(f"{root / name}: cannot load: {first_line(exc)}") from exc
+
+
+def init_identity_path(transformer: WanTransformer3DModel) -> None:
+    """Make the patch embedding an isometry Q and the output projection its transpose, so that the untrained
+    transformer's velocity is its input, normalised per token (the blocks add their random residuals on top).
+
+    Why: the velocity ε − x₀ carries each token's noise, which the model must pass from its patch embedding
+    through the residual stream to its output. A randomly initialised pixel-space model with large patches
+    learns that slowly and leaves the noise in its samples (measured on ShapeWorld with 10x4x4 patches, 480
+    values per token in width 512: flow-matching loss 0.29 at σ 0.95 after 400 steps from random init, 0.16
+    from this one). Q's columns are orthogonal to the all-ones vector, so the final LayerNorm only rescales.
+    Uses the global torch RNG (build_tiny seeds it).
+    """
+    conv, out = transformer.patch_embedding, transformer.proj_out
+    width, channels, *patch = conv.weight.shape  # (d, C, p_t, p_h, p_w)
+    values = conv.weight[0].numel()  # values per token
+    if width <= values:
+        raise VidpostError(
+            f"identity_init needs the transformer width ({width}) above the values per token ({values} = "
+            f"{channels} channels x patch {tuple(patch)})"
+        )
+    q = torch.randn(width, values)
+    q, _ = torch.linalg.qr(q - q.mean(0, keepdim=True))  # (d, values), orthonormal columns
+    with torch.no_grad():
+        conv.weight.copy_(q.view(conv.weight.shape))
+        conv.bias.zero_()
+        # proj_out lays a token out as (p_t, p_h, p_w, C) (WanTransformer3DModel's unpatchify); the conv reads (C, p_t, p_h, p_w)
+        q_out = q.view(width, channels, *patch).permute(0, 2, 3, 4, 1).reshape(width, values)
+        out.weight.copy_(q_out.T * (values / width) ** 0.5)  # LayerNorm scales a token to norm sqrt(d); undo to sqrt(values)
+        out.bias.zero_()
 
 
 def _cast_like_from_pretrained(transformer: WanTransformer3DModel, dtype: torch.dtype) -> None:
