@@ -1,0 +1,179 @@
+"""Where a ShapeWorld video model fails: denoising loss by noise level, attention locality, objects drawn from noise.
+
+For each model (a shipped name, model directory or run directory):
+- flow-matching loss at fixed σ on 64 curated eval clips, the same clips and noise for every model, so designs
+  and training lengths compare directly (lower is better; the loss at high σ is where the layout is decided);
+- self-attention of every block at σ 0.95, 0.7 and 0.4 on 8 eval clips: entropy relative to uniform and the
+  attention mass on keys within one token (height, width) in the query's own frame group, against that share
+  under uniform attention: a model whose tokens do not look at their neighbours draws patch-sized fragments;
+- from noise (the model's recommended sampling, 32 eval captions): foreground blobs per frame against the
+  number the captions ask for, the share of frames with exactly that count, and the ShapeWorld rewards.
+
+    .venv/bin/python bench/model_diagnostics.py                           # shapeworld-base, shapeworld-sft
+    .venv/bin/python bench/model_diagnostics.py --models runs/probe/model --name probe
+
+Writes bench/results/<name>.json and bench/results/<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts, shapeworld_records  # noqa: E402
+from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
+from vidpost.rewards.shapeworld import FOREGROUND_MIN, MIN_BLOB_PX, _background, _channel_max  # noqa: E402
+from vidpost.sample import load_model  # noqa: E402
+from vidpost.world.grammar import parse_caption  # noqa: E402
+from vidpost.world.render import render_scene  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LOSS_SIGMAS = (0.2, 0.5, 0.8, 0.9, 0.95)
+ATTENTION_SIGMAS = (0.95, 0.7, 0.4)
+
+
+def eval_clips(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """n curated eval captions and their clips (n, T, H, W, 3) in [0, 1]."""
+    captions = [r["canonical"] for r in shapeworld_records("eval", n, seed=seed)]
+    frames = np.stack([render_scene(parse_caption(c), np.random.default_rng(100 + i)) for i, c in enumerate(captions)])
+    return captions, torch.from_numpy(frames).float()
+
+
+@torch.no_grad()
+def loss_by_sigma(model, captions: list[str], frames: torch.Tensor, batch: int = 16) -> dict[str, float]:
+    x0 = model.codec.encode(frames)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    embeds = model.encode_prompts(captions)
+    out = {}
+    for sigma in LOSS_SIGMAS:
+        total = 0.0
+        for rows in torch.arange(len(x0)).split(batch):
+            s = torch.full((len(rows),), sigma)
+            v = model.velocity((1 - sigma) * x0[rows] + sigma * noise[rows], s, embeds[rows])
+            total += ((v - (noise[rows] - x0[rows])) ** 2).mean().item() * len(rows)
+        out[str(sigma)] = total / len(x0)
+    return out
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan rotary embedding (WanAttnProcessor), applied to (B, L, heads, head_dim)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos[..., 0::2] - x2 * sin[..., 1::2]
+    out[..., 1::2] = x1 * sin[..., 1::2] + x2 * cos[..., 0::2]
+    return out
+
+
+@torch.no_grad()
+def attention_locality(model, captions: list[str], frames: torch.Tensor) -> list[dict]:
+    """Per σ and block: entropy / log(L) and near-neighbour mass per head, recomputed from the block's q and k."""
+    transformer = model.transformer
+    weights: list[torch.Tensor] = []
+
+    def capture(attn, args, kwargs, _out):
+        hidden, rotary = args[0], (args[3] if len(args) > 3 else kwargs["rotary_emb"])
+        q = _rope(attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+        k = _rope(attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+        weights.append(torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / q.shape[-1] ** 0.5, -1))
+
+    hooks = [block.attn1.register_forward_hook(capture, with_kwargs=True) for block in transformer.blocks]
+    x0 = model.codec.encode(frames)
+    _, _, t, h, w = x0.shape
+    pt, ph, pw = transformer.config.patch_size
+    grid = torch.stack(torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph), torch.arange(w // pw),
+                                      indexing="ij"), -1).reshape(-1, 3)  # (L, 3) token (t, h, w)
+    near = ((grid[:, None, 0] == grid[None, :, 0])
+            & ((grid[:, None, 1:] - grid[None, :, 1:]).abs().amax(-1) <= 1)).float()  # (L, L)
+    rows = []
+    try:
+        embeds = model.encode_prompts(captions)
+        for sigma in ATTENTION_SIGMAS:
+            weights.clear()
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+            model.velocity((1 - sigma) * x0 + sigma * noise, torch.full((len(x0),), sigma), embeds)
+            for block, a in enumerate(weights):  # a: (B, heads, L, L)
+                entropy = -(a * a.clamp_min(1e-12).log()).sum(-1).mean((0, 2)) / np.log(a.shape[-1])
+                rows.append({"sigma": sigma, "block": block,
+                             "entropy_vs_uniform": entropy.tolist(),
+                             "near_mass": (a * near).sum(-1).mean((0, 2)).tolist(),
+                             "near_mass_if_uniform": near.sum(1).mean().item() / near.shape[1]})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+def blobs_from_noise(model, n: int, seed: int) -> dict[str, float]:
+    prompts = shapeworld_prompts("eval", n, seed)
+    videos = generate(model, prompts, recommended_sampling(model), recommended_video(model), seed=seed,
+                      progress=False).videos
+    blobs, asked = [], []
+    for video, prompt in zip(videos.astype(np.float32) / 255, prompts, strict=True):
+        spec = parse_caption(prompt)
+        foreground = _channel_max(np.abs(video - _background(video, spec))) > FOREGROUND_MIN  # (T, H, W)
+        for frame in foreground:
+            labels, _ = ndimage.label(frame)
+            blobs.append(int((np.bincount(labels.ravel())[1:] >= MIN_BLOB_PX).sum()))
+            asked.append(len(spec.objects))
+    blobs, asked = np.array(blobs), np.array(asked)
+    return {"blobs_per_frame": float(blobs.mean()), "asked_per_frame": float(asked.mean()),
+            "frames_with_the_right_count": float((blobs == asked).mean()),
+            **score_videos(videos, prompts, SHAPEWORLD_SCORES)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["shapeworld-base", "shapeworld-sft"])
+    parser.add_argument("--n", type=int, default=32, help="captions sampled from noise")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="model_diagnostics", help="results file stem")
+    args = parser.parse_args()
+
+    loss_captions, loss_frames = eval_clips(64, seed=5)
+    attention_captions, attention_frames = loss_captions[:8], loss_frames[:8]
+    rows = []
+    for ref in args.models:
+        model = load_model(ref)
+        model.transformer.eval()
+        row = {"model": ref, "loss_by_sigma": loss_by_sigma(model, loss_captions, loss_frames),
+               "attention": attention_locality(model, attention_captions, attention_frames),
+               "from_noise": blobs_from_noise(model, args.n, args.seed)}
+        rows.append(row)
+        noise = row["from_noise"]
+        print(f"{ref}: loss " + " ".join(f"σ{s} {v:.4f}" for s, v in row["loss_by_sigma"].items())
+              + f"; blobs/frame {noise['blobs_per_frame']:.2f} (asked {noise['asked_per_frame']:.2f}),"
+              f" right count {noise['frames_with_the_right_count']:.3f}, total {noise['total']:.3f}", flush=True)
+        for a in row["attention"]:
+            print(f"  σ {a['sigma']} block {a['block']}: near mass {np.round(a['near_mass'], 3).tolist()}"
+                  f" (uniform {a['near_mass_if_uniform']:.3f}), entropy/uniform {np.round(a['entropy_vs_uniform'], 2).tolist()}")
+
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"command": " ".join(["python"] + sys.argv), "date": datetime.date.today().isoformat(),
+               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+               "loss_sigmas": LOSS_SIGMAS, "rows": rows}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for row in rows:
+        ax.plot(LOSS_SIGMAS, list(row["loss_by_sigma"].values()), marker="o", label=row["model"])
+    ax.set_xlabel("σ")
+    ax.set_ylabel("flow-matching loss (64 eval clips)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
+    print(f"wrote {RESULTS / (args.name + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
