@@ -30,11 +30,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
+from vidpost.diffusion.schedule import flow_matching_loss, noisy_sample  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts, shapeworld_records  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
-from vidpost.rewards.shapeworld import FOREGROUND_MIN, MIN_BLOB_PX, _background, _channel_max  # noqa: E402
+from vidpost.rewards.shapeworld import score_clip  # noqa: E402
 from vidpost.sample import load_model  # noqa: E402
 from vidpost.world.grammar import parse_caption  # noqa: E402
 from vidpost.world.render import render_scene  # noqa: E402
@@ -58,12 +58,12 @@ def loss_by_sigma(model, captions: list[str], frames: torch.Tensor, batch: int =
     embeds = model.encode_prompts(captions)
     out = {}
     for sigma in LOSS_SIGMAS:
-        total = 0.0
+        losses = []
         for rows in torch.arange(len(x0)).split(batch):
             s = torch.full((len(rows),), sigma)
-            v = model.velocity((1 - sigma) * x0[rows] + sigma * noise[rows], s, embeds[rows])
-            total += ((v - (noise[rows] - x0[rows])) ** 2).mean().item() * len(rows)
-        out[str(sigma)] = total / len(x0)
+            v = model.velocity(noisy_sample(x0[rows], noise[rows], s), s, embeds[rows])
+            losses.append(flow_matching_loss(v, x0[rows], noise[rows]))
+        out[str(sigma)] = torch.cat(losses).mean().item()
     return out
 
 
@@ -119,17 +119,11 @@ def blobs_from_noise(model, n: int, seed: int) -> dict[str, float]:
     prompts = shapeworld_prompts("eval", n, seed)
     videos = generate(model, prompts, recommended_sampling(model), recommended_video(model), seed=seed,
                       progress=False).videos
-    blobs, asked = [], []
-    for video, prompt in zip(videos.astype(np.float32) / 255, prompts, strict=True):
-        spec = parse_caption(prompt)
-        foreground = _channel_max(np.abs(video - _background(video, spec))) > FOREGROUND_MIN  # (T, H, W)
-        for frame in foreground:
-            labels, _ = ndimage.label(frame)
-            blobs.append(int((np.bincount(labels.ravel())[1:] >= MIN_BLOB_PX).sum()))
-            asked.append(len(spec.objects))
-    blobs, asked = np.array(blobs), np.array(asked)
-    return {"blobs_per_frame": float(blobs.mean()), "asked_per_frame": float(asked.mean()),
-            "frames_with_the_right_count": float((blobs == asked).mean()),
+    specs = [parse_caption(p) for p in prompts]
+    parts = [score_clip(v, spec) for v, spec in zip(videos.astype(np.float32) / 255, specs, strict=True)]
+    return {"blobs_per_frame": float(np.mean([p["blobs_per_frame"] for p in parts])),
+            "asked_per_frame": float(np.mean([len(spec.objects) for spec in specs])),
+            "frames_with_the_right_count": float(np.mean([p["count"] for p in parts])),
             **score_videos(videos, prompts, SHAPEWORLD_SCORES)}
 
 

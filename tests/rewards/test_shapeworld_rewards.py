@@ -64,6 +64,7 @@ def test_ground_truth_scores_one_for_random_multi_object_scenes_after_uint8_stor
         stored = np.round(video * 255).astype(np.uint8).astype(np.float32) / 255
         scores = score_clip(stored, spec)
         assert scores["total"] >= 0.99 and scores["success"] == 1.0, caption(spec)
+        assert scores["blobs_per_frame"] == len(spec.objects), caption(spec)
 
 
 def test_partial_captions_check_only_what_they_state():

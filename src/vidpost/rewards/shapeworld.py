@@ -232,6 +232,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         "total": float(instruction * (0.5 + 0.25 * coherence + 0.25 * quality)),
         "success": float(success),
         "count": float(count_ok.mean()),
+        "blobs_per_frame": float(blobs_per_frame.mean()),
         "flicker": float(flicker),
         "crispness": float(crispness),
         "cleanliness": float(cleanliness),
