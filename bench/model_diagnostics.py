@@ -3,6 +3,9 @@
 For each model (a shipped name, model directory or run directory):
 - flow-matching loss at fixed σ on 64 curated eval clips, the same clips and noise for every model, so designs
   and training lengths compare directly (lower is better; the loss at high σ is where the layout is decided);
+- on the same clips, the share of the added noise left in the one-step estimate x0 = x_σ - σ v (the
+  regression of its error on σ·noise; 0 for a perfect denoiser): noise the velocity misses at low σ stays in
+  every sample;
 - self-attention of every block at σ 0.95, 0.7 and 0.4 on 8 eval clips: entropy relative to uniform and the
   attention mass on keys within one token (height, width) in the query's own frame group, against that share
   under uniform attention: a model whose tokens do not look at their neighbours draws patch-sized fragments;
@@ -12,7 +15,8 @@ For each model (a shipped name, model directory or run directory):
     .venv/bin/python bench/model_diagnostics.py                           # shapeworld-base, shapeworld-sft
     .venv/bin/python bench/model_diagnostics.py --models runs/probe/model --name probe
 
-Writes bench/results/<name>.json and bench/results/<name>.png.
+Writes bench/results/<name>.json, bench/results/<name>.png (loss by σ) and bench/results/<name>_samples.png
+(the first 8 videos from noise of each model, one row per video, frames left to right).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from vidpost.world.grammar import parse_caption  # noqa: E402
 from vidpost.world.render import render_scene  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LOSS_SIGMAS = (0.2, 0.5, 0.8, 0.9, 0.95)
+LOSS_SIGMAS = (0.1, 0.2, 0.5, 0.8, 0.9, 0.95)
+GRID_VIDEOS = 8
 ATTENTION_SIGMAS = (0.95, 0.7, 0.4)
 
 
@@ -52,18 +57,22 @@ def eval_clips(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
 
 
 @torch.no_grad()
-def loss_by_sigma(model, captions: list[str], frames: torch.Tensor, batch: int = 16) -> dict[str, float]:
+def denoising_by_sigma(model, captions: list[str], frames: torch.Tensor, batch: int = 16) -> dict[str, dict]:
+    """Per σ: "loss" (flow matching) and "noise_left" (share of σ·noise surviving in the one-step x0 estimate)."""
     x0 = model.codec.encode(frames)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     embeds = model.encode_prompts(captions)
-    out = {}
+    out = {"loss": {}, "noise_left": {}}
     for sigma in LOSS_SIGMAS:
-        losses = []
+        losses, error_dot_noise = [], 0.0
         for rows in torch.arange(len(x0)).split(batch):
             s = torch.full((len(rows),), sigma)
-            v = model.velocity(noisy_sample(x0[rows], noise[rows], s), s, embeds[rows])
+            x_s = noisy_sample(x0[rows], noise[rows], s)
+            v = model.velocity(x_s, s, embeds[rows])
             losses.append(flow_matching_loss(v, x0[rows], noise[rows]))
-        out[str(sigma)] = torch.cat(losses).mean().item()
+            error_dot_noise += ((x_s - sigma * v - x0[rows]) * noise[rows]).sum().item()
+        out["loss"][str(sigma)] = torch.cat(losses).mean().item()
+        out["noise_left"][str(sigma)] = error_dot_noise / (sigma * noise.pow(2).sum().item())
     return out
 
 
@@ -115,7 +124,8 @@ def attention_locality(model, captions: list[str], frames: torch.Tensor) -> list
     return rows
 
 
-def blobs_from_noise(model, n: int, seed: int) -> dict[str, float]:
+def blobs_from_noise(model, n: int, seed: int) -> tuple[dict[str, float], np.ndarray]:
+    """Blob and reward figures of n videos sampled from noise, and the videos (n, T, H, W, 3) uint8."""
     prompts = shapeworld_prompts("eval", n, seed)
     videos = generate(model, prompts, recommended_sampling(model), recommended_video(model), seed=seed,
                       progress=False).videos
@@ -124,7 +134,14 @@ def blobs_from_noise(model, n: int, seed: int) -> dict[str, float]:
     return {"blobs_per_frame": float(np.mean([p["blobs_per_frame"] for p in parts])),
             "asked_per_frame": float(np.mean([len(spec.objects) for spec in specs])),
             "frames_with_the_right_count": float(np.mean([p["count"] for p in parts])),
-            **score_videos(videos, prompts, SHAPEWORLD_SCORES)}
+            **score_videos(videos, prompts, SHAPEWORLD_SCORES)}, videos
+
+
+def video_grid(videos: np.ndarray, border: int = 1) -> np.ndarray:
+    """(n, T, H, W, 3) uint8 -> one image: a row per video, its frames left to right, on a gray border."""
+    padded = np.pad(videos, ((0, 0), (0, 0), (border, border), (border, border), (0, 0)), constant_values=128)
+    n, t, h, w, c = padded.shape
+    return padded.transpose(0, 2, 1, 3, 4).reshape(n * h, t * w, c)
 
 
 def main() -> None:
@@ -137,16 +154,20 @@ def main() -> None:
 
     loss_captions, loss_frames = eval_clips(64, seed=5)
     attention_captions, attention_frames = loss_captions[:8], loss_frames[:8]
-    rows = []
+    rows, grids = [], []
     for ref in args.models:
         model = load_model(ref)
         model.transformer.eval()
-        row = {"model": ref, "loss_by_sigma": loss_by_sigma(model, loss_captions, loss_frames),
+        denoising = denoising_by_sigma(model, loss_captions, loss_frames)
+        from_noise, videos = blobs_from_noise(model, args.n, args.seed)
+        row = {"model": ref, "loss_by_sigma": denoising["loss"], "noise_left_by_sigma": denoising["noise_left"],
                "attention": attention_locality(model, attention_captions, attention_frames),
-               "from_noise": blobs_from_noise(model, args.n, args.seed)}
+               "from_noise": from_noise}
         rows.append(row)
+        grids.append(video_grid(videos[:GRID_VIDEOS]))
         noise = row["from_noise"]
         print(f"{ref}: loss " + " ".join(f"σ{s} {v:.4f}" for s, v in row["loss_by_sigma"].items())
+              + "; noise left " + " ".join(f"σ{s} {v:.3f}" for s, v in row["noise_left_by_sigma"].items())
               + f"; blobs/frame {noise['blobs_per_frame']:.2f} (asked {noise['asked_per_frame']:.2f}),"
               f" right count {noise['frames_with_the_right_count']:.3f}, total {noise['total']:.3f}", flush=True)
         for a in row["attention"]:
@@ -166,6 +187,14 @@ def main() -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(len(grids), 1, figsize=(10, 8.5 * len(grids)), squeeze=False)
+    for ax, grid, row in zip(axes[:, 0], grids, rows, strict=True):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(f"{row['model']}: from noise, one video per row", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{args.name}_samples.png", dpi=100)
     print(f"wrote {RESULTS / (args.name + '.json')}")
 
 
