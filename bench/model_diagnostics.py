@@ -35,8 +35,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.diffusion.schedule import flow_matching_loss, noisy_sample  # noqa: E402
-from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts, shapeworld_records  # noqa: E402
+from vidpost.evaluation import SHAPEWORLD_SCORES, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
 from vidpost.rewards.shapeworld import score_clip  # noqa: E402
 from vidpost.sample import load_model  # noqa: E402
@@ -50,8 +51,11 @@ ATTENTION_SIGMAS = (0.95, 0.7, 0.4)
 
 
 def eval_clips(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
-    """n curated eval captions and their clips (n, T, H, W, 3) in [0, 1]."""
-    captions = [r["canonical"] for r in shapeworld_records("eval", n, seed=seed)]
+    """n curated eval captions and their clips (n, T, H, W, 3) in [0, 1].
+
+    Layouts are drawn here rather than taken from world.dataset.make_clip so that the figures recorded in the
+    README since 2026-12-01 stay comparable across probes."""
+    captions = shapeworld_prompts("eval", n, seed=seed)
     frames = np.stack([render_scene(parse_caption(c), np.random.default_rng(100 + i)) for i, c in enumerate(captions)])
     return captions, torch.from_numpy(frames).float()
 
@@ -105,19 +109,21 @@ def attention_locality(model, captions: list[str], frames: torch.Tensor) -> list
                                       indexing="ij"), -1).reshape(-1, 3)  # (L, 3) token (t, h, w)
     near = ((grid[:, None, 0] == grid[None, :, 0])
             & ((grid[:, None, 1:] - grid[None, :, 1:]).abs().amax(-1) <= 1)).float()  # (L, L)
+    near_if_uniform = near.sum(1).mean().item() / near.shape[1]
     rows = []
     try:
         embeds = model.encode_prompts(captions)
         for sigma in ATTENTION_SIGMAS:
             weights.clear()
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-            model.velocity((1 - sigma) * x0 + sigma * noise, torch.full((len(x0),), sigma), embeds)
+            s = torch.full((len(x0),), sigma)
+            model.velocity(noisy_sample(x0, noise, s), s, embeds)
             for block, a in enumerate(weights):  # a: (B, heads, L, L)
                 entropy = -(a * a.clamp_min(1e-12).log()).sum(-1).mean((0, 2)) / np.log(a.shape[-1])
                 rows.append({"sigma": sigma, "block": block,
                              "entropy_vs_uniform": entropy.tolist(),
                              "near_mass": (a * near).sum(-1).mean((0, 2)).tolist(),
-                             "near_mass_if_uniform": near.sum(1).mean().item() / near.shape[1]})
+                             "near_mass_if_uniform": near_if_uniform})
     finally:
         for hook in hooks:
             hook.remove()
@@ -130,11 +136,11 @@ def blobs_from_noise(model, n: int, seed: int) -> tuple[dict[str, float], np.nda
     videos = generate(model, prompts, recommended_sampling(model), recommended_video(model), seed=seed,
                       progress=False).videos
     specs = [parse_caption(p) for p in prompts]
-    parts = [score_clip(v, spec) for v, spec in zip(videos.astype(np.float32) / 255, specs, strict=True)]
+    parts = [score_clip(v, spec) for v, spec in zip(to_float(videos), specs, strict=True)]  # rewards and their parts
     return {"blobs_per_frame": float(np.mean([p["blobs_per_frame"] for p in parts])),
             "asked_per_frame": float(np.mean([len(spec.objects) for spec in specs])),
             "frames_with_the_right_count": float(np.mean([p["count"] for p in parts])),
-            **score_videos(videos, prompts, SHAPEWORLD_SCORES)}, videos
+            **{key: float(np.mean([p[key] for p in parts])) for key in SHAPEWORLD_SCORES}}, videos
 
 
 def video_grid(videos: np.ndarray, border: int = 1) -> np.ndarray:
@@ -165,11 +171,10 @@ def main() -> None:
                "from_noise": from_noise}
         rows.append(row)
         grids.append(video_grid(videos[:GRID_VIDEOS]))
-        noise = row["from_noise"]
         print(f"{ref}: loss " + " ".join(f"σ{s} {v:.4f}" for s, v in row["loss_by_sigma"].items())
               + "; noise left " + " ".join(f"σ{s} {v:.3f}" for s, v in row["noise_left_by_sigma"].items())
-              + f"; blobs/frame {noise['blobs_per_frame']:.2f} (asked {noise['asked_per_frame']:.2f}),"
-              f" right count {noise['frames_with_the_right_count']:.3f}, total {noise['total']:.3f}", flush=True)
+              + f"; blobs/frame {from_noise['blobs_per_frame']:.2f} (asked {from_noise['asked_per_frame']:.2f}),"
+              f" right count {from_noise['frames_with_the_right_count']:.3f}, total {from_noise['total']:.3f}", flush=True)
         for a in row["attention"]:
             print(f"  σ {a['sigma']} block {a['block']}: near mass {np.round(a['near_mass'], 3).tolist()}"
                   f" (uniform {a['near_mass_if_uniform']:.3f}), entropy/uniform {np.round(a['entropy_vs_uniform'], 2).tolist()}")
