@@ -212,6 +212,18 @@ def test_lora_run_writes_a_lora_that_resolves_to_its_base(tmp_path, finished_run
     assert resolved.path == finished_run / "model" and resolved.lora == out
 
 
+def test_with_ema_the_final_model_is_the_average_and_a_resumed_run_ends_with_the_same_one(finished_run, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert train(_config("train.ema_decay=0.5"), whole, progress=False) == whole / "model"
+    assert train(_config("train.ema_decay=0.5"), resumed, progress=False, stop_after=3) is None
+    train(_config("train.ema_decay=0.5"), resumed, progress=False)
+    a, b, plain = _weights(whole), _weights(resumed), _weights(finished_run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same training steps as finished_run; only the saved weights are averaged
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    assert json.loads((resumed / "summary.json").read_text())["ema_steps"] == 4
+
+
 def test_batches_cover_every_clip_once_per_epoch():
     seen = torch.cat([batch_indices(10, 5, step, seed=3) for step in (1, 2)])
     assert sorted(seen.tolist()) == list(range(10))

@@ -10,10 +10,12 @@ import math
 import os
 import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from vidpost import dist
@@ -66,6 +68,38 @@ class CheckpointConfig(Config):
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers, well mixed (adjacent steps get unrelated streams)."""
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def make_ema(params: dict[str, torch.nn.Parameter], decay: float):
+    """diffusers' EMAModel of the trained parameters, or None when decay is 0 (EMA off)."""
+    if decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(list(params.values()), decay=decay)
+
+
+def ema_checkpointed(params: dict[str, torch.nn.Parameter], ema) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds besides the optimizer: the trained weights and, with EMA, its shadow weights."""
+    if ema is None:
+        return dict(params)
+    return {**params, **{f"ema.{name}": shadow for name, shadow in zip(params, ema.shadow_params, strict=True)}}
+
+
+@contextmanager
+def ema_weights(ema, params: dict[str, torch.nn.Parameter]):
+    """Evaluate and save with the EMA weights (when EMA is on), then put the trained weights back."""
+    if ema is None:
+        yield
+        return
+    trained = [p.detach().clone() for p in params.values()]  # on the device, sharded like the parameters
+    ema.copy_to(params.values())
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in zip(params.values(), trained, strict=True):
+                p.copy_(saved)
 
 
 def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
@@ -261,6 +295,8 @@ def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingC
     card = {
         "codec": model_cfg.codec,
         "max_sequence_length": model_cfg.max_sequence_length,
+        "prediction": model.prediction,
+        "sigma_data": model.sigma_data,
         "video": video.model_dump(),
         "sampling": sampling.model_dump(),
     }

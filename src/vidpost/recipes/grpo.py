@@ -56,6 +56,9 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
+    ema_checkpointed,
+    ema_weights,
+    make_ema,
     rewrite_prompts,
     save_final,
     start_run,
@@ -236,15 +239,11 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     t = cfg.train
     optimizer = torch.optim.AdamW(params.values(), lr=t.learning_rate, betas=t.betas, weight_decay=t.weight_decay)
-    ema = None
-    if t.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(list(params.values()), decay=t.ema_decay)
+    ema = make_ema(params, t.ema_decay)
     start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
     checkpoint = latest_checkpoint(out / "checkpoints")
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, _checkpointed(params, ema), optimizer)
+        state = load_checkpoint(checkpoint, ema_checkpointed(params, ema), optimizer)
         start = state.pop("step")
         if ema is not None:
             ema.optimization_step = state["ema_steps"]
@@ -255,7 +254,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                  strategy.name, sum(p.numel() for p in params.values()) / 1e6, P, G, sampling.steps)
 
     def evaluate(step: int) -> dict[str, float]:
-        with _ema_weights(ema, params):
+        with ema_weights(ema, params):
             return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
                             cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval",
                             acceleration=cfg.evaluation.acceleration, used=eval_used)
@@ -271,7 +270,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
             log.warning("iteration %d: no checkpoint while iterations are non-finite", step)
             return
-        weights, optimizer_state = full_training_state(_checkpointed(params, ema), optimizer)  # whole, on rank 0
+        weights, optimizer_state = full_training_state(ema_checkpointed(params, ema), optimizer)  # whole, on rank 0
         if dist.is_main():  # one writer: whole tensors, so any world size resumes from it
             save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
 
@@ -310,34 +309,11 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     bar.close()
     if runlog is not None:
         runlog.close()
-    with _ema_weights(ema, params):
+    with ema_weights(ema, params):
         final = save_final(model, cfg.model, sampling, video, out)
     if dist.is_main():
         (out / "summary.json").write_text(json.dumps({"iterations": t.steps, **state, **metrics}, indent=1) + "\n")
     return final
-
-
-def _checkpointed(params: dict[str, torch.nn.Parameter], ema) -> dict[str, torch.Tensor]:
-    """What a checkpoint holds besides the optimizer: the trained weights and, with EMA, its shadow weights."""
-    if ema is None:
-        return dict(params)
-    return {**params, **{f"ema.{name}": shadow for name, shadow in zip(params, ema.shadow_params, strict=True)}}
-
-
-@contextmanager
-def _ema_weights(ema, params: dict[str, torch.nn.Parameter]):
-    """Evaluate and save with the EMA weights (when EMA is on), then put the trained weights back."""
-    if ema is None:
-        yield
-        return
-    trained = [p.detach().clone() for p in params.values()]  # on the device, sharded like the parameters
-    ema.copy_to(params.values())
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, saved in zip(params.values(), trained, strict=True):
-                p.copy_(saved)
 
 
 def iteration(

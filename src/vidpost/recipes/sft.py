@@ -61,7 +61,10 @@ from vidpost.recipes.common import (
     StopFlag,
     ValidationConfig,
     derive_seed,
+    ema_checkpointed,
+    ema_weights,
     learning_rate,
+    make_ema,
     rewrite_prompts,
     save_final,
     start_run,
@@ -112,6 +115,9 @@ class TrainConfig(Config):
         "auto", description="autocast: auto (bf16 where the hardware has it natively, else float32) | bf16 | float32"
     )
     caption_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a clip on the empty prompt")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the trained weights, used for validation and the final model (0: off)"
+    )
     seed: int = Field(0, description="every step's randomness is drawn from (seed, step)")
     max_consecutive_nonfinite: int = Field(
         10, ge=1, description="stop the run after this many steps in a row with a non-finite loss or gradient"
@@ -233,11 +239,14 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     o = cfg.optim
     optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
 
-    start, state = 0, {"nonfinite_steps": 0}
+    ema = make_ema(params, cfg.train.ema_decay)
+    start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
     checkpoint = latest_checkpoint(out / "checkpoints")
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, params, optimizer)
+        state = load_checkpoint(checkpoint, ema_checkpointed(params, ema), optimizer)
         start = state.pop("step")
+        if ema is not None:
+            ema.optimization_step = state["ema_steps"]
         log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
     runlog = RunLog(out, resume_step=start) if dist.is_main() else None
     if start == 0:
@@ -250,7 +259,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
             log.warning("step %d: no checkpoint while steps are non-finite", step)
             return
-        weights, optimizer_state = full_training_state(params, optimizer)  # whole tensors on rank 0
+        weights, optimizer_state = full_training_state(ema_checkpointed(params, ema), optimizer)  # whole, on rank 0
         if dist.is_main():
             save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
 
@@ -276,6 +285,9 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 log.warning("step %d: non-finite loss or gradient; update skipped", step)
             optimizer.zero_grad(set_to_none=True)
             nonfinite.record(step, finite)  # raises after max_consecutive_nonfinite in a row
+            if ema is not None:
+                ema.step(list(params.values()))
+                state["ema_steps"] = ema.optimization_step
             window["loss"].append(losses.mean().item())
             window["grad_norm"].append(grad_norm.item())
             window["seconds"].append(time.perf_counter() - tick)
@@ -293,9 +305,10 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             every = cfg.validation.every_steps
             if (every and step % every == 0) or step == cfg.train.steps:
                 model.transformer.eval()
-                metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed, cfg.train.precision,
-                                   out / "samples" / f"step_{step:06d}", acceleration=cfg.validation.acceleration,
-                                   used=used)
+                with ema_weights(ema, params):
+                    metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed,
+                                       cfg.train.precision, out / "samples" / f"step_{step:06d}",
+                                       acceleration=cfg.validation.acceleration, used=used)
                 model.transformer.train()
                 if runlog is not None:
                     runlog.write(step, metrics)
@@ -313,7 +326,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     bar.close()
     if runlog is not None:
         runlog.close()
-    final = save_final(model, cfg.model, cfg.sampling, video, out)
+    with ema_weights(ema, params):
+        final = save_final(model, cfg.model, cfg.sampling, video, out)
     if dist.is_main():
         summary = {"steps": cfg.train.steps, **state, **metrics}
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
