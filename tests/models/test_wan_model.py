@@ -275,3 +275,33 @@ def test_identity_init_makes_the_untrained_velocity_its_input_and_saves_as_a_sto
     model.save(tmp_path)  # only the initial weights differ: a stock WanTransformer3DModel loads it unchanged
     stock = WanTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer")
     assert torch.equal(stock.proj_out.weight, model.transformer.proj_out.weight)
+
+
+def test_a_preconditioned_model_returns_the_velocity_of_its_edm_estimate_and_keeps_it_in_its_card(tmp_path):
+    from vidpost.models.resolve import write_card
+
+    model = WanVideoModel.build_tiny("pixel", prediction="preconditioned", sigma_data=0.7, seed=5)
+    latents, _, embeds = _inputs(model)
+    sigma = torch.tensor([1.0, 0.6, 0.02], dtype=torch.float64)
+    # EDM for x = a x0 + sigma eps (a = 1 - sigma), in float64: the transformer sees c_in x, x0_hat = c_skip x + c_out F
+    a, sd = 1 - sigma, 0.7
+    c_in, c_skip, c_out = [t.view(-1, 1, 1, 1, 1) for t in (
+        1 / (a**2 * sd**2 + sigma**2).sqrt(), a * sd**2 / (a**2 * sd**2 + sigma**2), sigma * sd / (a**2 * sd**2 + sigma**2).sqrt())]
+    f = _transformer_out(model.transformer, (latents.double() * c_in).float(), sigma.float(), embeds).double()
+    x0_hat = c_skip * latents.double() + c_out * f
+    expected = (latents.double() - x0_hat) / sigma.view(-1, 1, 1, 1, 1)
+    with torch.no_grad():
+        v = model.velocity(latents, sigma.float(), embeds)
+    torch.testing.assert_close(v.double(), expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # finite at sigma = 0, where x0_hat = x
+        assert torch.isfinite(model.velocity(latents, torch.zeros(3), embeds)).all()
+
+    model.save(tmp_path)
+    assert WanVideoModel.from_pretrained(tmp_path, codec="pixel").prediction == "velocity"  # no card: Wan's
+    write_card(tmp_path, {"prediction": "preconditioned", "sigma_data": 0.7})
+    loaded = WanVideoModel.from_pretrained(tmp_path, codec="pixel", max_sequence_length=64)
+    assert (loaded.prediction, loaded.sigma_data) == ("preconditioned", 0.7)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.velocity(latents, sigma.float(), embeds), model.velocity(latents, sigma.float(), embeds))
+    with pytest.raises(VidpostError, match="unknown prediction 'eps'"):
+        WanVideoModel.build_tiny("pixel", prediction="eps")

@@ -224,6 +224,18 @@ def test_with_ema_the_final_model_is_the_average_and_a_resumed_run_ends_with_the
     assert json.loads((resumed / "summary.json").read_text())["ema_steps"] == 4
 
 
+def test_what_a_model_predicts_is_kept_in_its_card_through_fine_tuning(tmp_path):
+    base = tmp_path / "base"
+    train(_config("model.tiny.prediction=preconditioned", "model.tiny.sigma_data=0.5", "train.steps=1",
+                  "validation.n=1"), base, progress=False)
+    card = json.loads((base / "model" / "vidpost.json").read_text())
+    assert (card["prediction"], card["sigma_data"]) == ("preconditioned", 0.5)
+    tuned = tmp_path / "tuned"
+    train(_config(f"model.path={base}", "train.steps=1", "validation.n=1", from_scratch=False), tuned, progress=False)
+    card = json.loads((tuned / "model" / "vidpost.json").read_text())
+    assert (card["prediction"], card["sigma_data"]) == ("preconditioned", 0.5)
+
+
 def test_batches_cover_every_clip_once_per_epoch():
     seen = torch.cat([batch_indices(10, 5, step, seed=3) for step in (1, 2)])
     assert sorted(seen.tolist()) == list(range(10))

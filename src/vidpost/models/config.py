@@ -26,6 +26,11 @@ class TinyModelConfig(Config):
     identity_init: bool = Field(
         False, description="start the patch embedding and output projection as an identity path (pixel models with large patches)"
     )
+    prediction: Literal["velocity", "preconditioned"] = Field(
+        "velocity",
+        description="transformer output: Wan's velocity, or EDM-preconditioned (skip + scaled output; WanVideoModel.velocity)",
+    )
+    sigma_data: float = Field(0.84, gt=0, description="data std for prediction: preconditioned (ShapeWorld pixels: 0.84)")
 
 
 class LoraSectionConfig(Config):

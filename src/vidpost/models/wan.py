@@ -15,6 +15,16 @@ Conventions (checked against diffusers 0.42 in tests/models):
 - The transformer gets timestep = sigma * num_train_timesteps as float32, which is what WanPipeline passes
   with FlowMatchEulerDiscreteScheduler (its timesteps are sigmas * 1000). Wan2.1's shipped
   UniPCMultistepScheduler rounds its timesteps to int64; `velocity` never rounds.
+- A model may be *preconditioned* (`prediction="preconditioned"`, recorded in its model card), as EDM
+  (Karras et al. 2022) preconditions a denoiser, written for x_σ = a x0 + σ ε with a = 1 − σ and data std
+  σ_d: the transformer F sees x_σ / √D, D = a²σ_d² + σ², and x̂₀ = c_skip x_σ + c_out F with
+  c_skip = aσ_d²/D, c_out = σσ_d/√D (the best linear estimate of x₀ and its error). `velocity` returns
+  v = (x_σ − x̂₀)/σ = ((σ − aσ_d²)/D) x_σ − (σ_d/√D) F, finite at every σ, so samplers, losses and GRPO
+  see a velocity either way. Why: a velocity carries the input's noise, which a small pixel-space
+  transformer with large patches must route from input to output; the skip does that, F's target has unit
+  variance at every σ, and its errors reach x̂₀ scaled by c_out (small at both ends). Stock WanPipeline
+  reads the transformer's output as a velocity, so it samples such a model wrongly; vidpost's sampler does not.
+  On ShapeWorld pixels (1,000 steps, README) it drew x̂₀'s structure best but took out no noise below σ ≈ 0.4.
 - Prompt embeddings are WanPipeline's: padded to max_sequence_length, encoded with the attention mask,
   and every position past a prompt's tokens set to exactly zero (the transformer attends to them).
 
@@ -44,10 +54,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderMode
 from vidpost.errors import VidpostError, first_line
 from vidpost.models.codecs import PixelCodec, VideoCodec, WanVAECodec, build_tiny_vae
 from vidpost.models.config import ModelConfig
-from vidpost.models.resolve import resolve_model
+from vidpost.models.resolve import read_card, resolve_model
 from vidpost.models.text import build_shapeworld_tokenizer, build_tiny_text_encoder
 
 LORA_ADAPTER = "default"
+PREDICTIONS = ("velocity", "preconditioned")
 _EXPECTED_CLASSES = {
     "transformer": "WanTransformer3DModel",
     "text_encoder": "UMT5EncoderModel",
@@ -66,8 +77,14 @@ class WanVideoModel:
         scheduler: SchedulerMixin,
         codec: VideoCodec,
         max_sequence_length: int = 512,
+        prediction: str = "velocity",
+        sigma_data: float = 1.0,
     ):
         config = transformer.config
+        if prediction not in PREDICTIONS:
+            raise VidpostError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+        if not sigma_data > 0:
+            raise VidpostError(f"sigma_data must be positive, got {sigma_data}")
         if config.in_channels != codec.channels or config.out_channels != codec.channels:
             raise VidpostError(
                 f"the transformer maps {config.in_channels} -> {config.out_channels} channels but the "
@@ -85,6 +102,8 @@ class WanVideoModel:
         self.scheduler = scheduler
         self.codec = codec
         self.max_sequence_length = max_sequence_length
+        self.prediction = prediction  # what the transformer outputs; `velocity` always returns a velocity
+        self.sigma_data = float(sigma_data)
         self.lora_config: LoraConfig | None = None
         # the model card (models/resolve.py): codec, trained video geometry, recommended sampling
         self.card: dict = {}
@@ -102,7 +121,8 @@ class WanVideoModel:
         """Load a local diffusers-layout directory (model_index.json + one folder per component).
 
         Offline and safetensors-only; never runs remote code. `codec="pixel"` loads a pixel-space model
-        saved by `save` (no vae/ folder needed).
+        saved by `save` (no vae/ folder needed). What the transformer predicts comes from the directory's
+        model card (`vidpost.json`: "prediction", "sigma_data"); without one it is Wan's velocity.
         """
         root = Path(path)
         if not root.is_dir():
@@ -134,7 +154,9 @@ class WanVideoModel:
             with _load_errors(root, "vae"):
                 vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **local)
             video_codec = WanVAECodec(vae)
-        return cls(transformer, text_encoder, tokenizer, scheduler, video_codec, max_sequence_length)
+        card = read_card(root)
+        return cls(transformer, text_encoder, tokenizer, scheduler, video_codec, max_sequence_length,
+                   card.get("prediction", "velocity"), card.get("sigma_data", 1.0))
 
     @classmethod
     def build_tiny(
@@ -153,6 +175,8 @@ class WanVideoModel:
         text_ffn_dim: int = 64,
         seed: int = 0,
         identity_init: bool = False,
+        prediction: str = "velocity",
+        sigma_data: float = 1.0,
         dtype: torch.dtype = torch.float32,
         max_sequence_length: int = 64,
     ) -> WanVideoModel:
@@ -160,7 +184,7 @@ class WanVideoModel:
 
         codec "pixel": transformer in/out channels 3; "vae": diffusers' tiny test VAE (z_dim 16). The global
         torch RNG is left untouched. identity_init: start with an identity path from input to output
-        (init_identity_path).
+        (init_identity_path). prediction, sigma_data: the transformer's output (module docstring).
         """
         if codec not in ("vae", "pixel"):
             raise VidpostError(f"unknown codec {codec!r}; expected 'vae' or 'pixel'")
@@ -186,7 +210,10 @@ class WanVideoModel:
                 init_identity_path(transformer)
         _cast_like_from_pretrained(transformer, dtype)
         text_encoder.to(dtype)
-        return cls(transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(), video_codec, max_sequence_length)
+        return cls(
+            transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(), video_codec, max_sequence_length,
+            prediction, sigma_data,
+        )
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> WanVideoModel:
@@ -264,15 +291,23 @@ class WanVideoModel:
         """v_theta(x_sigma, sigma, c): latents (B, C, T, H, W), sigma (B,) in [0, 1] -> v (B, C, T, H, W), float32."""
         if sigma.ndim != 1 or sigma.shape[0] != latents.shape[0]:
             raise ValueError(f"sigma must have shape ({latents.shape[0]},), got {tuple(sigma.shape)}")
-        timestep = sigma.to(device=latents.device, dtype=torch.float32) * self.num_train_timesteps  # (B,)
+        sigma = sigma.to(device=latents.device, dtype=torch.float32)
+        if self.prediction == "velocity":
+            return self._transformer(latents, sigma, prompt_embeds)
+        s = sigma.view(-1, *([1] * (latents.ndim - 1)))
+        var_data = self.sigma_data**2
+        d = (1 - s) ** 2 * var_data + s**2  # variance of x_σ
+        out = self._transformer(latents / d.sqrt(), sigma, prompt_embeds)
+        return (s - (1 - s) * var_data) / d * latents.float() - self.sigma_data / d.sqrt() * out
+
+    def _transformer(self, latents: torch.Tensor, sigma: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
         dtype = self.transformer.dtype
-        v = self.transformer(
+        return self.transformer(
             hidden_states=latents.to(dtype),
-            timestep=timestep,
+            timestep=sigma * self.num_train_timesteps,  # (B,)
             encoder_hidden_states=prompt_embeds.to(dtype),
             return_dict=False,
-        )[0]
-        return v.float()
+        )[0].float()
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, H, W, 3) in [0, 1] -> latents (B, C, T', H', W')."""
