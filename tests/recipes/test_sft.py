@@ -159,6 +159,7 @@ def test_training_changes_the_weights_and_logs(finished_run):
     card = json.loads((finished_run / "model" / "vidpost.json").read_text())
     assert card["video"] == {"frames": 3, "height": 16, "width": 16}
     assert card["sampling"]["steps"] == 2
+    assert card["prediction"] == "velocity" and "sigma_data" not in card
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
     # stock diffusers loads the trained transformer
     loaded = WanTransformer3DModel.from_pretrained(finished_run / "model", subfolder="transformer")

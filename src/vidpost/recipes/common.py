@@ -296,10 +296,11 @@ def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingC
         "codec": model_cfg.codec,
         "max_sequence_length": model_cfg.max_sequence_length,
         "prediction": model.prediction,
-        "sigma_data": model.sigma_data,
         "video": video.model_dump(),
         "sampling": sampling.model_dump(),
     }
+    if model.prediction == "preconditioned":  # a velocity model has no use for a data std
+        card["sigma_data"] = model.sigma_data
     if model.lora_config is not None:
         card["base"] = str(Path(model_cfg.path).resolve()) if Path(model_cfg.path).exists() else model_cfg.path
     write_card(tmp, card)
