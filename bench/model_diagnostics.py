@@ -9,6 +9,10 @@ For each model (a shipped name, model directory or run directory):
 - self-attention of every block at σ 0.95, 0.7 and 0.4 on 8 eval clips: entropy relative to uniform and the
   attention mass on keys within one token (height, width) in the query's own frame group, against that share
   under uniform attention: a model whose tokens do not look at their neighbours draws patch-sized fragments;
+- its denoising horizon: the same clips noised to σ0 (0.1 to 0.7) and integrated back by the model (8 Euler
+  ODE steps, no guidance), scored by the ShapeWorld rewards: the highest σ0 from which the model still returns
+  the caption's objects says how much of a sampling path it can carry, and, unlike the loss, it keeps moving
+  with training (a model scores total 0 from noise while its horizon is below about 0.5);
 - from noise (the model's recommended sampling, 32 eval captions): foreground blobs per frame against the
   number the captions ask for, the share of frames with exactly that count, and the ShapeWorld rewards.
 
@@ -35,7 +39,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vidpost.data.video_io import to_float  # noqa: E402
+from vidpost.data.video_io import to_float, to_uint8  # noqa: E402
+from vidpost.diffusion.sampler import GuidedVelocity, run_steps  # noqa: E402
 from vidpost.diffusion.schedule import flow_matching_loss, noisy_sample  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
@@ -47,6 +52,8 @@ from vidpost.world.render import render_scene  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 LOSS_SIGMAS = (0.1, 0.2, 0.5, 0.8, 0.9, 0.95)
 GRID_VIDEOS = 8
+HORIZON_SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.55, 0.7)
+HORIZON_STEPS = 8
 ATTENTION_SIGMAS = (0.95, 0.7, 0.4)
 
 
@@ -77,6 +84,25 @@ def denoising_by_sigma(model, captions: list[str], frames: torch.Tensor, batch: 
             error_dot_noise += ((x_s - sigma * v - x0[rows]) * noise[rows]).sum().item()
         out["loss"][str(sigma)] = torch.cat(losses).mean().item()
         out["noise_left"][str(sigma)] = error_dot_noise / (sigma * noise.pow(2).sum().item())
+    return out
+
+
+@torch.no_grad()
+def denoising_horizon(model, captions: list[str], frames: torch.Tensor, batch: int = 16) -> dict[str, dict]:
+    """Per σ0: mean total, instruction and success of the clips noised to σ0 and integrated back to σ = 0."""
+    x0 = model.codec.encode(frames)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    embeds = model.encode_prompts(captions)
+    specs = [parse_caption(c) for c in captions]
+    out = {}
+    for sigma in HORIZON_SIGMAS:
+        grid = torch.linspace(sigma, 0.0, HORIZON_STEPS + 1, dtype=torch.float64)
+        videos = []
+        for rows in torch.arange(len(x0)).split(batch):
+            x_s = noisy_sample(x0[rows], noise[rows], torch.full((len(rows),), sigma))
+            videos.append(model.decode(run_steps(GuidedVelocity(model, embeds[rows]), x_s, grid).final))
+        scores = [score_clip(v, spec) for v, spec in zip(to_float(to_uint8(torch.cat(videos).numpy())), specs, strict=True)]  # as saved
+        out[str(sigma)] = {key: float(np.mean([s[key] for s in scores])) for key in ("total", "instruction", "success")}
     return out
 
 
@@ -165,14 +191,17 @@ def main() -> None:
         model = load_model(ref)
         model.transformer.eval()
         denoising = denoising_by_sigma(model, loss_captions, loss_frames)
+        horizon = denoising_horizon(model, loss_captions, loss_frames)
         from_noise, videos = blobs_from_noise(model, args.n, args.seed)
         row = {"model": ref, "loss_by_sigma": denoising["loss"], "noise_left_by_sigma": denoising["noise_left"],
+               "horizon_by_sigma": horizon,
                "attention": attention_locality(model, attention_captions, attention_frames),
                "from_noise": from_noise}
         rows.append(row)
         grids.append(video_grid(videos[:GRID_VIDEOS]))
         print(f"{ref}: loss " + " ".join(f"σ{s} {v:.4f}" for s, v in row["loss_by_sigma"].items())
               + "; noise left " + " ".join(f"σ{s} {v:.3f}" for s, v in row["noise_left_by_sigma"].items())
+              + "; total from noised clips " + " ".join(f"σ{s} {v['total']:.3f}" for s, v in horizon.items())
               + f"; blobs/frame {from_noise['blobs_per_frame']:.2f} (asked {from_noise['asked_per_frame']:.2f}),"
               f" right count {from_noise['frames_with_the_right_count']:.3f}, total {from_noise['total']:.3f}", flush=True)
         for a in row["attention"]:
@@ -182,7 +211,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     payload = {"command": " ".join(["python"] + sys.argv), "date": datetime.date.today().isoformat(),
                "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-               "loss_sigmas": LOSS_SIGMAS, "rows": rows}
+               "loss_sigmas": LOSS_SIGMAS,
+               "horizon": {"sigmas": HORIZON_SIGMAS, "euler_steps": HORIZON_STEPS, "guidance": 1.0}, "rows": rows}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for row in rows:
