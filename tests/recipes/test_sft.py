@@ -188,6 +188,20 @@ def test_micro_batches_give_the_same_update(tmp_path):
     assert changed.keys() == a.keys()
 
 
+def test_compiled_blocks_train_to_the_same_weights_as_eager(tmp_path):
+    from torch._dynamo.utils import counters
+
+    eager = train(_config("train.steps=2", "validation.n=1"), tmp_path / "eager", progress=False)
+    counters.clear()
+    compiled = train(_config("train.steps=2", "validation.n=1", "train.compile=true"), tmp_path / "compiled",
+                     progress=False)
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did compile the blocks
+    a, b = _weights(eager.parent), _weights(compiled.parent)
+    assert a.keys() == b.keys()  # Module.compile keeps the parameter names the saved model has
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
 def test_rerun_with_another_config_is_refused(finished_run):
     with pytest.raises(VidpostError, match="train.steps: 4 there, 5 now"):
         train(_config("train.steps=5"), finished_run, progress=False)

@@ -385,6 +385,16 @@ class WanVideoModel:
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
 
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block in place, for training (inference: inference/acceleration.py).
+
+        Module.compile keeps parameter names, so checkpoints, EMA and saving see the same model; the blocks
+        share one compiled graph. Elementwise work (modulation, RoPE, norms) dominates a small model's step on
+        CPU, and fusing it is what compile buys there.
+        """
+        for block in self.transformer.blocks:
+            block.compile()
+
     # ------------------------------------------------------------------------------------------- saving
 
     def save(self, directory: str | Path) -> None:

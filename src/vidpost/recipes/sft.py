@@ -115,6 +115,9 @@ class TrainConfig(Config):
         "auto", description="autocast: auto (bf16 where the hardware has it natively, else float32) | bf16 | float32"
     )
     caption_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a clip on the empty prompt")
+    compile: bool = Field(
+        False, description="torch.compile the transformer blocks (the first steps pay the compile; then faster steps)"
+    )
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="EMA of the trained weights, used for validation and the final model (0: off)"
     )
@@ -233,6 +236,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
     prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
     used = rewrite_prompts(prompts, cfg.validation.enhancer)
+    if cfg.train.compile:  # before sharding, as torchtitan orders per-block compile and FSDP2
+        model.compile_blocks()
     dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
     model.transformer.train()
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
