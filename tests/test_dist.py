@@ -123,9 +123,11 @@ def _worker(rank, store, job, overrides, out, results):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         job(overrides, out)
-        results.put((rank, None))
-    finally:
-        dist.destroy()
+    except BaseException:
+        dist.destroy(wait=False)
+        raise
+    dist.destroy()
+    results.put((rank, None))
 
 
 def _world_size_2(run_ranks, job, overrides, out, store, timeout_s: float = 600) -> None:

@@ -79,8 +79,10 @@ def _train(args: argparse.Namespace, recipe, schema) -> None:
     main = dist.is_main()
     try:
         final = recipe(load_config(schema, args.config, args.overrides), args.out)
-    finally:
-        dist.destroy()
+    except BaseException:
+        dist.destroy(wait=False)
+        raise
+    dist.destroy()
     if final is None:
         raise SystemExit(130)
     if main:

@@ -52,10 +52,24 @@ def init_from_env() -> None:
         logging.getLogger("vidpost").setLevel(logging.WARNING)
 
 
-def destroy() -> None:
-    """Leave the process group (at the end of a command); nothing in one process."""
+def destroy(wait: bool = True) -> None:
+    """Leave the process group at the end of a command; nothing in one process.
+
+    wait (a normal end): the ranks meet in a barrier first, so that none closes its connections while another
+    still works (rank 0 writes the last checkpoint after the others are done); a peer that left early can abort
+    a process's exit. After an error, no barrier: the other ranks may never come to it.
+    """
+    if not is_distributed():
+        return
+    if wait:
+        barrier()
+    dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank comes here; nothing in one process."""
     if is_distributed():
-        dist.destroy_process_group()
+        dist.barrier()
 
 
 def device() -> torch.device:

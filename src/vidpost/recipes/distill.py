@@ -450,9 +450,9 @@ def train(
                 save(step)
             if stopping:
                 bar.close()
-                if runlog is not None:
+                if runlog is not None:  # rank 0, which wrote the checkpoint
                     runlog.close()
-                warn_stopped(step, out / "checkpoints")
+                    warn_stopped(step, out / "checkpoints")
                 return None
     bar.close()
     if runlog is not None:
