@@ -8,6 +8,8 @@ gradient off by the world size; its first moment (1 - β1)·g does not (gradient
 """
 
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -218,6 +220,21 @@ def test_one_process_needs_no_process_group():
     full = dist.full_tensors({"t": t, "n": 1})
     assert torch.equal(full["t"], t) and full["n"] == 1
     assert dist.shard_like(t, torch.zeros(3)) is t
+
+
+def _leave_worker(rank, store, marker, wait, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    if rank == 0:
+        time.sleep(1.0)  # rank 0 still writes its last checkpoint
+        marker.write_text("written")
+    dist.destroy(wait=wait)
+    results.put((rank, marker.exists()))
+
+
+def test_no_rank_leaves_the_process_group_before_the_others_are_done(tmp_path, run_ranks):
+    # a rank that closed its connections while rank 0 still wrote could abort rank 0's exit (SIGABRT in CI)
+    # without the barrier (wait=False, the path after an error) rank 1 finds no marker
+    assert run_ranks(_leave_worker, tmp_path / "store", tmp_path / "marker", True) == {0: True, 1: True}
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
