@@ -123,12 +123,8 @@ def _worker(rank, store, job, overrides, out, results):
     torch.set_num_threads(1)
     # a file rendezvous: a free port picked by the parent could be taken by another process before rank 0 binds it
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
+    with dist.leave_at_end():
         job(overrides, out)
-    except BaseException:
-        dist.destroy(wait=False)
-        raise
-    dist.destroy()
     results.put((rank, None))
 
 
@@ -222,19 +218,19 @@ def test_one_process_needs_no_process_group():
     assert dist.shard_like(t, torch.zeros(3)) is t
 
 
-def _leave_worker(rank, store, marker, wait, results):
+def _leave_worker(rank, store, marker, results):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    if rank == 0:
-        time.sleep(1.0)  # rank 0 still writes its last checkpoint
-        marker.write_text("written")
-    dist.destroy(wait=wait)
+    with dist.leave_at_end():
+        if rank == 0:
+            time.sleep(1.0)  # rank 0 still writes its last checkpoint
+            marker.write_text("written")
     results.put((rank, marker.exists()))
 
 
 def test_no_rank_leaves_the_process_group_before_the_others_are_done(tmp_path, run_ranks):
     # a rank that closed its connections while rank 0 still wrote could abort rank 0's exit (SIGABRT in CI)
     # without the barrier (wait=False, the path after an error) rank 1 finds no marker
-    assert run_ranks(_leave_worker, tmp_path / "store", tmp_path / "marker", True) == {0: True, 1: True}
+    assert run_ranks(_leave_worker, tmp_path / "store", tmp_path / "marker") == {0: True, 1: True}
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

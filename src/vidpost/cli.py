@@ -77,12 +77,8 @@ def _train(args: argparse.Namespace, recipe, schema) -> None:
 
     dist.init_from_env()  # under torchrun: join its process group (FSDP2); else one process
     main = dist.is_main()
-    try:
+    with dist.leave_at_end():
         final = recipe(load_config(schema, args.config, args.overrides), args.out)
-    except BaseException:
-        dist.destroy(wait=False)
-        raise
-    dist.destroy()
     if final is None:
         raise SystemExit(130)
     if main:

@@ -62,14 +62,19 @@ def destroy(wait: bool = True) -> None:
     if not is_distributed():
         return
     if wait:
-        barrier()
+        dist.barrier()
     dist.destroy_process_group()
 
 
-def barrier() -> None:
-    """Wait until every rank comes here; nothing in one process."""
-    if is_distributed():
-        dist.barrier()
+@contextmanager
+def leave_at_end() -> Iterator[None]:
+    """Run a command's block, then leave the process group: together after a normal end, at once after an error."""
+    try:
+        yield
+    except BaseException:
+        destroy(wait=False)
+        raise
+    destroy()
 
 
 def device() -> torch.device:

@@ -44,15 +44,13 @@ def test_per_reward_mode_normalises_each_reward_before_weighting():
 def _ranks_worker(rank, store, rewards, group_size, results):
     # a file rendezvous: a free port picked by the parent could be taken by another process before rank 0 binds it
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
+    with dist.leave_at_end():
         local = rewards[dist.local_slice(rewards.shape[0])]
         gathered = dist.all_gather_cat(local)
         adv = group_advantages(gathered, group_size)[dist.local_slice(rewards.shape[0])]
         # numpy travels by value; a tensor would travel as a file descriptor that the parent must fetch from this
         # process, which fails if this process has already exited (a busy machine makes that likely)
         results.put((rank, adv.numpy()))
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_groups_split_across_ranks_get_the_single_process_advantages(tmp_path, run_ranks):
