@@ -11,8 +11,10 @@ rows show the cost of the cache machinery and of the skips it happened to make, 
 
     .venv/bin/python bench/gpu_inference.py                 # on a machine with a CUDA GPU
     .venv/bin/python bench/gpu_inference.py --no-compile    # faster, without the compiled rows
+    .venv/bin/python bench/gpu_inference.py --smoke --no-compile   # the same code on the CPU, tiny Wan
 
-Without a GPU it prints why and writes {"skipped": ...}. Writes bench/results/gpu_inference.json.
+Without a GPU (and without --smoke) it prints why and writes {"skipped": ...}; --smoke is gpu_grpo_step.py's.
+Writes bench/results/gpu_inference.json.
 """
 
 from __future__ import annotations
@@ -21,10 +23,20 @@ import argparse
 import datetime
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from gpu_grpo_step import PEAK_BF16_TFLOPS, build, skipped_without_gpu, transformer_flops
+from gpu_grpo_step import (
+    build,
+    choose_setup,
+    device_name,
+    flops_per_pass,
+    peak_memory_gb,
+    peak_tflops,
+    reset_peak_memory,
+    synchronize,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (name, steps, guidance): the teacher, then the students bench/inference.py measures on ShapeWorld
@@ -41,31 +53,32 @@ def time_one(model, shape, embeds, uncond, steps: int, guidance: float, accelera
 
     sigmas = sampling_sigmas(steps, 3.0)
     device = model.device
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with accelerated(model, acceleration, steps) as acc, torch.no_grad(), autocast("bf16", model.device):
         results = []
         for _ in range(2):  # warm-up, then timed
             acc.new_run()
             velocity = GuidedVelocity(model, embeds, uncond, guidance, contexts=acc.context, batch_cfg=acc.batch_cfg)
             noise = torch.randn((1, *shape), device=device, generator=torch.Generator(device).manual_seed(0))
-            synchronize()
+            synchronize(device.type)
             tick = time.perf_counter()
             run_steps(velocity, noise, sigmas)
-            synchronize()
+            synchronize(device.type)
             results.append((time.perf_counter() - tick, velocity.nfe))
     return results[-1]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="first_block")
     parser.add_argument("--cache-threshold", type=float, default=0.05)
     parser.add_argument("--no-compile", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="a tiny Wan on the CPU: checks the code, times nothing real")
+    args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "gpu_inference.json"
-    if skipped_without_gpu(out):
+    chosen = choose_setup(args.smoke, RESULTS / "gpu_inference.json")
+    if chosen is None:
         return
+    setup, out = chosen
 
     from vidpost.inference.acceleration import AccelerationConfig, CacheConfig
 
@@ -74,30 +87,28 @@ def main() -> None:
     if not args.no_compile:
         accelerations["compile"] = AccelerationConfig(compile=True)
         accelerations[f"{args.cache}+compile"] = AccelerationConfig(cache=cache, compile=True)
-    model = build("full")
+    model = build("full", setup)
     model.transformer.eval().requires_grad_(False)
-    shape = model.latent_shape(33, 480, 832)  # (16, 9, 60, 104)
-    embeds = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    uncond = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
-    per_pass = transformer_flops(sum(p.numel() for p in model.transformer.parameters()), tokens, 1536, 30, 512)
-    name = torch.cuda.get_device_name()
-    peak = next((v for key, v in PEAK_BF16_TFLOPS.items() if key in name), None)
+    shape = model.latent_shape(setup.frames, setup.height, setup.width)  # 1.3B: (16, 9, 60, 104)
+    embeds, uncond = setup.prompt_embeds(0), setup.prompt_embeds(1)
+    per_pass = flops_per_pass(model, setup, shape)
+    peak = peak_tflops(setup.device)
 
     rows = []
     for config, steps, guidance in CONFIGURATIONS:
         for acc_name, acceleration in accelerations.items():
-            torch.cuda.reset_peak_memory_stats()
+            reset_peak_memory(setup.device)
             seconds, nfe = time_one(model, shape, embeds, uncond, steps, guidance, acceleration)
             row = {"model": config, "acceleration": acc_name, "steps": steps, "guidance": guidance, "nfe": nfe,
-                   "seconds_per_video": seconds, "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+                   "seconds_per_video": seconds, "peak_memory_gb": peak_memory_gb(setup.device),
                    # a cache's skipped blocks still count here: its MFU is of the uncached work
                    "mfu": None if peak is None else per_pass * nfe / seconds / (peak * 1e12)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     for row in rows:
         row["speedup"] = rows[0]["seconds_per_video"] / row["seconds_per_video"]
-    out.write_text(json.dumps({"rows": rows, "gpu": name, "tokens": tokens, "tflops_per_pass": per_pass / 1e12,
+    out.write_text(json.dumps({"rows": rows, "gpu": device_name(setup.device), "tokens": setup.tokens(shape),
+                               "tflops_per_pass": per_pass / 1e12, "smoke": args.smoke,
                                "date": datetime.date.today().isoformat(), "torch": torch.__version__},
                               indent=1) + "\n")
 

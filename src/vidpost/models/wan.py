@@ -208,7 +208,7 @@ class WanVideoModel:
             )
             if identity_init:
                 init_identity_path(transformer)
-        _cast_like_from_pretrained(transformer, dtype)
+        cast_like_from_pretrained(transformer, dtype)
         text_encoder.to(dtype)
         return cls(
             transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(), video_codec, max_sequence_length,
@@ -491,7 +491,7 @@ def init_identity_path(transformer: WanTransformer3DModel) -> None:
         out.bias.zero_()
 
 
-def _cast_like_from_pretrained(transformer: WanTransformer3DModel, dtype: torch.dtype) -> None:
+def cast_like_from_pretrained(transformer: WanTransformer3DModel, dtype: torch.dtype) -> None:
     """Cast parameters to dtype except `_keep_in_fp32_modules`, as diffusers' from_pretrained(torch_dtype=) does."""
     keep = transformer._keep_in_fp32_modules
     for name, param in transformer.named_parameters():
