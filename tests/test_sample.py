@@ -108,3 +108,24 @@ def test_sample_with_a_feature_cache_records_it(model_dir, prompts_file, tmp_pat
         "spatial_attention_timestep_skip_range)\n")
     assert main([*args, "--attention-backend", "sage", "--overwrite"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: attention backend 'sage' is not available here: ")
+
+
+def test_an_acceleration_file_sets_every_cache_key_and_excludes_the_flags(model_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["sample", "--model", str(model_dir), "--prompts", str(prompts_file), "--out", str(out)]
+    assert main([*args, "--cache", "mag"]) == 0
+    ratios = json.loads((out / "sample.json").read_text())["acceleration"]["cache"]["mag_ratios"]
+    # MagCache's calibrated ratios can only come from a file: given, they are used, and nothing is recalibrated
+    accel = tmp_path / "mag.yaml"
+    accel.write_text(f"cache:\n  name: mag\n  mag_ratios: {json.dumps(ratios)}\n  threshold: 0.5\n")
+    assert main([*args, "--acceleration", str(accel), "--overwrite"]) == 0
+    cache = json.loads((out / "sample.json").read_text())["acceleration"]["cache"]
+    assert cache["mag_ratios"] == ratios and cache["threshold"] == 0.5 and not cache.get("calibration_nfe")
+    capsys.readouterr()
+    assert main([*args, "--acceleration", str(accel), "--compile", "--overwrite"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --acceleration {accel} sets the cache, compile and attention backend; drop --compile\n")
+    accel.write_text("cache:\n  name: mag\n  treshold: 0.5\n")
+    assert main([*args, "--acceleration", str(accel), "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "treshold" in error and str(accel) in error

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from vidpost.config import load_config
+from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.pipeline.config import PipelineConfig
 from vidpost.recipes.distill import DistillConfig
@@ -16,6 +17,7 @@ from vidpost.world.config import DatasetConfig
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCHEMAS = {
     "shapeworld/world.yaml": DatasetConfig,
+    "shapeworld/acceleration.yaml": AccelerationConfig,
     "shapeworld/pretrain.yaml": SFTConfig,
     "shapeworld/sft.yaml": SFTConfig,
     "shapeworld/grpo_flash.yaml": GRPOConfig,

@@ -126,11 +126,24 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def _acceleration(args: argparse.Namespace):
-    """--cache, --cache-threshold, --compile, --attention-backend as an AccelerationConfig (mag calibrates itself)."""
+    """--acceleration FILE, or --cache, --cache-threshold, --compile, --attention-backend, as an AccelerationConfig.
+
+    The flags cover the common cases (mag then calibrates itself); the file sets every key of the cache, e.g.
+    MagCache's calibrated ratios, and `vidpost run` and the recipes take the same section as `acceleration:`.
+    """
     from pydantic import ValidationError
 
+    from vidpost.config import load_config
     from vidpost.inference.acceleration import AccelerationConfig
 
+    if args.acceleration is not None:
+        flags = {"--cache": args.cache != "none", "--cache-threshold": args.cache_threshold is not None,
+                 "--compile": args.compile, "--attention-backend": args.attention_backend is not None}
+        if any(flags.values()):
+            given = ", ".join(flag for flag, set_ in flags.items() if set_)
+            raise VidpostError(f"--acceleration {args.acceleration} sets the cache, compile and attention backend; "
+                               f"drop {given}")
+        return load_config(AccelerationConfig, args.acceleration)
     cache = None
     if args.cache != "none":
         cache = {"name": args.cache, "threshold": args.cache_threshold, "calibrate": True if args.cache == "mag" else None}
@@ -261,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--cache-threshold", type=float, help="first_block (default 0.05) or mag (0.06) threshold")
     sample.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     sample.add_argument("--attention-backend", metavar="NAME", help="diffusers attention backend, e.g. flash, sage")
+    sample.add_argument("--acceleration", metavar="FILE", help="YAML with cache:, compile: and attention_backend: "
+                        "(every cache key, e.g. configs/shapeworld/acceleration.yaml), instead of the four flags above")
     sample.add_argument("--enhancer", metavar="NAME_OR_DIR", help="rewrite each prompt first (see `vidpost enhance`); "
                         "metadata keeps the prompt as caption and the rewrite as prompt_used")
     sample.set_defaults(func=cmd_sample)
