@@ -131,6 +131,7 @@ def test_an_enhancer_row_keeps_the_user_prompt_and_records_the_rewrite(parrot_to
     assert [r["caption"] for r in records] == intents  # ... and scored against what they asked for
     assert [r["prompt_used"] for r in records] == load_enhancer(str(parrot_toy)).rewrite(terse)
     assert row["enhancer"] == str(parrot_toy)
+    assert (row["enhance/prompts"], row["enhance/rewritten"] + row["enhance/fallbacks"]) == (2, 2)
 
 
 def test_canonical_heldout_captions_are_scored_as_they_are_and_never_rewritten(parrot_toy, tmp_path):

@@ -17,5 +17,9 @@ def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
 
 def test_rewrite_prompts_uses_the_enhancer_and_falls_back_per_prompt(parrot_toy, parrot_caption):
     prompts = ["red ball going left", "tiny teal disc"]
-    assert rewrite_prompts(prompts, None) == prompts
-    assert rewrite_prompts(prompts, str(parrot_toy)) == [parrot_caption] * 2
+    assert rewrite_prompts(prompts, None) == (prompts, {})
+    texts, metrics = rewrite_prompts(prompts, str(parrot_toy), "enhance/val/")
+    assert texts == [parrot_caption] * 2
+    assert metrics == {"enhance/val/prompts": 2, "enhance/val/rewritten": 2, "enhance/val/fallbacks": 0,
+                       "enhance/val/fallback_failed": 0, "enhance/val/fallback_empty": 0,
+                       "enhance/val/fallback_too_long": 0, "enhance/val/fallback_unparsable": 0}

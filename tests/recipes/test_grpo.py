@@ -189,9 +189,9 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
         rewarded.extend(prompts)
         return real_rewards(names, videos, prompts)
 
-    def rewrite(prompts, enhancer):  # every prompt -> one caption, so what the model is given is unmistakable
+    def rewrite(prompts, enhancer, prefix):  # every prompt -> one caption, so what the model is given is unmistakable
         asked.append(enhancer)
-        return [parrot_caption] * len(prompts)
+        return [parrot_caption] * len(prompts), {f"{prefix}prompts": len(prompts)}
 
     monkeypatch.setattr(WanVideoModel, "encode_prompts", encode)
     monkeypatch.setattr(grpo, "compute_rewards", rewards)
@@ -204,3 +204,6 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
     clips = [json.loads(line) for line in (tmp_path / "run" / "samples" / "step_000000" / "metadata.jsonl").open()]
     assert [c["prompt_used"] for c in clips] == [parrot_caption] * 2
     assert all(c["caption"] != parrot_caption for c in clips)  # kept, and scored, against the prompts
+    first = read_metrics(tmp_path / "run")[0]  # the log opens with the enhancers' counts
+    assert first == {"step": 0, "enhance/train/prompts": len(grpo.training_prompts(cfg.prompts)),
+                     "enhance/eval/prompts": cfg.evaluation.n}

@@ -93,7 +93,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     prompts, references = heldout_prompts(cfg)
     if cfg.heldout.prompts == "canonical":
         enhancer = None  # a canonical caption is already what an enhancer would write
-    used = rewrite_prompts(prompts, None if enhancer is None else str(enhancer))
+    used, rewrite_metrics = rewrite_prompts(prompts, None if enhancer is None else str(enhancer))
     model = load_model(str(model_ref))
     sampling, video = recommended_sampling(model), recommended_video(model)
     tick = time.perf_counter()
@@ -109,7 +109,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
             writer.add(frames, reference, ext=".npy", seed=cfg.heldout.seed + j, **extra)
     row = {**scores, "nfe": generated.nfe_per_video, "seconds_per_video": seconds, "model": str(model_ref),
            "enhancer": None if enhancer is None else str(enhancer), "sampling": sampling.model_dump(),
-           "split": cfg.heldout.split, "prompts": cfg.heldout.prompts, "n": len(prompts)}
+           "split": cfg.heldout.split, "prompts": cfg.heldout.prompts, "n": len(prompts), **rewrite_metrics}
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(row, indent=1) + "\n")
     return row

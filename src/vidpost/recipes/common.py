@@ -211,20 +211,26 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
     return read_prompts(cfg.prompts_file)[: cfg.n], False
 
 
-def rewrite_prompts(prompts: list[str], enhancer: str | None) -> list[str]:
-    """What the video model is given for each prompt: its rewrite by `enhancer` (enhance/), or the prompt itself.
+def rewrite_prompts(
+    prompts: list[str], enhancer: str | None, prefix: str = "enhance/"
+) -> tuple[list[str], dict[str, int]]:
+    """What the video model is given for each prompt (its rewrite by `enhancer`, enhance/, or the prompt itself),
+    and the enhancer's counts as run-log metrics under `prefix` (`RewriteCounts.as_metrics`: prompts, rewritten,
+    fallbacks by reason; {} without an enhancer and on ranks other than 0).
 
-    Rank 0 rewrites (a failed rewrite falls back to its prompt and is counted in the log) and sends the texts to
-    the other ranks, so every rank uses the same ones even when the enhancer samples.
+    Rank 0 rewrites (a failed rewrite falls back to its prompt) and sends the texts to the other ranks, so every
+    rank uses the same ones even when the enhancer samples.
     """
     if enhancer is None:
-        return list(prompts)
-    rewrites = None
+        return list(prompts), {}
+    rewrites, metrics = None, {}
     if dist.is_main():
         from vidpost.enhance.resolve import load_enhancer
 
-        rewrites = load_enhancer(enhancer).rewrite(prompts)
-    return dist.broadcast_object(rewrites)
+        loaded = load_enhancer(enhancer)
+        rewrites = loaded.rewrite(prompts)
+        metrics = loaded.counts.as_metrics(prefix)
+    return dist.broadcast_object(rewrites), metrics
 
 
 def validate(

@@ -331,7 +331,7 @@ def train(
     shape = model.latent_shape(video.frames, video.height, video.width)
     pool = training_prompts(cfg.prompts)
     prompts, scorable = validation_prompts(cfg.validation)
-    used = rewrite_prompts(prompts, cfg.validation.enhancer)
+    used, rewrite_metrics = rewrite_prompts(prompts, cfg.validation.enhancer, "enhance/val/")
     uses_cfg = any(r.teacher.guidance > 1 or r.student.guidance > 1 for r in rounds)
     uncond = model.encode_prompts([teacher_sampling.negative_prompt]) if uses_cfg else None
 
@@ -357,6 +357,8 @@ def train(
         start = state.pop("step")
         log.info("resuming from %s (step %d of %d)", checkpoint, start, total_steps)
     runlog = RunLog(out, resume_step=start) if dist.is_main() else None
+    if runlog is not None and rewrite_metrics:
+        runlog.write(start, rewrite_metrics)
 
     def evaluate(step: int, sampling: SamplingConfig) -> dict[str, float]:
         """The student's validation metrics on rank 0 ({} on the others, which sample their share)."""

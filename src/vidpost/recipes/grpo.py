@@ -228,9 +228,11 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     rectify = strategy.name == "flash" and strategy.settings.rectify
     scales = gradient_scale(sigmas, noise.schedule, **noise.params) if rectify else None  # (N,) c(σ_i)
     pool = training_prompts(cfg.prompts)
-    pool_used = rewrite_prompts(pool, cfg.prompts.enhancer)  # once: rewrites are fixed for the run
+    # once: rewrites are fixed for the run, and the enhancers' fallback counts open its log
+    pool_used, rewrite_metrics = rewrite_prompts(pool, cfg.prompts.enhancer, "enhance/train/")
     eval_prompts, scorable = validation_prompts(cfg.evaluation)
-    eval_used = rewrite_prompts(eval_prompts, cfg.evaluation.enhancer)
+    eval_used, eval_rewrite_metrics = rewrite_prompts(eval_prompts, cfg.evaluation.enhancer, "enhance/eval/")
+    rewrite_metrics.update(eval_rewrite_metrics)
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
     reference = _reference(model) if cfg.train.kl_beta > 0 else None
@@ -249,6 +251,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
             ema.optimization_step = state["ema_steps"]
         log.info("resuming from %s (iteration %d of %d)", checkpoint, start, t.steps)
     runlog = RunLog(out, resume_step=start) if dist.is_main() else None
+    if runlog is not None and rewrite_metrics:
+        runlog.write(start, rewrite_metrics)
     if start == 0:
         log.info("GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
                  strategy.name, sum(p.numel() for p in params.values()) / 1e6, P, G, sampling.steps)

@@ -235,7 +235,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
     video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
     prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
-    used = rewrite_prompts(prompts, cfg.validation.enhancer)
+    used, rewrite_metrics = rewrite_prompts(prompts, cfg.validation.enhancer, "enhance/val/")
     if cfg.train.compile:  # before sharding, as torchtitan orders per-block compile and FSDP2
         model.compile_blocks()
     dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
@@ -254,6 +254,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             ema.optimization_step = state["ema_steps"]
         log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
     runlog = RunLog(out, resume_step=start) if dist.is_main() else None
+    if runlog is not None and rewrite_metrics:
+        runlog.write(start, rewrite_metrics)
     if start == 0:
         log.info("training %.2fM parameters on %d clips (%d captions)",
                  sum(p.numel() for p in params.values()) / 1e6, len(data), len(data.captions) - 1)
