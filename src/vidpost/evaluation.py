@@ -113,6 +113,21 @@ def shapeworld_prompts(split: str, n: int, seed: int = 0) -> list[str]:
     return [record["canonical"] for record in shapeworld_records(split, n, seed)]
 
 
+def shapeworld_requests(split: str, n: int, seed: int = 0, style: str = "canonical") -> tuple[list[str], list[str]]:
+    """(what the model is asked, what its videos are scored against) for the first n clips of a split.
+
+    style "canonical": the canonical captions, twice. "terse": what a user types (an enhancer's input) and the
+    intent behind it, a partial canonical caption, so a video is judged by what was asked for, not by the rewrite.
+    """
+    if style == "canonical":
+        captions = shapeworld_prompts(split, n, seed)
+        return captions, captions
+    if style != "terse":
+        raise ValueError(f"unknown prompt style {style!r}; expected canonical or terse")
+    records = shapeworld_records(split, n, seed)
+    return [r["terse"] for r in records], [r["intent"] for r in records]
+
+
 def score_videos(videos: np.ndarray, captions: Sequence[str], rewards: Sequence[str] = SHAPEWORLD_SCORES) -> dict:
     """Mean of each reward over videos (N, T, H, W, 3) scored against their captions."""
     scores = compute_rewards(rewards, to_float(videos), list(captions))

@@ -26,7 +26,7 @@ from vidpost.atomic import atomic_path
 from vidpost.config import Config, load_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.errors import VidpostError
-from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts, shapeworld_records
+from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_requests
 from vidpost.pipeline.config import PipelineConfig, StageConfig, resolve_stage_config
 from vidpost.recipes.common import prepare_run_dir, rewrite_prompts
 
@@ -119,11 +119,7 @@ def heldout_prompts(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     """(what the videos are made from, what they are scored against): terse prompts and their intents, or the
     canonical captions twice. The same for every stage, so the rows compare models on the same requests."""
     h = cfg.heldout
-    if h.prompts == "canonical":
-        captions = shapeworld_prompts(h.split, h.n, h.seed)
-        return captions, captions
-    records = shapeworld_records(h.split, h.n, h.seed)
-    return [r["terse"] for r in records], [r["intent"] for r in records]
+    return shapeworld_requests(h.split, h.n, h.seed, h.prompts)
 
 
 def table_cells(row: dict) -> list[str]:

@@ -24,7 +24,7 @@ from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.errors import VidpostError
-from vidpost.evaluation import score_videos, shapeworld_prompts
+from vidpost.evaluation import score_videos, shapeworld_requests
 from vidpost.generation import generate, read_prompts
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
@@ -47,9 +47,13 @@ class OptimConfig(Config):
 class ValidationConfig(Config):
     every_steps: int = Field(0, ge=0, description="generate and score validation videos every N steps (0: only at the end)")
     prompts_file: str | None = Field(
-        None, description="text file, one prompt per line; null: canonical captions of a ShapeWorld split"
+        None, description="text file, one prompt per line; null: prompts of a ShapeWorld split (see `prompts`)"
     )
     split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
+    prompts: Literal["canonical", "terse"] = Field(
+        "canonical", description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
+        "whose videos are scored against their intent",
+    )
     n: int = Field(16, ge=1, description="number of validation prompts")
     seed: int = Field(0, description="video j starts from noise seeded seed + j")
     acceleration: AccelerationConfig = Field(
@@ -204,11 +208,15 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     return ""
 
 
-def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], bool]:
-    """(the first n prompts, whether they are ShapeWorld captions that the rewards can score)."""
+def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[str], bool]:
+    """(the first n prompts as asked, what their videos are scored against, whether the rewards can score them).
+
+    A prompts file is asked and kept as it is (not scorable); ShapeWorld prompts are `shapeworld_requests`'.
+    """
     if cfg.prompts_file is None:
-        return shapeworld_prompts(cfg.split, cfg.n, cfg.seed), True
-    return read_prompts(cfg.prompts_file)[: cfg.n], False
+        return *shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts), True
+    prompts = read_prompts(cfg.prompts_file)[: cfg.n]
+    return prompts, prompts, False
 
 
 def rewrite_prompts(

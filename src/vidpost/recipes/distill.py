@@ -297,7 +297,7 @@ def _teacher_videos(teacher: WanVideoModel, prompts: list[str], used: list[str],
     if dist.broadcast_object(read() is not None if dist.is_main() else None):
         return read() if dist.is_main() else None
     validate(teacher, prompts, False, sampling, video, cfg.validation.seed, cfg.train.precision, folder,
-             acceleration=cfg.validation.acceleration, used=used if cfg.validation.enhancer else None)
+             acceleration=cfg.validation.acceleration, used=used if used != prompts else None)
     return read() if dist.is_main() else None
 
 
@@ -329,9 +329,9 @@ def train(
     rounds = plan_rounds(cfg.mode, teacher_sampling, cfg.student_steps)
     video = cfg.video or recommended_video(model)
     shape = model.latent_shape(video.frames, video.height, video.width)
-    pool = training_prompts(cfg.prompts)
-    prompts, scorable = validation_prompts(cfg.validation)
-    used, rewrite_metrics = rewrite_prompts(prompts, cfg.validation.enhancer, "enhance/val/")
+    pool = training_prompts(cfg.prompts)[0]  # what the teacher is asked
+    asked, prompts, scorable = validation_prompts(cfg.validation)
+    used, rewrite_metrics = rewrite_prompts(asked, cfg.validation.enhancer, "enhance/val/")
     uses_cfg = any(r.teacher.guidance > 1 or r.student.guidance > 1 for r in rounds)
     uncond = model.encode_prompts([teacher_sampling.negative_prompt]) if uses_cfg else None
 

@@ -46,7 +46,7 @@ from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.schedule import sampling_sigmas
 from vidpost.diffusion.sde import NOISE_SCHEDULES, gradient_scale, noise_levels, transition_kl
-from vidpost.evaluation import shapeworld_prompts
+from vidpost.evaluation import shapeworld_requests
 from vidpost.generation import PRECISIONS, read_prompts, recommended_video
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
@@ -81,8 +81,12 @@ log = logging.getLogger("vidpost")
 
 
 class PromptsConfig(Config):
-    file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld canonical captions")
+    file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld prompts (`prompts`)")
     split: Literal["train", "eval", "heldout"] = Field("train", description="ShapeWorld split of the training prompts")
+    prompts: Literal["canonical", "terse"] = Field(
+        "canonical", description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
+        "whose rollouts are rewarded against their intent",
+    )
     n: int = Field(4096, ge=1, description="size of the training prompt pool")
     seed: int = Field(0, description="seed of the ShapeWorld prompt pool")
     enhancer: str | None = Field(
@@ -164,8 +168,15 @@ class GRPOConfig(Config):
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def training_prompts(cfg: PromptsConfig) -> list[str]:
-    return read_prompts(cfg.file) if cfg.file is not None else shapeworld_prompts(cfg.split, cfg.n, cfg.seed)
+def training_prompts(cfg: PromptsConfig) -> tuple[list[str], list[str]]:
+    """The pool: (what each prompt asks, what its rollouts are rewarded against), in the same order.
+
+    A file's prompts are both; ShapeWorld's are captions twice, or terse prompts and their intents (`shapeworld_requests`).
+    """
+    if cfg.file is not None:
+        prompts = read_prompts(cfg.file)
+        return prompts, prompts
+    return shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts)
 
 
 def _reference(model: WanVideoModel):
@@ -227,11 +238,11 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     strategy = cfg.strategy
     rectify = strategy.name == "flash" and strategy.settings.rectify
     scales = gradient_scale(sigmas, noise.schedule, **noise.params) if rectify else None  # (N,) c(σ_i)
-    pool = training_prompts(cfg.prompts)
+    pool_asked, pool = training_prompts(cfg.prompts)
     # once: rewrites are fixed for the run, and the enhancers' fallback counts open its log
-    pool_used, rewrite_metrics = rewrite_prompts(pool, cfg.prompts.enhancer, "enhance/train/")
-    eval_prompts, scorable = validation_prompts(cfg.evaluation)
-    eval_used, eval_rewrite_metrics = rewrite_prompts(eval_prompts, cfg.evaluation.enhancer, "enhance/eval/")
+    pool_used, rewrite_metrics = rewrite_prompts(pool_asked, cfg.prompts.enhancer, "enhance/train/")
+    eval_asked, eval_prompts, scorable = validation_prompts(cfg.evaluation)
+    eval_used, eval_rewrite_metrics = rewrite_prompts(eval_asked, cfg.evaluation.enhancer, "enhance/eval/")
     rewrite_metrics.update(eval_rewrite_metrics)
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None

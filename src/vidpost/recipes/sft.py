@@ -234,8 +234,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     if data.skipped:
         log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
     video = VideoConfig(frames=data.frames, height=data.height, width=data.width)
-    prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
-    used, rewrite_metrics = rewrite_prompts(prompts, cfg.validation.enhancer, "enhance/val/")
+    asked, prompts, scorable = validation_prompts(cfg.validation)  # once: the same prompts at every validation
+    used, rewrite_metrics = rewrite_prompts(asked, cfg.validation.enhancer, "enhance/val/")
     if cfg.train.compile:  # before sharding, as torchtitan orders per-block compile and FSDP2
         model.compile_blocks()
     dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
