@@ -38,13 +38,19 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def curve(run_dir: Path) -> list[dict]:
-    """[(iteration, training seconds so far, eval/total, eval/success)] from a run's metrics log."""
-    seconds, points = 0.0, []
+    """Per evaluation: iteration, training seconds so far, the held-out rewards, and the mean training reward
+    (reward/weighted, what the run optimises) over the iterations since the previous evaluation."""
+    seconds, points, trained = 0.0, [], []
     for row in read_metrics(run_dir):
         seconds += sum(v for k, v in row.items() if k.startswith("time/"))
+        if "reward/weighted" in row:
+            trained.append(row["reward/weighted"])
         if "eval/total" in row:
             points.append({"iteration": row["step"], "seconds": seconds, "total": row["eval/total"],
-                           "success": row["eval/success"]})
+                           "success": row["eval/success"], "coherence": row.get("eval/coherence"),
+                           "quality": row.get("eval/quality"),
+                           "training_reward": sum(trained) / len(trained) if trained else None})
+            trained = []
     return points
 
 
@@ -83,9 +89,14 @@ def main() -> None:
     table = []
     for name, r in runs.items():
         points = r["curve"]
-        table.append({"strategy": name, "updates": points[-1]["iteration"], "seconds": points[-1]["seconds"],
+        updates = points[-1]["iteration"]
+        table.append({"strategy": name, "updates": updates, "seconds": points[-1]["seconds"],
+                      "seconds_per_update": points[-1]["seconds"] / max(updates, 1),
                       "start_total": points[0]["total"], "final_total": points[-1]["total"],
-                      "final_success": points[-1]["success"], "total_at_equal_time": reward_at(points, budget)})
+                      "final_success": points[-1]["success"], "total_at_equal_time": reward_at(points, budget),
+                      "start_quality": points[0]["quality"], "final_quality": points[-1]["quality"],
+                      "start_coherence": points[0]["coherence"], "final_coherence": points[-1]["coherence"],
+                      "final_training_reward": points[-1]["training_reward"]})
     summary = {"equal_time_budget_s": budget}
     if "flash" in runs and "full" in runs:
         target = runs["full"]["curve"][-1]["total"]
@@ -100,13 +111,17 @@ def main() -> None:
                                          "torch": torch.__version__, "threads": torch.get_num_threads()},
                "date": datetime.date.today().isoformat()}
     (RESULTS / "grpo_strategies.json").write_text(json.dumps(payload, indent=1) + "\n")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in runs.items():
-        ax.plot([p["seconds"] / 60 for p in r["curve"]], [p["total"] for p in r["curve"]], marker="o", label=name)
-    ax.set_xlabel("training wall-clock (min, evaluation excluded)")
-    ax.set_ylabel("held-out total reward")
-    ax.set_title("GRPO strategies on ShapeWorld")
-    ax.legend()
+    panels = [("total", "held-out total reward"), ("quality", "held-out quality"),
+              ("training_reward", "training reward (reward.weights)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for name, r in runs.items():
+            shown = [p for p in r["curve"] if p[key] is not None]
+            ax.plot([p["seconds"] / 60 for p in shown], [p[key] for p in shown], marker="o", label=name)
+        ax.set_xlabel("training wall-clock (min, evaluation excluded)")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle("GRPO strategies on ShapeWorld")
     fig.tight_layout()
     fig.savefig(RESULTS / "grpo_strategies.png", dpi=120)
     for row in table:
