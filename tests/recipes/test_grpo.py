@@ -176,7 +176,9 @@ def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branch
     assert not torch.equal(plain.transitions.x[0], plain.transitions.x[1])  # independent noise per member
 
 
-def test_terse_prompts_are_what_the_model_is_asked_and_their_intents_what_is_rewarded(tmp_path, monkeypatch):
+@pytest.fixture
+def seen(monkeypatch):
+    """(texts the model encodes, prompts the rewards score), recorded through a GRPO run."""
     encoded, rewarded = [], []
     real_encode, real_rewards = WanVideoModel.encode_prompts, grpo.compute_rewards
 
@@ -190,46 +192,41 @@ def test_terse_prompts_are_what_the_model_is_asked_and_their_intents_what_is_rew
 
     monkeypatch.setattr(WanVideoModel, "encode_prompts", encode)
     monkeypatch.setattr(grpo, "compute_rewards", rewards)
+    return encoded, rewarded
+
+
+def test_terse_prompts_are_what_the_model_is_asked_and_their_intents_what_is_rewarded(tmp_path, seen):
+    encoded, rewarded = seen
     cfg = _config("train.steps=1", "prompts.prompts=terse", "prompts.n=8", "evaluation.prompts=terse")
     train(cfg, tmp_path / "run", progress=False)
     terse, intents = grpo.training_prompts(cfg.prompts)
+    eval_terse, eval_intents, _ = validation_prompts(cfg.evaluation)
     assert terse != intents and len(terse) == len(intents) == 8
     assert rewarded and set(rewarded) <= set(intents)  # a partial caption of what was asked: the rewards parse it
-    assert set(encoded) - {""} <= set(terse) | set(validation_prompts(cfg.evaluation)[0])
+    assert set(encoded) - {""} <= set(terse) | set(eval_terse)
     clips = [json.loads(line) for line in (tmp_path / "run" / "samples" / "step_000000" / "metadata.jsonl").open()]
-    eval_terse, eval_intents, _ = validation_prompts(cfg.evaluation)
     assert [c["caption"] for c in clips] == eval_intents and [c["prompt_used"] for c in clips] == eval_terse
 
 
 def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prompts(
-    parrot_caption, tmp_path, monkeypatch
+    parrot_caption, tmp_path, monkeypatch, seen
 ):
-    encoded, rewarded, asked = [], [], []
-    real_encode, real_rewards = WanVideoModel.encode_prompts, grpo.compute_rewards
-
-    def encode(self, texts):
-        encoded.extend(texts)
-        return real_encode(self, texts)
-
-    def rewards(names, videos, prompts):
-        rewarded.extend(prompts)
-        return real_rewards(names, videos, prompts)
+    (encoded, rewarded), asked = seen, []
 
     def rewrite(prompts, enhancer, prefix):  # every prompt -> one caption, so what the model is given is unmistakable
         asked.append(enhancer)
         return [parrot_caption] * len(prompts), {f"{prefix}prompts": len(prompts)}
 
-    monkeypatch.setattr(WanVideoModel, "encode_prompts", encode)
-    monkeypatch.setattr(grpo, "compute_rewards", rewards)
     monkeypatch.setattr(grpo, "rewrite_prompts", rewrite)
     cfg = _config("train.steps=1", "prompts.enhancer=rollouts", "evaluation.enhancer=evaluation")
     train(cfg, tmp_path / "run", progress=False)
     assert asked == ["rollouts", "evaluation"]
-    assert rewarded and set(rewarded) <= set(grpo.training_prompts(cfg.prompts)[1]) and parrot_caption not in rewarded
+    pool = grpo.training_prompts(cfg.prompts)[1]
+    assert rewarded and set(rewarded) <= set(pool) and parrot_caption not in rewarded
     assert set(encoded) - {""} == {parrot_caption}  # the model never saw a prompt, only rewrites (and "")
     clips = [json.loads(line) for line in (tmp_path / "run" / "samples" / "step_000000" / "metadata.jsonl").open()]
     assert [c["prompt_used"] for c in clips] == [parrot_caption] * 2
     assert all(c["caption"] != parrot_caption for c in clips)  # kept, and scored, against the prompts
     first = read_metrics(tmp_path / "run")[0]  # the log opens with the enhancers' counts
-    assert first == {"step": 0, "enhance/train/prompts": len(grpo.training_prompts(cfg.prompts)[1]),
+    assert first == {"step": 0, "enhance/train/prompts": len(pool),
                      "enhance/eval/prompts": cfg.evaluation.n}
