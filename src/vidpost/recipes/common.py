@@ -30,6 +30,7 @@ from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
+from vidpost.runlog import RunLog
 
 log = logging.getLogger("vidpost")
 
@@ -189,6 +190,16 @@ def start_run(cfg: Config, out: Path, finished=None) -> Path | None:
     if final is not None:
         log.info("%s is finished (%s exists); nothing to do", out, final)
     return final
+
+
+def open_run_log(out: Path, start: int, opening: dict[str, int]) -> RunLog | None:
+    """Rank 0's run log, resumed at step `start` and opened with `opening` (an enhancer's counts; {}: none)."""
+    if not dist.is_main():
+        return None
+    runlog = RunLog(out, resume_step=start)
+    if opening:
+        runlog.write(start, opening)
+    return runlog
 
 
 def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:

@@ -85,6 +85,7 @@ from vidpost.recipes.common import (
     ValidationConfig,
     derive_seed,
     learning_rate,
+    open_run_log,
     rewrite_prompts,
     save_final,
     start_run,
@@ -93,7 +94,6 @@ from vidpost.recipes.common import (
     warn_stopped,
 )
 from vidpost.recipes.grpo import PromptsConfig, training_prompts
-from vidpost.runlog import RunLog
 
 log = logging.getLogger("vidpost")
 
@@ -356,9 +356,7 @@ def train(
         state = load_checkpoint(checkpoint, _checkpointed(params, teacher_params), optimizer)
         start = state.pop("step")
         log.info("resuming from %s (step %d of %d)", checkpoint, start, total_steps)
-    runlog = RunLog(out, resume_step=start) if dist.is_main() else None
-    if runlog is not None and rewrite_metrics:
-        runlog.write(start, rewrite_metrics)
+    runlog = open_run_log(out, start, rewrite_metrics)
 
     def evaluate(step: int, sampling: SamplingConfig) -> dict[str, float]:
         """The student's validation metrics on rank 0 ({} on the others, which sample their share)."""

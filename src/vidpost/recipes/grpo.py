@@ -59,6 +59,7 @@ from vidpost.recipes.common import (
     ema_checkpointed,
     ema_weights,
     make_ema,
+    open_run_log,
     rewrite_prompts,
     save_final,
     start_run,
@@ -72,7 +73,6 @@ from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, com
 from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.rollout import Transitions, rollout, transition_log_probs
 from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
-from vidpost.runlog import RunLog
 
 log = logging.getLogger("vidpost")
 
@@ -261,9 +261,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         if ema is not None:
             ema.optimization_step = state["ema_steps"]
         log.info("resuming from %s (iteration %d of %d)", checkpoint, start, t.steps)
-    runlog = RunLog(out, resume_step=start) if dist.is_main() else None
-    if runlog is not None and rewrite_metrics:
-        runlog.write(start, rewrite_metrics)
+    runlog = open_run_log(out, start, rewrite_metrics)
     if start == 0:
         log.info("GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
                  strategy.name, sum(p.numel() for p in params.values()) / 1e6, P, G, sampling.steps)

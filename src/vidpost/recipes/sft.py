@@ -65,6 +65,7 @@ from vidpost.recipes.common import (
     ema_weights,
     learning_rate,
     make_ema,
+    open_run_log,
     rewrite_prompts,
     save_final,
     start_run,
@@ -72,7 +73,6 @@ from vidpost.recipes.common import (
     validation_prompts,
     warn_stopped,
 )
-from vidpost.runlog import RunLog
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
 
@@ -253,9 +253,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         if ema is not None:
             ema.optimization_step = state["ema_steps"]
         log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
-    runlog = RunLog(out, resume_step=start) if dist.is_main() else None
-    if runlog is not None and rewrite_metrics:
-        runlog.write(start, rewrite_metrics)
+    runlog = open_run_log(out, start, rewrite_metrics)
     if start == 0:
         log.info("training %.2fM parameters on %d clips (%d captions)",
                  sum(p.numel() for p in params.values()) / 1e6, len(data), len(data.captions) - 1)
