@@ -42,14 +42,23 @@ class Placement:
     y: int
 
 
-def _object_boxes(obj: ObjectSpec, starts: np.ndarray, frames: int) -> np.ndarray:
-    """Bounding boxes (x0, y0, x1, y1), end-exclusive, for start corners (K, 2) over time: (K, T, 4)."""
-    side = SIZES[obj.size]
-    vx, vy = obj.velocity
+@cache
+def _candidates(
+    side: int, velocity: tuple[int, int], frames: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every start corner whose whole path stays inside the canvas, (K, 2), and its bounding boxes
+    (x0, y0, x1, y1), end-exclusive, over time, (K, T, 4); read-only, shared by every scene that asks."""
+    vx, vy = velocity
+    travel_x, travel_y = vx * (frames - 1), vy * (frames - 1)
+    xs = np.arange(max(0, -travel_x), width - side - max(0, travel_x) + 1)
+    ys = np.arange(max(0, -travel_y), height - side - max(0, travel_y) + 1)
+    starts = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1).reshape(-1, 2)
     t = np.arange(frames)
-    x0 = starts[:, :1] + vx * t
-    y0 = starts[:, 1:] + vy * t
-    return np.stack([x0, y0, x0 + side, y0 + side], axis=-1)
+    x0, y0 = starts[:, :1] + vx * t, starts[:, 1:] + vy * t
+    boxes = np.stack([x0, y0, x0 + side, y0 + side], axis=-1)
+    starts.setflags(write=False)
+    boxes.setflags(write=False)
+    return starts, boxes
 
 
 def _apart(boxes: np.ndarray, other: np.ndarray, min_gap: int) -> np.ndarray:
@@ -57,17 +66,6 @@ def _apart(boxes: np.ndarray, other: np.ndarray, min_gap: int) -> np.ndarray:
     gap_x = np.maximum(other[None, :, 0] - boxes[..., 2], boxes[..., 0] - other[None, :, 2])
     gap_y = np.maximum(other[None, :, 1] - boxes[..., 3], boxes[..., 1] - other[None, :, 3])
     return (np.maximum(gap_x, gap_y) >= min_gap).all(axis=1)
-
-
-def _valid_starts(obj: ObjectSpec, frames: int, height: int, width: int) -> np.ndarray:
-    """(K, 2) start corners whose whole path stays inside the canvas."""
-    side = SIZES[obj.size]
-    vx, vy = obj.velocity
-    travel_x, travel_y = vx * (frames - 1), vy * (frames - 1)
-    xs = np.arange(max(0, -travel_x), width - side - max(0, travel_x) + 1)
-    ys = np.arange(max(0, -travel_y), height - side - max(0, travel_y) + 1)
-    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1)
-    return grid.reshape(-1, 2)
 
 
 def layout(
@@ -82,13 +80,12 @@ def layout(
     """Random start corners for every object: depth-first, `tries` random valid choices per object."""
     if not spec.is_complete:
         raise ValueError(f"layout needs a complete spec (every size and motion stated), got {spec}")
-    candidates = [_valid_starts(o, frames, height, width) for o in spec.objects]
+    candidates = [_candidates(SIZES[o.size], o.velocity, frames, height, width) for o in spec.objects]
 
     def place(index: int, placed_boxes: list[np.ndarray]) -> list[Placement] | None:
         if index == len(spec.objects):
             return []
-        starts = candidates[index]
-        boxes = _object_boxes(spec.objects[index], starts, frames)  # (K, T, 4)
+        starts, boxes = candidates[index]  # (K, 2), (K, T, 4)
         ok = np.ones(len(starts), bool)
         for other in placed_boxes:
             ok &= _apart(boxes, other, min_gap)
