@@ -13,7 +13,7 @@ from functools import cache
 import numpy as np
 
 from vidpost.errors import VidpostError
-from vidpost.world.spec import BACKGROUNDS, COLOURS, SIZES, ObjectSpec, SceneSpec
+from vidpost.world.spec import BACKGROUNDS, COLOURS, SIZES, SceneSpec
 
 
 @cache
