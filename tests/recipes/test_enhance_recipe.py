@@ -22,9 +22,9 @@ from vidpost.world.grammar import parse_caption
 from vidpost.world.sampling import split_of
 
 
-def _config(**sft) -> EnhanceConfig:
+def _config(model: dict | None = None, **sft) -> EnhanceConfig:
     return EnhanceConfig.model_validate({
-        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, **(model or {})},
         "data": {"eval_n": 4},
         "sft": {"steps": 4, "batch_size": 8, "eval_every_steps": 2, "optim": {"learning_rate": 3e-3}, **sft},
         "max_new_tokens": 12, "checkpoint": {"every_steps": 1, "keep_last": 5}, "log_every_steps": 1,
@@ -102,3 +102,32 @@ def test_states_intent_and_rewrite_metrics():
     metrics = rewrite_metrics(["a large red circle staying still on a black background", "a red circle",
                                "not a caption"], intents)
     assert metrics == {"parse": 2 / 3, "complete": 1 / 3, "intent": 2 / 3}
+
+
+
+def test_sft_starts_from_model_init_and_zero_steps_keeps_its_weights(finished_run, tmp_path):
+    init = {"init": str(finished_run)}  # a run directory resolves to its finished enhancer, as --enhancer does
+    assert train(_config(init, steps=0), tmp_path / "kept", progress=False) == tmp_path / "kept" / "sft"
+    start = load_file(finished_run / "sft" / "model.safetensors")
+    kept = load_file(tmp_path / "kept" / "sft" / "model.safetensors")
+    assert start.keys() == kept.keys() and all(torch.equal(start[k], kept[k]) for k in start)
+    card = json.loads((tmp_path / "kept" / "sft" / "enhancer.json").read_text())
+    assert card["steps"] == 0 and 0 <= card["sft/val_intent"] <= 1  # the init's validation, logged at step 0
+    assert [m["step"] for m in read_metrics(tmp_path / "kept") if "sft/val_intent" in m] == [0]
+
+    def distance_from_start(run: str, **model) -> float:
+        train(_config(model, steps=1, eval_every_steps=0), tmp_path / run, progress=False)
+        end = load_file(tmp_path / run / "sft" / "model.safetensors")
+        return max(float((end[k] - start[k]).abs().max()) for k in start)
+
+    # one step moves the init's weights by about the learning rate; another random start is far from them
+    assert 0 < distance_from_start("continued", **init) < 0.01 < distance_from_start("fresh", seed=1)
+
+
+def test_model_init_must_match_the_architecture_and_zero_steps_needs_it(finished_run, tmp_path):
+    with pytest.raises(VidpostError, match=r"model.init .*: model.\* must match .*hidden_size 48 \(init: 32\)"):
+        train(_config({"init": str(finished_run), "hidden_size": 48}), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="sft.steps 0 needs model.init"):
+        _config(steps=0)
+    with pytest.raises(VidpostError, match="enhancer not found"):
+        train(_config({"init": str(tmp_path / "nowhere")}), tmp_path / "run", progress=False)

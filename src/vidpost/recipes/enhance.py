@@ -6,7 +6,9 @@
 Stage 1, SFT: teacher-forced cross-entropy on (terse prompt -> canonical caption) pairs from the world's
 train split: `<s> terse <sep>` is the context and `canonical </s>` the target. Pair i is a pure function of
 (data.seed, i) and step s trains on pairs (s-1)·B .. s·B-1, so the stream never repeats and a resumed run
-ends with exactly the weights of an uninterrupted one. The canonical caption states the whole scene, so
+ends with exactly the weights of an uninterrupted one. It starts from a seeded random model, or from the
+weights of `model.init` (a shipped enhancer, a folder or a run; sft.steps 0 keeps them as they are, so GRPO
+alone can specialise an enhancer to another video model). The canonical caption states the whole scene, so
 the enhancer learns to keep what the prompt states and to fill in the rest (size, motion, background) as
 the curated data does. Validation decodes eval-split terse prompts greedily and reports how many rewrites
 parse as canonical captions, are complete, and state everything the prompt's intent states.
@@ -47,6 +49,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from vidpost import dist
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -55,6 +58,7 @@ from vidpost.data.video_io import to_float
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.enhance.base import check_rewrite, normalise
 from vidpost.enhance.config import CheckConfig
+from vidpost.enhance.resolve import enhancer_dir
 from vidpost.enhance.toy import (
     CARD_NAME,
     build_toy_model,
@@ -96,12 +100,14 @@ STAGE_GRPO = "grpo"
 
 
 class ToyModelConfig(Config):
+    init: str | None = Field(None, description="start from this toy enhancer's weights (shipped name, folder or run) "
+                                               "instead of a random one; the keys below must match its architecture")
     hidden_size: int = Field(64, ge=8, description="width of the tiny Qwen2")
     num_layers: int = Field(2, ge=1, description="transformer blocks")
     num_heads: int = Field(4, ge=1, description="attention heads (hidden_size must divide by it)")
     intermediate_size: int = Field(256, ge=8, description="MLP width")
     max_positions: int = Field(256, ge=32, description="longest prompt + rewrite, in tokens")
-    seed: int = Field(0, description="seed of the random initialisation")
+    seed: int = Field(0, description="seed of the random initialisation (unused with init)")
 
 
 class PairsConfig(Config):
@@ -112,7 +118,7 @@ class PairsConfig(Config):
 
 
 class SFTStageConfig(Config):
-    steps: int = Field(1500, ge=1, description="optimizer steps")
+    steps: int = Field(8000, ge=0, description="optimizer steps (0: model.init's weights as they are)")
     batch_size: int = Field(64, ge=1, description="pairs per step")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
     max_consecutive_nonfinite: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
@@ -156,6 +162,8 @@ class EnhanceConfig(Config):
 
     @model_validator(mode="after")
     def _videos_fit(self) -> EnhanceConfig:
+        if self.sft.steps == 0 and self.model.init is None:
+            raise ValueError("sft.steps 0 needs model.init (an enhancer to start from)")
         if self.grpo.steps and self.grpo.val_videos > self.data.eval_n:
             raise ValueError(f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
                              "(the videos are made from the first validation rewrites)")
@@ -337,6 +345,22 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
 
 
+def initial_model(m: ToyModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """What SFT starts from: model.init's enhancer, which must have model.*'s architecture, or a seeded random one."""
+    if m.init is None:
+        tokenizer = build_toy_tokenizer(m.max_positions)
+        return build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
+                               m.max_positions, m.seed), tokenizer
+    model, tokenizer = load_toy(enhancer_dir(m.init))
+    c = model.config
+    found = {"hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
+             "intermediate_size": c.intermediate_size, "max_positions": c.max_position_embeddings}
+    differ = [f"{key} {getattr(m, key)} (init: {value})" for key, value in found.items() if getattr(m, key) != value]
+    if differ:
+        raise VidpostError(f"model.init {m.init}: model.* must match its architecture; differs in " + ", ".join(differ))
+    return model, tokenizer
+
+
 def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> tuple[bool, int, dict]:
     """(whether a checkpoint was found, steps done, counters) of a stage, loading its newest checkpoint."""
     checkpoint = latest_checkpoint(checkpoints)
@@ -350,10 +374,8 @@ def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> t
 
 def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 1; returns sft/, or None if stopped."""
-    s, m = cfg.sft, cfg.model
-    tokenizer = build_toy_tokenizer(m.max_positions)
-    model = build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
-                            m.max_positions, m.seed)
+    s = cfg.sft
+    model, tokenizer = initial_model(cfg.model)
     model.train()
     params = dict(model.named_parameters())  # tied input/output embeddings appear once
     optimizer = torch.optim.AdamW(params.values(), lr=s.optim.learning_rate, betas=s.optim.betas,
@@ -361,7 +383,8 @@ def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | 
     checkpoints = out / "checkpoints" / STAGE_SFT
     resumed, start, state = _resume(checkpoints, params, optimizer, f"step %d of {s.steps}")
     if not resumed and progress:
-        log.info("training a %.2fM-parameter toy enhancer", sum(p.numel() for p in params.values()) / 1e6)
+        log.info("training a %.2fM-parameter toy enhancer from %s", sum(p.numel() for p in params.values()) / 1e6,
+                 cfg.model.init or "a random initialisation")
     runlog = RunLog(out, resume_step=start)
     val_prompts, val_intents = _validation_set(cfg.data)
     nonfinite = NonfiniteStreak(s.max_consecutive_nonfinite, checkpoints)
@@ -419,6 +442,9 @@ def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | 
                 runlog.close()
                 warn_stopped(step, checkpoints)
                 return None
+    if not metrics:  # sft.steps 0: the init enhancer's scores
+        metrics = _validate(model, tokenizer, val_prompts, val_intents, cfg.max_new_tokens)
+        runlog.write(0, metrics)
     bar.close()
     runlog.close()
     final = out / STAGE_SFT
