@@ -10,6 +10,8 @@ from vidpost.enhance.config import EnhancerConfig
 from vidpost.enhance.resolve import enhancer_config, enhancer_dir, load_enhancer
 from vidpost.enhance.toy import ToyEnhancer
 from vidpost.errors import VidpostError
+from vidpost.evaluation import shapeworld_records
+from vidpost.recipes.enhance import rewrite_metrics
 from vidpost.world.grammar import parse_caption
 
 CAPTION = "a small red circle moving left quickly on a black background"
@@ -141,3 +143,11 @@ def test_the_shipped_enhancer_loads_and_writes_complete_canonical_captions():
     assert first.is_complete and second.is_complete
     assert (first.objects[0].colour, first.objects[0].shape) == ("red", "circle")
     assert (second.objects[0].colour, second.objects[0].shape) == ("blue", "square")
+
+
+@pytest.mark.parametrize("split, least", [("eval", 0.95), ("heldout", 0.9)])
+def test_the_shipped_enhancer_states_what_users_ask_also_for_unseen_colour_shape_pairs(split, least):
+    # held-out prompts name colour-shape pairs (red triangle, blue circle, ...) that no training caption has
+    records = shapeworld_records(split, 64, seed=3)
+    rewrites = load_enhancer("shapeworld-enhancer").generate([r["terse"] for r in records])
+    assert rewrite_metrics(rewrites, [r["intent"] for r in records])["intent"] >= least
