@@ -1,6 +1,7 @@
 """`vidpost enhance train`, stage 1 (SFT of the toy enhancer): a few real steps, exact resume, and the metrics."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -104,7 +105,6 @@ def test_states_intent_and_rewrite_metrics():
     assert metrics == {"parse": 2 / 3, "complete": 1 / 3, "intent": 2 / 3}
 
 
-
 def test_sft_starts_from_model_init_and_zero_steps_keeps_its_weights(finished_run, tmp_path):
     init = {"init": str(finished_run)}  # a run directory resolves to its finished enhancer, as --enhancer does
     assert train(_config(init, steps=0), tmp_path / "kept", progress=False) == tmp_path / "kept" / "sft"
@@ -124,10 +124,16 @@ def test_sft_starts_from_model_init_and_zero_steps_keeps_its_weights(finished_ru
     assert 0 < distance_from_start("continued", **init) < 0.01 < distance_from_start("fresh", seed=1)
 
 
-def test_model_init_must_match_the_architecture_and_zero_steps_needs_it(finished_run, tmp_path):
+def test_a_bad_model_init_fails_before_the_run_directory_records_the_config(finished_run, random_toy, tmp_path):
+    out = tmp_path / "run"
     with pytest.raises(VidpostError, match=r"model.init .*: model.\* must match .*hidden_size 48 \(init: 32\)"):
-        train(_config({"init": str(finished_run), "hidden_size": 48}), tmp_path, progress=False)
+        train(_config({"init": str(finished_run), "hidden_size": 48}), out, progress=False)
+    with pytest.raises(VidpostError, match="enhancer not found"):
+        train(_config({"init": str(tmp_path / "nowhere")}), out, progress=False)
+    hf_model = tmp_path / "hf"  # a language model folder that is not a toy enhancer
+    shutil.copytree(random_toy, hf_model, ignore=shutil.ignore_patterns("enhancer.json"))
+    with pytest.raises(VidpostError, match="not a toy enhancer"):
+        train(_config({"init": str(hf_model)}), out, progress=False)
+    assert not (out / "config.yaml").exists()  # so the corrected command is not refused as another config
     with pytest.raises(ValueError, match="sft.steps 0 needs model.init"):
         _config(steps=0)
-    with pytest.raises(VidpostError, match="enhancer not found"):
-        train(_config({"init": str(tmp_path / "nowhere")}), tmp_path / "run", progress=False)

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from vidpost import dist
 from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -338,6 +338,8 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     final = out / STAGE_GRPO if cfg.grpo.steps else sft
     if cfg.grpo.steps:
         check_reward_names(list(cfg.grpo.reward_weights))  # now, not after the SFT stage's minutes
+    if cfg.model.init is not None:
+        init_dir(cfg.model)  # a bad init fails before the run directory records this config
     if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
         return final
     if not (sft / CARD_NAME).is_file() and _train_sft(cfg, out, progress, stop_after) is None:
@@ -345,20 +347,28 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
 
 
-def initial_model(m: ToyModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """What SFT starts from: model.init's enhancer, which must have model.*'s architecture, or a seeded random one."""
-    if m.init is None:
-        tokenizer = build_toy_tokenizer(m.max_positions)
-        return build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
-                               m.max_positions, m.seed), tokenizer
-    model, tokenizer = load_toy(enhancer_dir(m.init))
-    c = model.config
+def init_dir(m: ToyModelConfig) -> Path:
+    """model.init's enhancer folder, checked to be a toy enhancer with model.*'s architecture (weights not read)."""
+    assert m.init is not None
+    directory = enhancer_dir(m.init)
+    if not (directory / CARD_NAME).is_file():
+        raise VidpostError(f"model.init {m.init}: {directory} is not a toy enhancer (no {CARD_NAME})")
+    c = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     found = {"hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
              "intermediate_size": c.intermediate_size, "max_positions": c.max_position_embeddings}
     differ = [f"{key} {getattr(m, key)} (init: {value})" for key, value in found.items() if getattr(m, key) != value]
     if differ:
         raise VidpostError(f"model.init {m.init}: model.* must match its architecture; differs in " + ", ".join(differ))
-    return model, tokenizer
+    return directory
+
+
+def initial_model(m: ToyModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """What SFT starts from: model.init's enhancer, or a seeded random model of model.*'s architecture."""
+    if m.init is not None:
+        return load_toy(init_dir(m))
+    tokenizer = build_toy_tokenizer(m.max_positions)
+    return build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
+                           m.max_positions, m.seed), tokenizer
 
 
 def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> tuple[bool, int, dict]:
