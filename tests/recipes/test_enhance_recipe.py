@@ -65,6 +65,14 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_p
     assert steps == [1, 2, 3, 4]  # the resumed log reads as one run
 
 
+def test_a_run_stopped_after_its_last_step_finishes_with_its_scores(tmp_path):
+    assert train(_config(), tmp_path, progress=False, stop_after=4) is None  # checkpoint 4 written, no sft/ yet
+    assert train(_config(), tmp_path, progress=False) == tmp_path / "sft"
+    card = json.loads((tmp_path / "sft" / "enhancer.json").read_text())
+    assert card["steps"] == 4 and 0 <= card["sft/val_intent"] <= 1
+    assert [m["step"] for m in read_metrics(tmp_path) if "sft/val_intent" in m][-1] == 4  # logged at its step
+
+
 def test_a_run_directory_refuses_another_config(finished_run):
     with pytest.raises(VidpostError, match="another config"):
         train(_config(steps=5), finished_run, progress=False)

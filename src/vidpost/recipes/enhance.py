@@ -452,9 +452,9 @@ def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | 
                 runlog.close()
                 warn_stopped(step, checkpoints)
                 return None
-    if not metrics:  # sft.steps 0: the init enhancer's scores
+    if not metrics:  # no step ran: sft.steps 0 (the init's scores), or resumed from the last step's checkpoint
         metrics = _validate(model, tokenizer, val_prompts, val_intents, cfg.max_new_tokens)
-        runlog.write(0, metrics)
+        runlog.write(s.steps, metrics)
     bar.close()
     runlog.close()
     final = out / STAGE_SFT
