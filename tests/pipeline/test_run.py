@@ -16,7 +16,7 @@ from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
 from vidpost.pipeline.run import heldout_prompts, heldout_row, run_pipeline, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
-from vidpost.recipes.enhance import initial_model
+from vidpost.recipes.enhance import init_dir
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
 SFT = ["data.shapeworld.n=8", "train.steps=2", "train.batch_size=4", "train.precision=float32",
@@ -122,7 +122,7 @@ def test_every_stage_of_the_shipped_pipeline_loads_with_its_recipe():
             assert loaded.model.path == "some/model"  # the previous stage's output is the starting model
         else:  # the enhancer it starts from is shipped and has the architecture the config states
             assert loaded.model.init == "shapeworld-enhancer"
-            initial_model(loaded.model)
+            init_dir(loaded.model)
 
 
 def test_an_enhancer_row_keeps_the_user_prompt_and_records_the_rewrite(parrot_toy, tmp_path):

@@ -338,11 +338,10 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     final = out / STAGE_GRPO if cfg.grpo.steps else sft
     if cfg.grpo.steps:
         check_reward_names(list(cfg.grpo.reward_weights))  # now, not after the SFT stage's minutes
-    if cfg.model.init is not None:
-        init_dir(cfg.model)  # a bad init fails before the run directory records this config
+    init = init_dir(cfg.model) if cfg.model.init is not None else None  # before the run directory records cfg
     if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
         return final
-    if not (sft / CARD_NAME).is_file() and _train_sft(cfg, out, progress, stop_after) is None:
+    if not (sft / CARD_NAME).is_file() and _train_sft(cfg, out, init, progress, stop_after) is None:
         return None
     return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
 
@@ -362,10 +361,11 @@ def init_dir(m: ToyModelConfig) -> Path:
     return directory
 
 
-def initial_model(m: ToyModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """What SFT starts from: model.init's enhancer, or a seeded random model of model.*'s architecture."""
-    if m.init is not None:
-        return load_toy(init_dir(m))
+def initial_model(m: ToyModelConfig, init: Path | None) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """What SFT starts from: the enhancer in `init` (model.init's folder, as `init_dir` checked it), or else a
+    seeded random model of model.*'s architecture."""
+    if init is not None:
+        return load_toy(init)
     tokenizer = build_toy_tokenizer(m.max_positions)
     return build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
                            m.max_positions, m.seed), tokenizer
@@ -382,10 +382,11 @@ def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> t
     return True, start, state
 
 
-def _train_sft(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
-    """Stage 1; returns sft/, or None if stopped."""
+def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
+               stop_after: int | None) -> Path | None:
+    """Stage 1 from `initial_model(cfg.model, init)`; returns sft/, or None if stopped."""
     s = cfg.sft
-    model, tokenizer = initial_model(cfg.model)
+    model, tokenizer = initial_model(cfg.model, init)
     model.train()
     params = dict(model.named_parameters())  # tied input/output embeddings appear once
     optimizer = torch.optim.AdamW(params.values(), lr=s.optim.learning_rate, betas=s.optim.betas,
