@@ -31,6 +31,6 @@ class SamplingOverrides(Config):
 
 
 class VideoConfig(Config):
-    frames: int = Field(10, ge=1, description="frames per video (VAE models: 4k + 1)")
-    height: int = Field(32, ge=8, description="frame height in pixels")
-    width: int = Field(32, ge=8, description="frame width in pixels")
+    frames: int = Field(8, ge=1, description="frames per video (VAE models: 4k + 1)")
+    height: int = Field(24, ge=8, description="frame height in pixels")
+    width: int = Field(24, ge=8, description="frame width in pixels")

@@ -4,7 +4,7 @@ Frames are `(B, T, H, W, 3)` floats in [0, 1] (what the rewards score); latents 
 Both codecs share one small interface: `encode(frames)`, `decode(latents)`, `latent_shape(frames, height,
 width)`, `channels`, `to(device)`.
 
-- `PixelCodec`: latents are the frames themselves, rescaled to [-1, 1] (ShapeWorld: 32x32 clips are small
+- `PixelCodec`: latents are the frames themselves, rescaled to [-1, 1] (ShapeWorld: 24x24 clips are small
   enough to denoise in pixel space). Decoding maps back with diffusers' own post-processing formula,
   `clamp(x / 2 + 1/2, 0, 1)`.
 - `WanVAECodec`: `AutoencoderKLWan` with the per-channel normalisation WanPipeline applies: the model sees

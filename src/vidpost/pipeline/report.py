@@ -26,7 +26,7 @@ CURVES = {  # stage -> the logged series worth plotting
     "enhance": ("reward/total", "train/loss", "eval/total"),
     "distill": ("train/loss", "val/total", "val/quality"),
 }
-GIF_SCALE = 4  # 32x32 frames are too small to see
+GIF_SCALE = 4  # 24x24 frames are too small to see
 
 
 def _data_uri(data: bytes, mime: str) -> str:

@@ -9,10 +9,10 @@ from vidpost.world.spec import MAX_OBJECTS
 
 
 class WorldConfig(Config):
-    frames: int = Field(10, ge=3, description="frames per clip (T)")
-    height: int = Field(32, ge=16, description="frame height in pixels (H)")
-    width: int = Field(32, ge=16, description="frame width in pixels (W)")
-    max_objects: int = Field(MAX_OBJECTS, ge=1, le=MAX_OBJECTS, description="objects per scene: 1 to this")
+    frames: int = Field(8, ge=3, description="frames per clip (T)")
+    height: int = Field(24, ge=16, description="frame height in pixels (H)")
+    width: int = Field(24, ge=16, description="frame width in pixels (W)")
+    max_objects: int = Field(2, ge=1, le=MAX_OBJECTS, description="objects per scene: 1 to this")
     p_still: float = Field(0.2, ge=0, le=1, description="probability that an object stays still")
     min_gap_px: int = Field(2, ge=1, description="empty pixels kept between any two objects in every frame")
 

@@ -19,7 +19,7 @@ from vidpost.world.config import DatasetConfig
 from vidpost.world.defects import apply_random_defects
 from vidpost.world.grammar import caption
 from vidpost.world.prompts import terse_prompt, web_caption
-from vidpost.world.render import Placement, layout, render
+from vidpost.world.render import Placement, fits, layout, render
 from vidpost.world.sampling import SPLITS, random_spec_in_split
 from vidpost.world.spec import SceneSpec
 
@@ -31,12 +31,15 @@ def _rng(cfg: DatasetConfig, index: int, stream: int) -> np.random.Generator:
 
 
 def scene(cfg: DatasetConfig, index: int) -> tuple[SceneSpec, list[Placement]]:
-    """The complete scene of clip `index` and its layout; scenes that do not fit the canvas are redrawn."""
+    """The complete scene of clip `index` and its layout; scenes that do not fit the canvas are redrawn
+    (render.fits: never drawn, so every caption of a dataset is one its canvas can show)."""
     rng = _rng(cfg, index, _SCENE)
     w = cfg.world
     while True:
         spec = random_spec_in_split(rng, cfg.split, w.max_objects, w.p_still)
-        try:
+        if not fits(spec, w.frames, w.height, w.width, w.min_gap_px):
+            continue
+        try:  # only a scene of three or more objects can still fail here
             return spec, layout(spec, rng, w.frames, w.height, w.width, w.min_gap_px)
         except VidpostError:
             continue
