@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from vidpost.config import load_config
+from vidpost.evaluation import shapeworld_prompts
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.pipeline.config import PipelineConfig
@@ -12,7 +14,8 @@ from vidpost.recipes.distill import DistillConfig
 from vidpost.recipes.enhance import EnhanceConfig
 from vidpost.recipes.grpo import GRPOConfig
 from vidpost.recipes.sft import SFTConfig
-from vidpost.world.config import DatasetConfig
+from vidpost.world.config import DatasetConfig, WorldConfig
+from vidpost.world.grammar import parse_caption
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCHEMAS = {
@@ -26,6 +29,10 @@ SCHEMAS = {
     "shapeworld/distill.yaml": DistillConfig,
     "shapeworld/enhance.yaml": EnhanceConfig,
     "shapeworld/pipeline.yaml": PipelineConfig,
+    **{f"shapeworld-large/{name}.yaml": schema for name, schema in {
+        "world": DatasetConfig, "pretrain": SFTConfig, "sft": SFTConfig, "grpo_flash": GRPOConfig,
+        "grpo_full": GRPOConfig, "grpo_window": GRPOConfig, "distill": DistillConfig, "enhance": EnhanceConfig,
+        "pipeline": PipelineConfig}.items()},
     "wan2.1-t2v-1.3b/model.yaml": ModelConfig,
     "wan2.1-t2v-1.3b/distill_4step_lora.yaml": DistillConfig,
     "wan2.1-t2v-14b/model.yaml": ModelConfig,
@@ -43,3 +50,23 @@ def test_shipped_config_loads(name, schema):
     cfg = load_config(schema, CONFIGS / name)
     if name in DOCUMENTS_DEFAULTS:
         assert cfg == schema()  # a drift between the file and the code's defaults is a bug
+
+
+def _worlds(cfg) -> list[WorldConfig]:
+    """Every WorldConfig inside a config, at any depth."""
+    if isinstance(cfg, WorldConfig):
+        return [cfg]
+    if isinstance(cfg, BaseModel):
+        return [w for name in type(cfg).model_fields for w in _worlds(getattr(cfg, name))]
+    return []
+
+
+def test_the_large_preset_draws_every_scene_and_prompt_from_the_large_world():
+    large = WorldConfig(frames=10, height=32, width=32, max_objects=3)
+    for name, schema in SCHEMAS.items():
+        if name.startswith("shapeworld-large/") and name != "shapeworld-large/world.yaml":
+            worlds = _worlds(load_config(schema, CONFIGS / name))
+            assert worlds and all(w == large for w in worlds), name
+    objects = {len(parse_caption(c).objects) for c in shapeworld_prompts("eval", 64, world=large)}
+    assert objects == {1, 2, 3}
+    assert {len(parse_caption(c).objects) for c in shapeworld_prompts("eval", 64)} == {1, 2}

@@ -14,6 +14,7 @@ from vidpost.data.dataset import iter_clips
 from vidpost.data.video_io import to_float
 from vidpost.errors import CaptionError
 from vidpost.rewards.registry import check_reward_names, compute_rewards
+from vidpost.world.config import DatasetConfig, WorldConfig
 
 log = logging.getLogger("vidpost")
 
@@ -99,32 +100,34 @@ def format_table(scores: Sequence[FolderScore]) -> str:
 SHAPEWORLD_SCORES = ("total", "instruction", "coherence", "quality", "success")
 
 
-def shapeworld_records(split: str, n: int, seed: int = 0) -> list[dict]:
-    """The texts (canonical, terse, intent) of the first n clips of a ShapeWorld split: fixed evaluation prompts."""
-    from vidpost.world.config import DatasetConfig
+def shapeworld_records(split: str, n: int, seed: int = 0, world: WorldConfig | None = None) -> list[dict]:
+    """The texts (canonical, terse, intent) of the first n clips of a ShapeWorld split: fixed evaluation prompts.
+    `world`: the scenes' canvas and object count (null: the default world)."""
     from vidpost.world.dataset import prompt_record
 
-    cfg = DatasetConfig(n=n, seed=seed, split=split)
+    cfg = DatasetConfig(n=n, seed=seed, split=split, world=world or {})
     return [prompt_record(cfg, i) for i in range(n)]
 
 
-def shapeworld_prompts(split: str, n: int, seed: int = 0) -> list[str]:
+def shapeworld_prompts(split: str, n: int, seed: int = 0, world: WorldConfig | None = None) -> list[str]:
     """The canonical captions of the first n clips of a ShapeWorld split."""
-    return [record["canonical"] for record in shapeworld_records(split, n, seed)]
+    return [record["canonical"] for record in shapeworld_records(split, n, seed, world)]
 
 
-def shapeworld_requests(split: str, n: int, seed: int = 0, style: str = "canonical") -> tuple[list[str], list[str]]:
+def shapeworld_requests(
+    split: str, n: int, seed: int = 0, style: str = "canonical", world: WorldConfig | None = None
+) -> tuple[list[str], list[str]]:
     """(what the model is asked, what its videos are scored against) for the first n clips of a split.
 
     style "canonical": the canonical captions, twice. "terse": what a user types (an enhancer's input) and the
     intent behind it, a partial canonical caption, so a video is judged by what was asked for, not by the rewrite.
     """
     if style == "canonical":
-        captions = shapeworld_prompts(split, n, seed)
+        captions = shapeworld_prompts(split, n, seed, world)
         return captions, captions
     if style != "terse":
         raise ValueError(f"unknown prompt style {style!r}; expected canonical or terse")
-    records = shapeworld_records(split, n, seed)
+    records = shapeworld_records(split, n, seed, world)
     return [r["terse"] for r in records], [r["intent"] for r in records]
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vidpost.config import Config
+from vidpost.world.config import WorldConfig
 
 StageName = Literal["sft", "grpo", "enhance", "distill"]
 STAGE_ORDER: tuple[str, ...] = ("sft", "grpo", "enhance", "distill")
@@ -28,6 +29,9 @@ class HeldoutConfig(Config):
     )
     n: int = Field(32, ge=1, description="prompts (one video each, the same seeds for every stage)")
     seed: int = Field(0, description="prompt and noise seed")
+    world: WorldConfig = Field(
+        default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
+    )
     grid: int = Field(4, ge=0, description="prompts shown as animations across stages in the report")
 
 

@@ -119,7 +119,7 @@ def heldout_prompts(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     """(what the videos are made from, what they are scored against): terse prompts and their intents, or the
     canonical captions twice. The same for every stage, so the rows compare models on the same requests."""
     h = cfg.heldout
-    return shapeworld_requests(h.split, h.n, h.seed, h.prompts)
+    return shapeworld_requests(h.split, h.n, h.seed, h.prompts, h.world)
 
 
 def table_cells(row: dict) -> list[str]:

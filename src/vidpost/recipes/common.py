@@ -31,6 +31,7 @@ from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
 from vidpost.runlog import RunLog
+from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
 
@@ -56,6 +57,9 @@ class ValidationConfig(Config):
         "whose videos are scored against their intent",
     )
     n: int = Field(16, ge=1, description="number of validation prompts")
+    world: WorldConfig = Field(
+        default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
+    )
     seed: int = Field(0, description="video j starts from noise seeded seed + j")
     acceleration: AccelerationConfig = Field(
         default_factory=AccelerationConfig, description="feature cache, compile and attention backend of these videos"
@@ -225,7 +229,7 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[str], boo
     A prompts file is asked and kept as it is (not scorable); ShapeWorld prompts are `shapeworld_requests`'.
     """
     if cfg.prompts_file is None:
-        return *shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts), True
+        return *shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts, cfg.world), True
     prompts = read_prompts(cfg.prompts_file)[: cfg.n]
     return prompts, prompts, False
 

@@ -88,7 +88,7 @@ from vidpost.rl.advantages import advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss
 from vidpost.runlog import RunLog
 from vidpost.sample import load_model
-from vidpost.world.config import DatasetConfig
+from vidpost.world.config import DatasetConfig, WorldConfig
 from vidpost.world.dataset import prompt_record
 from vidpost.world.grammar import parse_caption
 from vidpost.world.spec import SceneSpec
@@ -115,6 +115,9 @@ class PairsConfig(Config):
     max_prompt_tokens: int = Field(64, ge=4, description="terse prompts are cut to this many tokens")
     eval_n: int = Field(128, ge=1, description="eval-split terse prompts decoded at each validation")
     eval_seed: int = Field(0, description="seed of the validation prompts")
+    world: WorldConfig = Field(
+        default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
+    )
 
 
 class SFTStageConfig(Config):
@@ -173,19 +176,19 @@ class EnhanceConfig(Config):
 # ------------------------------------------------------------------------------------------ pure helpers
 
 
-def _record(seed: int, index: int, split: str) -> dict:
-    return prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split), index)
+def _record(seed: int, index: int, split: str, world: WorldConfig | None) -> dict:
+    return prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split, world=world or {}), index)
 
 
-def training_pair(seed: int, index: int, split: str = "train") -> tuple[str, str]:
+def training_pair(seed: int, index: int, split: str = "train", world: WorldConfig | None = None) -> tuple[str, str]:
     """(terse prompt, canonical caption) of pair `index`: the texts of ShapeWorld clip `index` of that split."""
-    record = _record(seed, index, split)
+    record = _record(seed, index, split, world)
     return record["terse"], record["canonical"]
 
 
-def user_prompt(seed: int, index: int, split: str = "train") -> tuple[str, str]:
+def user_prompt(seed: int, index: int, split: str = "train", world: WorldConfig | None = None) -> tuple[str, str]:
     """(terse prompt, intent caption) of ShapeWorld clip `index`: what a user types, and what they meant."""
-    record = _record(seed, index, split)
+    record = _record(seed, index, split, world)
     return record["terse"], record["intent"]
 
 
@@ -306,7 +309,7 @@ def rewrite_rewards(
 
 
 def _validation_set(cfg: PairsConfig) -> tuple[list[str], list[str]]:
-    records = shapeworld_records("eval", cfg.eval_n, cfg.eval_seed)
+    records = shapeworld_records("eval", cfg.eval_n, cfg.eval_seed, cfg.world)
     return [r["terse"] for r in records], [r["intent"] for r in records]
 
 
@@ -416,7 +419,7 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             first = (step - 1) * s.batch_size
-            pairs = [training_pair(cfg.data.seed, i) for i in range(first, first + s.batch_size)]
+            pairs = [training_pair(cfg.data.seed, i, world=cfg.data.world) for i in range(first, first + s.batch_size)]
             loss, _ = sft_loss(model, tokenizer, pairs, cfg.data.max_prompt_tokens)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), s.optim.grad_clip)
@@ -552,7 +555,7 @@ def _grpo_step(policy, reference, tokenizer, video_model, cfg: EnhanceConfig, st
     g = cfg.grpo
     P, G = g.prompts_per_step, g.group_size
     first = cfg.sft.steps * cfg.sft.batch_size + (step - 1) * P  # the records after SFT's pairs: unseen prompts
-    users = [user_prompt(cfg.data.seed, i) for i in range(first, first + P)]
+    users = [user_prompt(cfg.data.seed, i, world=cfg.data.world) for i in range(first, first + P)]
     prompts = [terse for terse, _ in users for _ in range(G)]  # group order
     intents = [intent for _, intent in users for _ in range(G)]
     generator = torch.Generator().manual_seed(derive_seed(g.seed, 1, step))

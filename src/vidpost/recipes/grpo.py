@@ -73,6 +73,7 @@ from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, com
 from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.rollout import Transitions, rollout, transition_log_probs
 from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
+from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
 
@@ -89,6 +90,9 @@ class PromptsConfig(Config):
     )
     n: int = Field(4096, ge=1, description="size of the training prompt pool")
     seed: int = Field(0, description="seed of the ShapeWorld prompt pool")
+    world: WorldConfig = Field(
+        default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
+    )
     enhancer: str | None = Field(
         None, description="prompt enhancer: rollouts are generated from its rewrites, rewarded against the prompts"
     )
@@ -176,7 +180,7 @@ def training_prompts(cfg: PromptsConfig) -> tuple[list[str], list[str]]:
     if cfg.file is not None:
         prompts = read_prompts(cfg.file)
         return prompts, prompts
-    return shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts)
+    return shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts, cfg.world)
 
 
 def _reference(model: WanVideoModel):
