@@ -1,6 +1,6 @@
 """Per-clip cost of the ShapeWorld reward family and of the weight-free video metrics, single thread.
 
-Renders N_CLIPS random ShapeWorld scenes (32x32, 10 frames, curated style, canonical captions), then times
+Renders N_CLIPS random scenes of the default ShapeWorld (24x24, 8 frames, curated style, canonical captions), then times
 `shapeworld_rewards` and `video_metrics` over all of them in batches of BATCH clips, best of REPEATS passes.
 Rewards run inside every RL step, so the target is TARGET_MS per clip for each family.
 
@@ -48,7 +48,7 @@ Family = Callable[[np.ndarray, Sequence[str]], dict[str, np.ndarray]]
 
 
 def render_clips(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """(float32 videos (n, 10, 32, 32, 3) in [0, 1], canonical captions) of n random train-split scenes."""
+    """(float32 videos (n, T, H, W, 3) in [0, 1], canonical captions) of n random train-split scenes."""
     cfg = DatasetConfig(n=n, seed=seed, split="train", style="curated")
     videos, captions = [], []
     for index in range(n):
@@ -102,7 +102,8 @@ def plot(ms: dict[str, float], info: dict, path: Path) -> None:
     ax.axhline(TARGET_MS, color="tab:red", linestyle="--", linewidth=1, label=f"target {TARGET_MS:g} ms")
     ax.set_ylabel("ms per clip (best of 3, single thread)")
     ax.set_ylim(0, max(TARGET_MS, *ms.values()) * 1.25)
-    ax.set_title(f"Reward cost on {info['n_clips']} ShapeWorld clips (10x32x32)")
+    frames, height, width, _ = info["clip_shape"]
+    ax.set_title(f"Reward cost on {info['n_clips']} ShapeWorld clips ({frames}x{height}x{width})")
     ax.legend(loc="upper right")
     fig.text(0.01, 0.01, f"{info['machine']['cpu']}, Python {info['machine']['python']}, {info['date']}",
              fontsize=7, color="gray")

@@ -2,7 +2,11 @@
 
 For each model and prompt split (eval: unseen captions; heldout: unseen colour-shape pairs), generates one
 video per canonical caption with the model's recommended sampling (its model card) from fixed seeds, and
-scores it with the ShapeWorld rewards: total, success rate, instruction, coherence, quality.
+scores it with the ShapeWorld rewards: total, success rate, instruction, coherence, quality; then the same for
+one-object and two-object scenes apart, and the share of each instruction check that passes (count: frames
+with as many blobs as objects; presence and size_shape: frames where each stated object is present, and
+present with its stated size and shape; motion: the motion score), so the lowest one says where the
+headroom is.
 
     .venv/bin/python bench/shapeworld_models.py                       # shapeworld-base, shapeworld-sft
     .venv/bin/python bench/shapeworld_models.py --models runs/my-sft  # any model or run directory
@@ -24,13 +28,32 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts  # noqa: E402
+from vidpost.data.video_io import to_float  # noqa: E402
+from vidpost.evaluation import SHAPEWORLD_SCORES, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
+from vidpost.rewards.shapeworld import score_clip  # noqa: E402
 from vidpost.sample import load_model  # noqa: E402
+from vidpost.world.grammar import parse_caption  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CHECKS = ("count", "presence", "size_shape", "motion")
+
+
+def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
+    """Mean scores and check shares over all scenes, and over the scenes of each object count ("1", "2", ...)."""
+    specs = [parse_caption(p) for p in prompts]
+    clips = [score_clip(to_float(v), spec) for v, spec in zip(videos, specs, strict=True)]
+
+    def mean(rows: list[dict]) -> dict:
+        return {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in (*SHAPEWORLD_SCORES, *CHECKS)}}
+
+    counts = sorted({len(spec.objects) for spec in specs})
+    by_objects = {str(c): mean([r for r, spec in zip(clips, specs, strict=True) if len(spec.objects) == c])
+                  for c in counts}
+    return {**mean(clips), "by_objects": by_objects}
 
 
 def main() -> None:
@@ -51,10 +74,12 @@ def main() -> None:
             tick = time.perf_counter()
             out = generate(model, prompts, sampling, video, seed=args.seed, progress=False)
             seconds = (time.perf_counter() - tick) / len(prompts)
-            scores = score_videos(out.videos, prompts, SHAPEWORLD_SCORES)
-            rows.append({"model": ref, "split": split, "n": len(prompts), **scores, "nfe": out.nfe_per_video,
+            scores = scores_by_objects(out.videos, prompts)
+            rows.append({"model": ref, "split": split, **scores, "nfe": out.nfe_per_video,
                          "seconds_per_video": seconds, "sampling": sampling.model_dump()})
-            print(f"{ref:<24} {split:<8} " + " ".join(f"{k} {scores[k]:.3f}" for k in SHAPEWORLD_SCORES), flush=True)
+            for group, part in [("all", scores), *scores["by_objects"].items()]:
+                print(f"{ref:<24} {split:<8} {group:>3} (n={part['n']:>3}) "
+                      + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS)), flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     payload = {
@@ -65,16 +90,17 @@ def main() -> None:
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
 
-    fig, axes = plt.subplots(1, len(args.splits), figsize=(5 * len(args.splits), 3.5), squeeze=False)
+    keys = (*SHAPEWORLD_SCORES, *CHECKS)
+    fig, axes = plt.subplots(1, len(args.splits), figsize=(7 * len(args.splits), 3.5), squeeze=False)
     for ax, split in zip(axes[0], args.splits, strict=True):
         split_rows = [r for r in rows if r["split"] == split]
         width = 0.8 / len(split_rows)
         for j, row in enumerate(split_rows):
-            ax.bar([i + j * width for i in range(len(SHAPEWORLD_SCORES))], [row[k] for k in SHAPEWORLD_SCORES],
-                   width, label=Path(row["model"]).name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(SHAPEWORLD_SCORES))], SHAPEWORLD_SCORES)
+            ax.bar([i + j * width for i in range(len(keys))], [row[k] for k in keys], width,
+                   label=Path(row["model"]).name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys, rotation=30)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{split} prompts (n={args.n})")
+        ax.set_title(f"{split} prompts (n={args.n}); right: the instruction checks' shares")
         ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.name}.png", dpi=100)

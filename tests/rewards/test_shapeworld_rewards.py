@@ -164,3 +164,24 @@ def test_family_is_batched_and_rejects_bad_captions():
     assert all(((v >= 0) & (v <= 1)).all() for v in out.values())
     with pytest.raises(CaptionError, match="a purple blob"):
         shapeworld_rewards(video[None], ["a purple blob"])
+
+
+def test_check_shares_say_which_check_fails():
+    spec = parse_caption("a small red square moving right slowly and a large blue circle staying still "
+                         "on a black background")
+    truth = _truth(spec)
+    assert {k: score_clip(truth, spec)[k] for k in ("count", "presence", "size_shape", "motion")} == {
+        "count": 1.0, "presence": 1.0, "size_shape": 1.0, "motion": 1.0}
+    # the same video judged against a caption that states the blue circle small: present, wrong size, right motion
+    wrong_size = parse_caption("a small red square moving right slowly and a small blue circle staying still")
+    scores = score_clip(truth, wrong_size)
+    assert scores["presence"] == 1.0 and scores["size_shape"] == 0.5 and scores["motion"] == 1.0
+    # ... and one that states it moving left: size and shape hold, the motion score falls
+    wrong_motion = parse_caption("a small red square moving left slowly and a large blue circle staying still")
+    scores = score_clip(truth, wrong_motion)
+    assert scores["size_shape"] == 1.0 and scores["motion"] < 0.6
+    # a frame without the blue circle: presence and count fall for that frame only
+    missing = truth.copy()
+    missing[3][np.all(missing[3] == COLOURS["blue"], axis=-1)] = BACKGROUNDS["black"]
+    scores = score_clip(missing, spec)
+    assert scores["presence"] == pytest.approx(1 - 0.5 / 8) and scores["count"] == pytest.approx(7 / 8)

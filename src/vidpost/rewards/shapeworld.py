@@ -177,7 +177,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> d
                          (mask.sum(2) * np.arange(height)).sum(1) / safe_area], -1)  # (T, 2) as (x, y)
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
-    return {"frame_ok": frame_ok, "motion_score": motion_score, "motion_ok": motion_ok,
+    return {"present": present, "frame_ok": frame_ok, "motion_score": motion_score, "motion_ok": motion_ok,
             "identity": identity, "smoothness": smoothness}
 
 
@@ -232,6 +232,11 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         "total": float(instruction * (0.5 + 0.25 * coherence + 0.25 * quality)),
         "success": float(success),
         "count": float(count_ok.mean()),
+        # where instruction following fails, per stated object (mean over objects): frames present,
+        # frames present with the stated size and shape, motion score
+        "presence": float(np.mean([c["present"].mean() for c in checks])),
+        "size_shape": float(np.mean([c["frame_ok"].mean() for c in checks])),
+        "motion": float(np.mean([c["motion_score"] for c in checks])),
         "blobs_per_frame": float(blobs_per_frame.mean()),
         "flicker": float(flicker),
         "crispness": float(crispness),
