@@ -63,7 +63,7 @@ def test_world_make_writes_dataset_and_reloadable_config(tmp_path: Path, capsys:
     for rec in recs:
         assert rec["style"] == "web" and rec["split"] == "heldout"
         frames = read_video(out / rec["file"])
-        assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
+        assert frames.shape == (12, 24, 24, 3) and frames.dtype == np.uint8
     saved = load_config(DatasetConfig, out / "config.yaml")
     expected = DatasetConfig(n=5, seed=7, style="web", split="heldout", world=WorldConfig(frames=12),
                              web={"p_defect": 1.0})

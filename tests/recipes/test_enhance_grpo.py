@@ -69,7 +69,7 @@ def test_rewards_score_the_videos_against_the_intent_from_one_noise_per_group(mo
         """A perfect video model: video j shows exactly what prompt j says (a black clip if it is no caption)."""
         calls.append((list(prompts), seed))
         videos = [render_scene(parse_caption(p), np.random.default_rng(seed + j)) if _parses(p)
-                  else np.zeros((10, 32, 32, 3), np.float32) for j, p in enumerate(prompts)]
+                  else np.zeros((8, 24, 24, 3), np.float32) for j, p in enumerate(prompts)]
         return SimpleNamespace(videos=to_uint8(np.stack(videos)))
 
     monkeypatch.setattr(enhance, "generate", render_exactly)

@@ -157,7 +157,7 @@ def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branch
                                                   "flash.suffix_steps=1"])
     plan = plan_steps(strategy, 2, 3, 4, 0, torch.Generator().manual_seed(0))
     embeds = model.encode_prompts(["a large red circle staying still", "a small blue square moving left slowly"])
-    shape = model.latent_shape(10, 32, 32)
+    shape = model.latent_shape(8, 24, 24)
     seeds = torch.arange(6)
     shared = rollout(model, shape, embeds, None, plan, sigmas, g, 1.0, seeds, torch.Generator().manual_seed(1),
                      "float32", flash=strategy.settings)
