@@ -105,7 +105,7 @@ def shapeworld_records(split: str, n: int, seed: int = 0, world: WorldConfig | N
     `world`: the scenes' canvas and object count (null: the default world)."""
     from vidpost.world.dataset import prompt_record
 
-    cfg = DatasetConfig(n=n, seed=seed, split=split, world=world or {})
+    cfg = DatasetConfig(n=n, seed=seed, split=split, world=world or WorldConfig())
     return [prompt_record(cfg, i) for i in range(n)]
 
 

@@ -177,7 +177,7 @@ class EnhanceConfig(Config):
 
 
 def _record(seed: int, index: int, split: str, world: WorldConfig | None) -> dict:
-    return prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split, world=world or {}), index)
+    return prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split, world=world or WorldConfig()), index)
 
 
 def training_pair(seed: int, index: int, split: str = "train", world: WorldConfig | None = None) -> tuple[str, str]:
