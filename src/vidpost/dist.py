@@ -1,6 +1,6 @@
 """torch.distributed in one place: the process group, FSDP2 sharding, and the collectives the recipes need.
 
-    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # see README, "Training on several GPUs"
+    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # see docs/guide/training-and-sampling.md, "Training on several GPUs"
 
 `init_from_env` joins the process group torchrun describes (NCCL with one GPU per process, gloo on CPUs);
 `shard_model` applies FSDP2 (`fully_shard`) to each transformer block and then to the root, with gradients

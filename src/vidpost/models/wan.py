@@ -24,7 +24,7 @@ Conventions (checked against diffusers 0.42 in tests/models):
   transformer with large patches must route from input to output; the skip does that, F's target has unit
   variance at every σ, and its errors reach x̂₀ scaled by c_out (small at both ends). Stock WanPipeline
   reads the transformer's output as a velocity, so it samples such a model wrongly; vidpost's sampler does not.
-  On ShapeWorld pixels (1,000 steps, README) it drew x̂₀'s structure best but took out no noise below σ ≈ 0.4.
+  On ShapeWorld pixels (1,000 steps; docs/research/shapeworld-base-model.md) it drew x̂₀'s structure best but took out no noise below σ ≈ 0.4.
 - Prompt embeddings are WanPipeline's: padded to max_sequence_length, encoded with the attention mask,
   and every position past a prompt's tokens set to exactly zero (the transformer attends to them).
 

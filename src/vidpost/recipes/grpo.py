@@ -1,7 +1,7 @@
 """GRPO for flow-matching video models: Flash-GRPO by default, full-trajectory and sliding-window as baselines.
 
     vidpost grpo configs/shapeworld/grpo_flash.yaml --out runs/grpo [key=value ...]
-    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # FSDP2 over 8 GPUs (README)
+    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # FSDP2 over 8 GPUs (docs/guide/training-and-sampling.md)
 
 Each iteration is a chain of named, timed phases:
     rollout    P prompts x G samples along the strategy's plan of SDE steps (rl/strategies.py)

@@ -2,7 +2,7 @@
 
     vidpost sft configs/shapeworld/sft.yaml --out runs/sft [key=value ...]
     vidpost pretrain configs/shapeworld/pretrain.yaml --out runs/base
-    torchrun --nproc_per_node 8 -m vidpost.cli sft CONFIG --out RUN     # FSDP2 over 8 GPUs (README)
+    torchrun --nproc_per_node 8 -m vidpost.cli sft CONFIG --out RUN     # FSDP2 over 8 GPUs (docs/guide/training-and-sampling.md)
 
 Each step draws clips, a σ per clip and noise ε, forms x_σ = (1 − σ)·x₀ + σ·ε, and regresses the model's
 velocity on ε − x₀; captions are dropped (replaced by the empty prompt) with probability caption_dropout,
