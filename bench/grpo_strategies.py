@@ -1,7 +1,8 @@
-"""Flash-GRPO against full-trajectory and sliding-window GRPO on ShapeWorld: held-out reward versus time.
+"""Flash-GRPO against full-trajectory and sliding-window GRPO, DiffusionNFT and Flash-GRPO with the
+coefficient-preserving SDE step (flash-cps) on ShapeWorld: held-out reward versus time.
 
-Runs `vidpost grpo` with each shipped strategy config (configs/shapeworld/grpo_{flash,full,window}.yaml) for
-the same number of updates, evaluating on held-out captions every few iterations (deterministic ODE, fixed
+Runs `vidpost grpo` with each shipped strategy config (configs/shapeworld/grpo_{flash,full,window,nft}.yaml;
+flash-cps is grpo_flash.yaml with rollout.noise.schedule=cps) for the same number of updates, evaluating on held-out captions every few iterations (deterministic ODE, fixed
 seeds). From each run's log it reads the training wall-clock (the sum of the timed phases; evaluation
 excluded) at every evaluation, and reports:
 - at an equal number of updates: each strategy's final held-out total and success rate, and its time;
@@ -10,8 +11,12 @@ excluded) at every evaluation, and reports:
 
     .venv/bin/python bench/grpo_strategies.py --updates 40 --eval-every 5
     .venv/bin/python bench/grpo_strategies.py --strategies flash full --set model.path=runs/my-sft
+    .venv/bin/python bench/grpo_strategies.py --reward brightness   # a reward any model can move: does it learn?
 
-Writes bench/results/grpo_strategies.{json,png}; the runs stay in runs/bench-grpo-<strategy>/.
+`--reward brightness` trains on the mean pixel value of each video (a bench-only reward, registered here),
+a check that each strategy's loop learns while the ShapeWorld reward is still out of the model's reach.
+
+Writes bench/results/grpo_strategies{,_brightness}.{json,png}; the runs stay in runs/bench-grpo-<strategy>[-brightness]/.
 """
 
 from __future__ import annotations
@@ -31,10 +36,18 @@ import torch  # noqa: E402
 
 from vidpost.config import load_config  # noqa: E402
 from vidpost.recipes.grpo import GRPOConfig, train  # noqa: E402
+from vidpost.rewards.registry import register_family  # noqa: E402
 from vidpost.runlog import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+STRATEGIES = ("flash", "full", "window", "nft", "flash-cps")
+VARIANTS = {"flash-cps": ("flash", ["rollout.noise.schedule=cps"])}  # name -> (config, overrides)
+
+
+def brightness(videos, prompts) -> dict:
+    """The mean pixel value of each video (N, T, H, W, 3) in [0, 1]: a reward every model can move."""
+    return {"brightness": videos.reshape(len(videos), -1).mean(axis=1)}
 
 
 def curve(run_dir: Path) -> list[dict]:
@@ -66,7 +79,9 @@ def time_to_reach(points: list[dict], target: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", nargs="+", default=["flash", "full", "window"])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--reward", choices=["config", "brightness"], default="config",
+                        help="the configs' reward (ShapeWorld total), or the mean brightness")
     parser.add_argument("--updates", type=int, default=40, help="iterations per strategy (equal updates)")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-n", type=int, default=32, help="held-out prompts per evaluation")
@@ -74,12 +89,17 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "runs"), help="where the runs are written")
     args = parser.parse_args()
 
+    rewards = []
+    if args.reward == "brightness":
+        register_family("bench", brightness, ["brightness"])
+        rewards = ["reward.weights={brightness: 1.0}"]
     runs = {}
     for name in args.strategies:
+        config, variant = VARIANTS.get(name, (name, []))
         overrides = [f"train.steps={args.updates}", f"evaluation.every_steps={args.eval_every}",
-                     f"evaluation.n={args.eval_n}", "checkpoint.every_steps=1000", *args.set]
-        cfg = load_config(GRPOConfig, ROOT / "configs" / "shapeworld" / f"grpo_{name}.yaml", overrides)
-        out = Path(args.runs) / f"bench-grpo-{name}"
+                     f"evaluation.n={args.eval_n}", "checkpoint.every_steps=1000", *variant, *rewards, *args.set]
+        cfg = load_config(GRPOConfig, ROOT / "configs" / "shapeworld" / f"grpo_{config}.yaml", overrides)
+        out = Path(args.runs) / (f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}")
         train(cfg, out)
         runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out)}
         print(f"{name}: " + ", ".join(f"it {p['iteration']} {p['seconds']:.0f}s total {p['total']:.3f}"
@@ -110,7 +130,8 @@ def main() -> None:
                "runs": runs, "machine": {"platform": platform.platform(), "python": platform.python_version(),
                                          "torch": torch.__version__, "threads": torch.get_num_threads()},
                "date": datetime.date.today().isoformat()}
-    (RESULTS / "grpo_strategies.json").write_text(json.dumps(payload, indent=1) + "\n")
+    stem = "grpo_strategies" if args.reward == "config" else f"grpo_strategies_{args.reward}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     panels = [("total", "held-out total reward"), ("quality", "held-out quality"),
               ("training_reward", "training reward (reward.weights)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
@@ -121,9 +142,9 @@ def main() -> None:
         ax.set_xlabel("training wall-clock (min, evaluation excluded)")
         ax.set_ylabel(label)
         ax.legend()
-    fig.suptitle("GRPO strategies on ShapeWorld")
+    fig.suptitle(f"RL strategies on ShapeWorld ({'reward: ' + args.reward if args.reward != 'config' else 'config rewards'})")
     fig.tight_layout()
-    fig.savefig(RESULTS / "grpo_strategies.png", dpi=120)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=120)
     for row in table:
         print(json.dumps(row))
     print(json.dumps(summary))

@@ -200,6 +200,16 @@ def test_grpo_iteration_at_world_size_2_is_world_size_1(lora, tmp_path, tiny_bas
     _assert_same_tensors(load_file(two / weights), load_file(one / weights), "final weights (EMA)")
 
 
+def test_nft_iteration_at_world_size_2_is_world_size_1(tmp_path, run_ranks):
+    flash = ("strategy.flash.k_max=2", "strategy.flash.shared_prefix=true")
+    overrides = [*(o for o in GRPO if o not in flash), *TINY, "strategy.name=nft", "strategy.nft.train_fraction=0.5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert grpo.train(load_config(grpo.GRPOConfig, None, overrides), one, progress=False) == one / "model"
+    _world_size_2(run_ranks, _run_grpo, overrides, two, tmp_path / "store")
+    _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
+    _assert_same_metrics(two, one, step=1)
+
+
 def test_minibatches_take_the_same_part_of_every_group():
     # 3 groups of 4 transitions in 2 minibatches: the first two and the last two of each group
     assert [m.tolist() for m in minibatch_indices(12, 3, 2)] == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]

@@ -102,22 +102,42 @@ def is_main() -> bool:
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's (n, ...) tensor along dim 0 in rank order; all ranks must pass the same n."""
+    """Concatenate every rank's (n, ...) tensor along dim 0 in rank order; ranks may pass different n."""
     if not is_distributed():
         return t
     local = t.to(device()).contiguous()  # NCCL gathers GPU tensors only
-    parts = [torch.empty_like(local) for _ in range(world_size())]
-    dist.all_gather(parts, local)
-    return torch.cat(parts).to(t.device)
+    sizes = torch.tensor([local.shape[0]], device=local.device)
+    all_sizes = [torch.empty_like(sizes) for _ in range(world_size())]
+    dist.all_gather(all_sizes, sizes)
+    longest = max(int(n) for n in all_sizes)
+    padded = torch.zeros(longest, *local.shape[1:], dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, all_sizes, strict=True)]).to(t.device)
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of every rank's tensor `t` (the same shape on every rank)."""
+    if not is_distributed():
+        return t
+    total = t.to(device()).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(t.device)
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's `value`."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def any_rank(flag: bool) -> bool:
     """Whether `flag` is true on any rank: ranks must agree on a decision (skip an update, stop) or they hang."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([int(flag)], device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(max_over_ranks(int(flag)))
 
 
 def local_slice(global_size: int) -> slice:
@@ -266,10 +286,12 @@ __all__ = [
     "is_main",
     "local_slice",
     "main_first",
+    "max_over_ranks",
     "rank",
     "shard_like",
     "shard_model",
     "share",
+    "sum_over_ranks",
     "unsharded",
     "world_size",
 ]

@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 from vidpost.data.video_io import to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
-from vidpost.diffusion.sampler import GuidedVelocity, run_steps
-from vidpost.diffusion.schedule import sampling_sigmas
+from vidpost.diffusion.sampler import GuidedVelocity, solve_ode
 from vidpost.errors import VidpostError
 from vidpost.inference.acceleration import Acceleration, AccelerationConfig, accelerated
 
@@ -127,7 +126,6 @@ def generate(
     if not prompts:
         raise VidpostError("no prompts to generate from")
     shape = model.latent_shape(video.frames, video.height, video.width)
-    sigmas = sampling_sigmas(sampling.steps, sampling.shift, sampling.scheduler)
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
 
     def denoise(batch: list[str], first_seed: int, acc: Acceleration) -> tuple[torch.Tensor, int]:
@@ -136,7 +134,7 @@ def generate(
                                   contexts=acc.context, batch_cfg=acc.batch_cfg)
         noise = initial_noise(shape, range(first_seed, first_seed + len(batch)), model.device)
         with autocast(precision, model.device):
-            return run_steps(velocity, noise, sigmas).final, velocity.nfe
+            return solve_ode(velocity, noise, sampling.steps, sampling.shift, sampling.scheduler), velocity.nfe
 
     videos, nfe_per_video = [], 0
     with accelerated(model, acceleration, sampling.steps) as acc:

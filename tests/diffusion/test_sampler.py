@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
-from vidpost.diffusion.sampler import GuidedVelocity, branch, run_steps
-from vidpost.diffusion.schedule import sampling_sigmas
+from vidpost.diffusion.sampler import GuidedVelocity, branch, run_steps, solve_ode
+from vidpost.diffusion.schedule import make_scheduler, sampling_sigmas
 from vidpost.diffusion.sde import noise_levels, sde_mean_std, transition_log_prob
 from vidpost.models.wan import WanVideoModel
 
@@ -39,6 +39,25 @@ def test_ode_path_reproduces_stock_wan_pipeline(model, guidance, steps, shift):
     torch.testing.assert_close(out.final, expected, rtol=1e-5, atol=1e-5)
     assert velocity.nfe == steps * (2 if guidance > 1 else 1)
     assert out.states == {} and not out.sde.any() and not out.log_probs.any()
+
+
+@pytest.mark.parametrize("scheduler,steps,shift", [("unipc", 5, 3.0), ("unipc", 8, 5.0), ("flow_match_euler", 6, 3.0)])
+def test_solve_ode_reproduces_stock_wan_pipeline_with_its_scheduler(model, scheduler, steps, shift):
+    pipe = WanPipeline(tokenizer=model.tokenizer, text_encoder=model.text_encoder, vae=None,
+                       scheduler=make_scheduler(scheduler, shift), transformer=model.transformer)
+    noise = _noise(len(PROMPTS), seed=3)
+    expected = pipe(prompt=PROMPTS, negative_prompt="", height=16, width=16, num_frames=9,
+                    num_inference_steps=steps, guidance_scale=3.0, latents=noise.clone(),
+                    max_sequence_length=model.max_sequence_length, output_type="latent").frames
+    velocity = GuidedVelocity(model, model.encode_prompts(PROMPTS), model.encode_prompts([""]), 3.0)
+    with torch.no_grad():
+        final = solve_ode(velocity, noise, steps, shift, scheduler)
+    torch.testing.assert_close(final, expected, rtol=1e-5, atol=1e-5)
+    assert velocity.nfe == 2 * steps
+    if scheduler == "unipc":  # UniPC's multistep update is not the Euler path on the same grid
+        with torch.no_grad():
+            euler = run_steps(velocity, noise, sampling_sigmas(steps, shift, scheduler)).final
+        assert (euler - expected).abs().max() > 1e-3
 
 
 def test_guidance_changes_the_sample(model):

@@ -223,16 +223,17 @@ def test_flash_and_dance_noise_levels():
 
 def test_noise_level_errors():
     sig = _grid("euler-10-s5")
-    with pytest.raises(ValueError, match="'cps'.*flow_grpo, flash, dance"):
-        noise_levels(sig, "cps")
+    with pytest.raises(ValueError, match="'ddim'.*flow_grpo, flash, dance, cps"):
+        noise_levels(sig, "ddim")
+    with pytest.raises(ValueError, match="cps noise share eta must be in"):
+        noise_levels(sig, "cps", eta=1.0)
     with pytest.raises(ValueError, match="'eta'.*'flow_grpo'"):
         noise_levels(sig, "flow_grpo", eta=0.3)
     with pytest.raises(ValueError, match="strictly decreasing"):
         noise_levels(torch.tensor([1.0, 1.0, 0.0]), "dance")
     with pytest.raises(ValueError, match="invalid noise levels"):
         noise_levels(sig, "dance", eta=-0.1)
-    with pytest.raises(ValueError, match="g = 0 at steps"):
-        gradient_scale(sig, "dance", eta=0.0)
+    assert torch.isinf(gradient_scale(sig, "dance", eta=0.0)).all()  # deterministic steps: nothing to train
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -307,3 +308,73 @@ def test_bf16_inputs_give_float32_within_bf16_rounding():
     assert transition_log_prob(x_next.bfloat16(), mean_b, std_b).dtype == torch.float32
     assert ode_step(xb, vb, sigma, sigma_next).dtype == torch.float32
     assert transition_kl(mean_b.bfloat16(), mean_32.bfloat16(), std_b).dtype == torch.float32
+
+
+# ---- the coefficient-preserving step (CPS) ----
+
+
+def _np_cps_mean_std(x, v, sigma, sigma_next, eta):
+    """flow_grpo's sde_type "cps", written from its x̂₀ / ε̂ form (algorithms.md)."""
+    std = sigma_next * math.sin(eta * math.pi / 2)
+    x0_hat, eps_hat = x - sigma * v, x + (1 - sigma) * v
+    return x0_hat * (1 - sigma_next) + eps_hat * math.sqrt(sigma_next**2 - std**2), std
+
+
+@pytest.mark.parametrize("sigma, sigma_next, eta", [(1.0, 0.98, 0.8), (0.75, 0.6, 0.3), (0.3, 0.25, 0.95), (0.5, 0.2, 0.0)])
+def test_cps_mean_std_match_float64_reference(sigma, sigma_next, eta):
+    rng = np.random.default_rng(10)
+    x, v = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+    ref_mean, ref_std = _np_cps_mean_std(x, v, sigma, sigma_next, eta)
+    g = noise_levels(torch.tensor([sigma, sigma_next, 0.0] if sigma_next > 0 else [sigma, 0.0]), "cps", eta=eta)[0]
+    mean, std = sde_mean_std(torch.from_numpy(x), torch.from_numpy(v), sigma, sigma_next, g, kind="cps")
+    np.testing.assert_allclose(mean.numpy(), ref_mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(std.numpy(), ref_std, rtol=1e-12, atol=1e-15)
+
+
+def test_cps_keeps_the_marginal_coefficients_of_a_perfect_velocity():
+    """With v = ε − x₀ and x = (1 − σ)x₀ + σε, the next state is (1 − σ')x₀ + (noise of variance σ'²): the flow's."""
+    sigma, sigma_next, eta = 0.7, 0.5, 0.8
+    x0, eps = torch.eye(2, dtype=torch.float64)  # two orthogonal directions read off the coefficients
+    x, v = ((1 - sigma) * x0 + sigma * eps)[None], (eps - x0)[None]
+    g = math.sin(eta * math.pi / 2)
+    mean, std = sde_mean_std(x, v, sigma, sigma_next, g, kind="cps")
+    assert mean[0, 0].item() == pytest.approx(1 - sigma_next, abs=1e-12)  # the clean part, as the flow's
+    assert mean[0, 1].item() ** 2 + float(std) ** 2 == pytest.approx(sigma_next**2, abs=1e-12)  # the noise variance
+
+
+def test_cps_log_prob_matches_torch_normal_and_moments_match_draws():
+    gen = torch.Generator().manual_seed(11)
+    x, v = torch.randn(4, 3, 8, generator=gen), torch.randn(4, 3, 8, generator=gen)
+    sigma = torch.tensor([0.9, 0.7, 0.5, 0.3], dtype=torch.float64)
+    g = torch.full((4,), math.sin(0.8 * math.pi / 2), dtype=torch.float64)
+    x_next, log_prob = sde_step(x, v, sigma, sigma - 0.1, g, generator=gen, kind="cps")
+    mean, std = sde_mean_std(x, v, sigma, sigma - 0.1, g, kind="cps")
+    ref = Normal(mean.double(), std.double()).log_prob(x_next.double()).mean(dim=(1, 2))
+    torch.testing.assert_close(log_prob.double(), ref, rtol=1e-5, atol=1e-5)
+    n = 200_000
+    xs, vs = torch.full((1, n), 0.3), torch.full((1, n), -0.5)
+    draws, _ = sde_step(xs, vs, 0.6, 0.4, 0.9, generator=torch.Generator().manual_seed(12), kind="cps")
+    mu, s = _np_cps_mean_std(0.3, -0.5, 0.6, 0.4, 2 * math.asin(0.9) / math.pi)
+    assert abs(draws.double().mean().item() - mu) < 5 * s / n**0.5
+    assert abs(draws.double().std().item() - s) < 5 * s / (2 * n) ** 0.5
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_cps_gradient_scale_is_the_log_prob_gradient(grid):
+    """As for the Flow-GRPO step; the last step (σ_N = 0) has no noise, so its scale is ∞."""
+    sig = _grid(grid)
+    n = len(sig) - 2  # every step but the last
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(n, 3, 4, generator=gen, dtype=torch.float64)
+    v = torch.randn(n, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    xi = torch.randn(n, 3, 4, generator=gen, dtype=torch.float64)
+    g = noise_levels(sig, "cps")
+    _, log_prob = sde_step(x, v, sig[:-2], sig[1:-1], g[:-1], noise=xi, kind="cps")
+    (log_prob * 12).sum().backward()
+    c = gradient_scale(sig, "cps")
+    assert torch.isinf(c[-1]) and torch.isfinite(c[:-1]).all()
+    torch.testing.assert_close(v.grad.abs(), xi.abs() * c[:-1].view(-1, 1, 1), rtol=1e-10, atol=0)
+    s, s_next = sig[:-2].numpy(), sig[1:-1].numpy()
+    std = s_next * math.sin(0.8 * math.pi / 2)
+    ref = np.abs(-s * (1 - s_next) + (1 - s) * np.sqrt(s_next**2 - std**2)) / std  # algorithms.md's c
+    np.testing.assert_allclose(c[:-1].numpy(), ref, rtol=1e-12)

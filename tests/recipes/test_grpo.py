@@ -14,7 +14,7 @@ from vidpost.checkpoint import list_checkpoints
 from vidpost.config import load_config
 from vidpost.diffusion.schedule import sampling_sigmas
 from vidpost.diffusion.sde import noise_levels
-from vidpost.errors import VidpostError
+from vidpost.errors import ConfigError, VidpostError
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes import grpo
 from vidpost.recipes.common import validation_prompts
@@ -44,6 +44,9 @@ STRATEGY = {
     "full": ["strategy.name=full", "strategy.full.train_fraction=0.5", "rollout.noise.schedule=flow_grpo"],
     "window": ["strategy.name=window", "strategy.window.size=2", "strategy.window.advance_every=1",
                "rollout.noise.schedule=dance"],
+    "flash-cps": ["strategy.name=flash", "strategy.flash.k_max=2", "rollout.noise.schedule=cps"],
+    "full-cps": ["strategy.name=full", "strategy.full.steps=first", "rollout.noise.schedule=cps"],  # last step: no noise
+    "nft": ["strategy.name=nft", "strategy.nft.train_fraction=0.5"],
 }
 
 
@@ -60,7 +63,7 @@ def _base_weights():
     return {k: v.detach().clone() for k, v in model.transformer.state_dict().items()}
 
 
-@pytest.mark.parametrize("strategy", ["flash", "flash-shared", "full", "window"])
+@pytest.mark.parametrize("strategy", ["flash", "flash-shared", "full", "window", "flash-cps", "full-cps"])
 def test_each_strategy_trains_on_shapeworld(strategy, tmp_path):
     assert train(_config(*STRATEGY[strategy]), tmp_path, progress=False) == tmp_path / "model"
     rows = [r for r in read_metrics(tmp_path) if "train/ratio_mean" in r]
@@ -69,11 +72,11 @@ def test_each_strategy_trains_on_shapeworld(strategy, tmp_path):
         assert r["train/ratio_min"] == r["train/ratio_max"] == 1.0  # one update per rollout: exactly on-policy
         assert all(math.isfinite(v) for v in r.values())
         assert r["train/rollout_logprob_gap"] < 1e-3  # float32 rollout and recomputation agree (other batching)
-        if strategy == "flash-shared":  # the k prefix steps (2 passes each) are shared by the group's 2 videos
+        if strategy in ("flash-shared", "flash-cps"):  # the k prefix steps (2 passes each) are shared by the group's 2 videos
             assert r["nfe/rollout_per_video"] in (8 - k for k in (0, 0.5, 1, 1.5, 2))
         else:
             assert r["nfe/rollout_per_video"] == 8  # 4 steps x 2 passes (CFG)
-    flags = {"flash": 1, "flash-shared": 1, "full": 2, "window": 2}[strategy]
+    flags = {"flash": 1, "flash-shared": 1, "full": 2, "window": 2, "flash-cps": 1, "full-cps": 3}[strategy]
     assert rows[0]["train/transitions"] == 4 * flags
     before, after = _base_weights(), _trained(tmp_path)
     assert any(not torch.equal(before[k], after[k]) for k in after)
@@ -145,8 +148,8 @@ def test_tiny_wan_with_vae_runs_every_strategy(tmp_path):
     for name, overrides in STRATEGY.items():
         out = tmp_path / name
         train(_config(*overrides, *tiny, "train.steps=2"), out, progress=False)
-        rows = [r for r in read_metrics(out) if "train/ratio_mean" in r]
-        assert len(rows) == 2 and all(r["train/grad_norm"] == r["train/grad_norm"] for r in rows)
+        rows = [r for r in read_metrics(out) if "train/grad_norm" in r]
+        assert len(rows) == 2 and all(r["train/grad_norm"] == r["train/grad_norm"] for r in rows), name
 
 
 def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branches(tmp_path):
@@ -230,3 +233,116 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
     first = read_metrics(tmp_path / "run")[0]  # the log opens with the enhancers' counts
     assert first == {"step": 0, "enhance/train/prompts": len(pool),
                      "enhance/eval/prompts": cfg.evaluation.n}
+
+
+def test_a_config_without_a_flash_section_rolls_out_with_the_default_settings(tmp_path, monkeypatch):
+    given, real_rollout = [], grpo.rollout
+
+    def rollout(*args, flash=None, **kwargs):
+        given.append(flash)
+        return real_rollout(*args, flash=flash, **kwargs)
+
+    monkeypatch.setattr(grpo, "rollout", rollout)
+    cfg = _config("train.steps=1")
+    assert cfg.strategy.name == "flash" and cfg.strategy.flash is None
+    train(cfg, tmp_path, progress=False)
+    assert given == [FlashConfig()] and given[0].shared_prefix
+
+
+def _tied_first_group(monkeypatch, k=None):
+    """Rewards in which group 0 ties (advantages 0) and group 1 does not; optionally force flash's k per group."""
+    real_plan = grpo.plan_steps
+
+    def plan_steps(*args):
+        plan = real_plan(*args)
+        if k is not None:
+            G = plan.sde.shape[0] // len(k)
+            plan.k = torch.tensor(k)
+            plan.sde[:] = False
+            plan.sde[torch.arange(plan.sde.shape[0]), plan.k.repeat_interleave(G)] = True
+            plan.train = plan.sde.clone()
+        return plan
+
+    def rewards(names, videos, prompts):
+        return {name: torch.tensor([0.5, 0.5, 0.0, 1.0]).numpy() for name in names}
+
+    monkeypatch.setattr(grpo, "plan_steps", plan_steps)
+    monkeypatch.setattr(grpo, "compute_rewards", rewards)
+
+
+def test_samples_with_zero_advantage_are_left_out_and_do_not_dilute_the_loss(tmp_path, monkeypatch):
+    _tied_first_group(monkeypatch, k=[1, 1])  # one k: the rectification weights are 1 either way
+    runs = {}
+    for drop in ("true", "false"):
+        train(_config(*STRATEGY["flash"], "train.steps=1", f"train.drop_zero_advantage={drop}"), tmp_path / drop,
+              progress=False)
+        runs[drop] = next(r for r in read_metrics(tmp_path / drop) if "train/grad_norm" in r)
+    assert runs["true"]["train/dropped_fraction"] == 0.5 and runs["true"]["train/transitions"] == 2
+    assert runs["false"]["train/dropped_fraction"] == 0.0 and runs["false"]["train/transitions"] == 4
+    # the same two informative samples, averaged over 2 transitions instead of 4: twice the gradient
+    assert runs["true"]["train/grad_norm"] == pytest.approx(2 * runs["false"]["train/grad_norm"], rel=1e-4)
+
+
+def test_rectification_averages_over_the_transitions_actually_trained(tmp_path, monkeypatch):
+    _tied_first_group(monkeypatch, k=[0, 2])  # the dropped group stepped at k = 0, the trained one at k = 2
+    weights, real_loss = [], grpo.policy_loss
+
+    def policy_loss(*args):
+        weights.append(args[4])
+        return real_loss(*args)
+
+    monkeypatch.setattr(grpo, "policy_loss", policy_loss)
+    train(_config("strategy.name=flash", "strategy.flash.k_max=2", "train.steps=1"), tmp_path, progress=False)
+    assert len(weights) == 1 and weights[0].shape == (2,)
+    torch.testing.assert_close(weights[0], torch.ones(2, dtype=torch.float64))  # one k trained: the weights are 1
+
+
+def test_an_iteration_where_every_group_ties_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(grpo, "compute_rewards", lambda names, videos, prompts: {n: torch.zeros(4).numpy() for n in names})
+    train(_config(*STRATEGY["flash"], "train.steps=1"), tmp_path, progress=False)
+    row = next(r for r in read_metrics(tmp_path) if "train/dropped_fraction" in r)
+    assert row["train/dropped_fraction"] == 1.0 and "train/ratio_mean" not in row
+    before, after = _base_weights(), _trained(tmp_path)
+    assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_when_the_global_rng_is_drawn(tmp_path, monkeypatch):
+    real_rewards = grpo.compute_rewards
+
+    def noisy(names, videos, prompts):  # a stochastic reward drawing from the global generator
+        return {k: v + torch.rand(len(v)).numpy() for k, v in real_rewards(names, videos, prompts).items()}
+
+    monkeypatch.setattr(grpo, "compute_rewards", noisy)
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    cfg = _config(*STRATEGY["flash"], "train.steps=2")
+    train(cfg, straight, progress=False)
+    train(cfg, resumed, progress=False, stop_after=1)
+    torch.rand(5)  # a process that resumes has drawn other numbers before
+    train(cfg, resumed, progress=False)
+    a, b = _trained(straight), _trained(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("override,message", [
+    (["model.lora.enabled=true", "model.lora.dropout=0.1"], r"model.lora.dropout 0.1: GRPO needs"),
+    (["model.dtype=bfloat16"], r"model.dtype bfloat16 with full fine-tuning"),
+    (["train.minibatches=5"], r"train.minibatches 5 exceeds the 4 transitions each group trains \(2 samples x 2 steps\)"),
+])
+def test_configs_that_cannot_train_correctly_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(*STRATEGY["window"], *override)
+
+
+def test_nft_trains_on_re_noised_rollouts_with_v_old_from_the_same_pass(tmp_path):
+    assert train(_config(*STRATEGY["nft"], "train.kl_beta=0.01"), tmp_path, progress=False) == tmp_path / "model"
+    rows = [r for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert "train/ratio_mean" not in r  # likelihood-free
+        assert r["train/transitions"] == 8 and r["train/dropped_fraction"] == 0  # 4 samples x 2 σ; ties kept
+        assert r["nfe/rollout_per_video"] == 8  # the 4-step ODE with CFG
+        # one minibatch: v_θ = v_old at the update, so the positive and negative regressions are equal
+        assert r["train/nft_positive"] == pytest.approx(r["train/nft_negative"], rel=1e-6)
+    assert rows[0]["train/kl"] == 0 and rows[1]["train/kl"] > 0
+    before, after = _base_weights(), _trained(tmp_path)
+    assert any(not torch.equal(before[k], after[k]) for k in after)

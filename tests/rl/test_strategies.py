@@ -35,7 +35,22 @@ def test_full_trains_a_fraction_of_every_sample_steps():
     plan = _plan(["name=full", "full.train_fraction=0.6"])
     assert plan.sde.all()
     assert plan.train.sum(dim=1).eq(12).all()
-    assert not (plan.train == plan.train[:1]).all()  # drawn per sample
+    assert not (plan.train == plan.train[:1]).all()  # drawn per sample (DanceGRPO's rule, the default)
+
+
+def test_full_trains_the_first_steps_in_order_as_flow_grpo():
+    plan = _plan(["name=full", "full.train_fraction=0.6", "full.steps=first"])
+    assert plan.train[:, :12].all() and not plan.train[:, 12:].any()
+
+
+@pytest.mark.parametrize("fraction,expected", [(0.33, 6), (0.6, 12), (0.99, 19), (0.01, 1), (1.0, 20)])
+def test_the_trained_count_is_the_anchors_floor(fraction, expected):
+    """int(N * timestep_fraction), as Flow-GRPO and DanceGRPO count it (at least one step)."""
+    for steps in ("first", "random"):
+        plan = _plan(["name=full", f"full.train_fraction={fraction}", f"full.steps={steps}"])
+        assert plan.train.sum(dim=1).eq(expected).all()
+        cfg = load_config(StrategyConfig, None, ["name=full", f"full.train_fraction={fraction}"])
+        assert cfg.trained_steps(20) == expected
 
 
 def test_window_advances_and_stops():

@@ -11,9 +11,12 @@ g_i, the others the Euler ODE step, in the same forward pass. `start`/`stop` run
 group can share an ODE prefix and branch at step k: `run_steps(..., stop=k)`, `branch(x, G)`, then
 `run_steps(..., start=k)`.
 
-The ODE step is diffusers' FlowMatchEulerDiscreteScheduler.step (x + Δ·v), and the guidance formula is
-WanPipeline's `v_u + w·(v_c − v_u)`, applied only when w > 1 as WanPipeline does; the tests check the
-all-ODE path against stock WanPipeline on the tiny Wan.
+The ODE step of `run_steps` is diffusers' FlowMatchEulerDiscreteScheduler.step (x + Δ·v) on any grid,
+and the guidance formula is WanPipeline's `v_u + w·(v_c − v_u)`, applied only when w > 1 as WanPipeline
+does. Stochastic rollouts (GRPO) and distillation integrate a UniPC grid with these Euler and SDE steps,
+as the RL anchors do. Plain sampling goes through `solve_ode`, which takes the named scheduler's own
+update: Euler for flow_match_euler, UniPC's multistep predictor-corrector with its int64 timesteps for
+unipc. The tests check `solve_ode` against stock WanPipeline with either scheduler on the tiny Wan.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vidpost.diffusion.schedule import make_scheduler, sampling_sigmas
 from vidpost.diffusion.sde import ode_step, sde_mean_std, transition_log_prob
 
 # (x (B, C, T, H, W), sigma (B,)) -> v (B, C, T, H, W), float32
@@ -142,6 +146,7 @@ def run_steps(
     start: int = 0,
     stop: int | None = None,
     progress: Callable[[int], None] | None = None,
+    kind: str = "flow",
 ) -> Rollout:
     """Integrate from x = x_{start} at σ_start down to σ_stop (default: the end of the grid, σ_N = 0).
 
@@ -149,7 +154,8 @@ def run_steps(
     needed when any flag is set (from `noise_levels`). SDE noise is drawn from `generator`, one
     (B, C, T, H, W) draw per step that has any SDE row, so a run is reproducible from the generator's seed;
     or from a list of B generators, one per row, each drawn only at its row's SDE steps, so a row's noise does
-    not depend on the batch it runs in (GRPO's rows split over ranks or buckets).
+    not depend on the batch it runs in (GRPO's rows split over ranks or buckets). `kind`: the SDE step, "flow"
+    (Flow-GRPO's) or "cps" (coefficient-preserving), whose noise levels `g` are (diffusion/sde.py).
     Gradients flow through `velocity` unless the caller runs under torch.no_grad (rollouts do).
     """
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
@@ -174,7 +180,7 @@ def run_steps(
         rows = flags[:, i]
         if bool(rows.any()):
             g_i = torch.where(rows.cpu(), g[i], torch.zeros((), dtype=torch.float64))  # g = 0: the ODE step
-            mean, std = sde_mean_std(x, v, sigma, sigmas[i + 1].expand(batch), g_i)
+            mean, std = sde_mean_std(x, v, sigma, sigmas[i + 1].expand(batch), g_i, kind)
             noise = _sde_noise(mean, rows, generator)
             x_next = mean + std * noise
             safe_std = torch.where(std > 0, std, torch.ones_like(std))  # ODE rows have no density
@@ -190,4 +196,32 @@ def run_steps(
     return Rollout(final=x, states=states, log_probs=log_probs, sde=flags)
 
 
-__all__ = ["GuidedVelocity", "Rollout", "VelocityFn", "branch", "run_steps"]
+def solve_ode(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    steps: int,
+    shift: float,
+    scheduler: str = "flow_match_euler",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Stock WanPipeline's all-ODE sampling from the noise x with diffusers' `scheduler`: the clean x (float32).
+
+    flow_match_euler is `run_steps`' Euler path. unipc calls UniPCMultistepScheduler.step, a multistep update
+    that keeps the previous velocities, and gives the model its int64 timesteps (σ·1000 rounded down), as
+    WanPipeline does: a few hundredths of a step away from the float σ the Euler path passes.
+    """
+    if scheduler == "flow_match_euler":
+        return run_steps(velocity, x, sampling_sigmas(steps, shift), progress=progress).final
+    sched = make_scheduler(scheduler, shift)
+    sched.set_timesteps(steps, device=x.device)
+    x = x.float()
+    for i, t in enumerate(sched.timesteps):
+        sigma = (t.to(torch.float64) / sched.config.num_train_timesteps).expand(x.shape[0])
+        v = velocity(x, sigma.to(torch.float32))
+        x = sched.step(v.float(), t, x, return_dict=False)[0].float()
+        if progress is not None:
+            progress(i + 1)
+    return x
+
+
+__all__ = ["GuidedVelocity", "Rollout", "VelocityFn", "branch", "run_steps", "solve_ode"]

@@ -7,8 +7,17 @@ noise level g_i. The Flow-GRPO SDE step, which keeps the marginals of the flow O
     a_x = 1 + g_i²·Δ_i/(2σ_i),   a_v = Δ_i·(1 + g_i²·(1 − σ_i)/(2σ_i)),
     x_{i+1} = μ_i + s_i·ξ,   s_i = g_i·√(−Δ_i),   ξ ~ N(0, I).
 
-With g = 0 it is the Euler ODE step x + Δ·v. Log-probabilities are the Gaussian log density *averaged*
-over all non-batch dims (as Flow-GRPO, DanceGRPO and Flash-GRPO do); the KL is averaged the same way.
+With g = 0 it is the Euler ODE step x + Δ·v. The coefficient-preserving step (CPS, flow_grpo's
+sde_type "cps") keeps the next state's clean and noise coefficients at their flow values instead: with
+x̂₀ = x_i − σ_i·v, ε̂ = x_i + (1 − σ_i)·v and its noise level g_i = sin(η·π/2) (η: the share of fresh noise),
+
+    s_i = σ_{i+1}·g_i,   μ_i = (1 − σ_{i+1})·x̂₀ + √(σ_{i+1}² − s_i²)·ε̂ = a_x·x_i + a_v·v,
+    a_x = 1 − σ_{i+1} + r_i,   a_v = −σ_i·(1 − σ_{i+1}) + (1 − σ_i)·r_i,   r_i = √(σ_{i+1}² − s_i²).
+
+Both are Gaussian steps μ = a_x·x + a_v·v, x_{i+1} = μ + s·ξ, so their log-probability, KL and gradient scale
+|a_v|/s are one code. Log-probabilities are the Gaussian log density *averaged* over all non-batch dims (as
+Flow-GRPO, DanceGRPO and Flash-GRPO do); the KL is averaged the same way. (flow_grpo's CPS code keeps only
+−(x − μ)², dropping the 1/(2s²) and log s of the density: its ratios and clip ranges are on another scale.)
 
 Step functions take σ, σ_next and g as python floats, 0-dim tensors or per-sample (B,) tensors (broadcast
 over the other dims). The scalar coefficients are formed in float64; tensors are computed in float32, or in
@@ -34,7 +43,18 @@ NOISE_SCHEDULES: dict[str, dict[str, float | None]] = {
     "flow_grpo": {"a": 0.7},
     "flash": {"sigma_max": None, "sigma_min": None},
     "dance": {"eta": 0.3},
+    "cps": {"eta": 0.8},
 }
+
+# The step each schedule's noise levels belong to: the Flow-GRPO SDE step, or the coefficient-preserving one.
+STEP_KINDS = ("flow", "cps")
+
+
+def step_kind(schedule: str) -> str:
+    """"cps" for the coefficient-preserving schedule, "flow" (the Flow-GRPO SDE step) for the others."""
+    if schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"unknown noise schedule {schedule!r}; valid schedules: {', '.join(NOISE_SCHEDULES)}")
+    return "cps" if schedule == "cps" else "flow"
 
 
 def _check_grid(sigmas) -> torch.Tensor:
@@ -62,6 +82,8 @@ def noise_levels(sigmas, schedule: str, **params) -> torch.Tensor:
       σ_min = sigmas[-1] by default (as Flash-GRPO's Wan code takes them from the scheduler's sigmas; on a
       grid ending at 0 this is g_i = σ_1·σ_i). Override with sigma_max=…, sigma_min=….
     - "dance": constant g_i = eta, 0.3 by default.
+    - "cps": constant g_i = sin(eta·π/2), eta = 0.8 by default (flow_grpo's recommended noise_level); the
+      step's std is σ_{i+1}·g_i, so the last step (σ_N = 0) is deterministic.
 
     Unknown schedules or parameters, and negative or non-finite g, raise ValueError.
     """
@@ -88,6 +110,10 @@ def noise_levels(sigmas, schedule: str, **params) -> torch.Tensor:
         sigma_max = sigmas[1].item() if p["sigma_max"] is None else float(p["sigma_max"])
         sigma_min = sigmas[-1].item() if p["sigma_min"] is None else float(p["sigma_min"])
         g = sigma_min + (sigma_max - sigma_min) * sigma
+    elif schedule == "cps":
+        if not 0 <= float(p["eta"]) < 1:
+            raise ValueError(f"the cps noise share eta must be in [0, 1), got {p['eta']}")
+        g = torch.full_like(sigma, math.sin(float(p["eta"]) * math.pi / 2))
     else:
         g = torch.full_like(sigma, float(p["eta"]))
     if not bool(torch.isfinite(g).all()) or bool((g < 0).any()):
@@ -96,23 +122,42 @@ def noise_levels(sigmas, schedule: str, **params) -> torch.Tensor:
 
 
 def gradient_scale(sigmas, schedule: str, **params) -> torch.Tensor:
-    """c(σ_i) = √(−Δ_i)/g_i + g_i·√(−Δ_i)·(1 − σ_i)/(2σ_i) for each step of the grid; float64 (N,).
+    """c(σ_i) = |a_v|/s_i for each step of the grid; float64 (N,). For the Flow-GRPO step this is
+    √(−Δ_i)/g_i + g_i·√(−Δ_i)·(1 − σ_i)/(2σ_i).
 
     For a transition x_{i+1} = μ_i + s_i·ξ, |∂ log π/∂v| = |ξ|·c(σ_i) per element (log π the summed log
     density). Flash-GRPO's temporal gradient rectification weights a step-k sample by c(σ_k)⁻¹. g from
-    noise_levels(sigmas, schedule, **params); a step with g = 0 has c = ∞ and raises ValueError.
+    noise_levels(sigmas, schedule, **params); a deterministic step (s = 0: g = 0, or cps's last step) has
+    c = ∞ (it has no log-probability to train).
     """
     g = noise_levels(sigmas, schedule, **params)
     sigmas = _check_grid(sigmas)
-    sigma = sigmas[:-1]
-    root = torch.sqrt(sigma - sigmas[1:])  # √(−Δ_i)
-    zero = (g == 0).nonzero().flatten().tolist()
-    if zero:
-        raise ValueError(
-            f"noise schedule {schedule!r} with {params} has g = 0 at steps {zero}: "
-            "the gradient scale is infinite there (the step is deterministic)"
-        )
-    return root / g + g * root * (1 - sigma) / (2 * sigma)
+    _, a_v, std = step_coefficients(sigmas[:-1], sigmas[1:], g, step_kind(schedule))
+    return torch.where(std > 0, a_v.abs() / std.clamp(min=1e-300), torch.inf)
+
+
+def step_coefficients(sigma, sigma_next, g, kind: str = "flow") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a_x, a_v, s) of the Gaussian step μ = a_x·x + a_v·v, x_next = μ + s·ξ (module docstring), float64.
+
+    σ, σ_next, g: floats or tensors of one shape. Needs σ > 0, σ_next < σ and g >= 0 (cps: g < 1).
+    """
+    s, s_next, g = (torch.as_tensor(t, dtype=torch.float64) for t in (sigma, sigma_next, g))
+    if not bool((s > 0).all()) or not bool((s_next < s).all()):
+        raise ValueError("an SDE step needs sigma > 0 and sigma_next < sigma")
+    if not bool((g >= 0).all()):
+        raise ValueError("the noise level g must be >= 0")
+    if kind == "flow":
+        delta = s_next - s
+        a_x = 1 + g**2 * delta / (2 * s)
+        a_v = delta * (1 + g**2 * (1 - s) / (2 * s))
+        return a_x, a_v, g * torch.sqrt(-delta)
+    if kind == "cps":
+        if not bool((g < 1).all()):
+            raise ValueError("the cps noise level g = sin(eta·π/2) must be < 1")
+        std = s_next * g
+        rest = torch.sqrt(s_next**2 - std**2)  # the share of ε̂ kept in the next state
+        return 1 - s_next + rest, -s * (1 - s_next) + (1 - s) * rest, std
+    raise ValueError(f"unknown step kind {kind!r}; expected one of {', '.join(STEP_KINDS)}")
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -139,22 +184,16 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tenso
     return x.to(dtype) + broadcast_over(delta, x, dtype) * v.to(dtype)
 
 
-def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean μ and std s = g·√(−Δ) of the Flow-GRPO SDE transition x_{i+1} | x_i (module docstring).
+def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g, kind: str = "flow") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean μ and std s of the SDE transition x_{i+1} | x_i: the Flow-GRPO step (s = g·√(−Δ)) or, with
+    kind "cps", the coefficient-preserving one (s = σ_next·g) (module docstring).
 
     Returns μ like x and s shaped (B, 1, …, 1) (or 0-dim when σ, σ_next, g are all scalars), both float32
-    (float64 if an input is float64). Needs σ > 0, Δ < 0 and g ≥ 0; g = 0 gives the ODE step exactly.
+    (float64 if an input is float64). Needs σ > 0, Δ < 0 and g ≥ 0; g = 0 gives the ODE step exactly (for cps,
+    DDIM's deterministic step, which on a flow grid is the Euler step).
     """
     _check_pair(x, v)
-    s, s_next, g = per_sample(sigma, x), per_sample(sigma_next, x), per_sample(g, x)
-    delta = s_next - s
-    if not bool((s > 0).all()) or not bool((delta < 0).all()):
-        raise ValueError("an SDE step needs sigma > 0 and sigma_next < sigma")
-    if not bool((g >= 0).all()):
-        raise ValueError("the noise level g must be >= 0")
-    a_x = 1 + g**2 * delta / (2 * s)
-    a_v = delta * (1 + g**2 * (1 - s) / (2 * s))
-    std = g * torch.sqrt(-delta)
+    a_x, a_v, std = step_coefficients(per_sample(sigma, x), per_sample(sigma_next, x), per_sample(g, x), kind)
     dtype = _compute_dtype(x, v)
     mean = broadcast_over(a_x, x, dtype) * x.to(dtype) + broadcast_over(a_v, x, dtype) * v.to(dtype)
     return mean, broadcast_over(std, x, dtype)
@@ -213,6 +252,7 @@ def sde_step(
     g,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    kind: str = "flow",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One stochastic step: x_next = μ + s·ξ, and its log-probability (B,) (averaged over dims).
 
@@ -221,7 +261,7 @@ def sde_step(
     """
     if generator is not None and noise is not None:
         raise ValueError("pass either generator or noise, not both")
-    mean, std = sde_mean_std(x, v, sigma, sigma_next, g)
+    mean, std = sde_mean_std(x, v, sigma, sigma_next, g, kind)
     if noise is None:
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     elif noise.shape != mean.shape:
@@ -233,11 +273,14 @@ def sde_step(
 __all__ = [
     "NOISE_SCHEDULES",
     "PURE_NOISE_TOL",
+    "STEP_KINDS",
     "gradient_scale",
     "noise_levels",
     "ode_step",
     "sde_mean_std",
     "sde_step",
+    "step_coefficients",
+    "step_kind",
     "transition_kl",
     "transition_log_prob",
 ]

@@ -74,3 +74,12 @@ class ModelConfig(Config):
                 f"tiny.text_dim {self.tiny.text_dim} must be divisible by tiny.text_num_heads {self.tiny.text_num_heads}"
             )
         return self
+
+    def require_float32_for_full_training(self) -> None:
+        """Refuse training every weight in half precision: AdamW's updates round away below bf16 resolution."""
+        if not self.lora.enabled and self.dtype != "float32":
+            raise ValueError(
+                f"model.dtype {self.dtype} with full fine-tuning: AdamW's updates fall below {self.dtype} resolution "
+                "and most weights never change; load float32 weights (precision: auto still computes in bf16) "
+                "or enable model.lora"
+            )

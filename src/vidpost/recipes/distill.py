@@ -153,6 +153,11 @@ class DistillConfig(Config):
     log_every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
 
     @model_validator(mode="after")
+    def _trainable(self) -> DistillConfig:
+        self.model.require_float32_for_full_training()
+        return self
+
+    @model_validator(mode="after")
     def _steps_fit_the_mode(self) -> DistillConfig:
         if self.student_steps is None:
             return self

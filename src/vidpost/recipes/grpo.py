@@ -1,16 +1,22 @@
-"""GRPO for flow-matching video models: Flash-GRPO by default, full-trajectory and sliding-window as baselines.
+"""RL for flow-matching video models: Flash-GRPO by default; full-trajectory and sliding-window GRPO and
+DiffusionNFT in the same loop.
 
     vidpost grpo configs/shapeworld/grpo_flash.yaml --out runs/grpo [key=value ...]
+    vidpost grpo configs/shapeworld/grpo_nft.yaml --out runs/nft
     torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # FSDP2 over 8 GPUs (docs/guide/training-and-sampling.md)
 
 Each iteration is a chain of named, timed phases:
-    rollout    P prompts x G samples along the strategy's plan of SDE steps (rl/strategies.py)
+    rollout    P prompts x G samples along the strategy's plan of SDE steps (rl/strategies.py), with the
+               Flow-GRPO or the coefficient-preserving SDE step (rollout.noise.schedule: cps)
     reward     the configured rewards of the decoded videos
-    advantage  group-relative advantages over the whole batch (all ranks)
-    old        log π_old (and the reference's SDE means, when kl_beta > 0) of every trained transition,
-               computed with the very function and micro-batches of the update, so ρ = 1 exactly at first
-    update     PPO-clip on each transition's ratio (x the rectification weight under flash), minibatches
-Strategies only decide which steps are stochastic and trained; the loop is the same for all three.
+    advantage  group-relative advantages over the whole batch (all ranks); the points to train: the plan's
+               SDE transitions, or for nft the clean samples re-noised at the plan's σ (rl/nft.py); samples
+               of advantage 0 left out where the strategy's reference leaves them out
+    old        log π_old (nft: v_old), and the reference's SDE means (velocities) when kl_beta > 0, of every
+               point, computed with the very function and micro-batches of the update, so ρ = 1 exactly at first
+    update     PPO-clip on each transition's ratio (x the rectification weight under flash), or nft's
+               negative-aware flow-matching loss, over minibatches (one optimizer step each)
+Strategies decide which steps are stochastic and trained; the loop is the same for all four.
 
 The run directory is laid out as SFT's (recipes/sft.py): config.yaml, checkpoints/, logs/ (JSONL and
 TensorBoard), samples/step_N/ (held-out evaluation videos), and the final lora/ or model/ with its
@@ -19,7 +25,7 @@ drawn from (seed, iteration), so a killed run resumes from its last checkpoint e
 
 Under torchrun each rank rolls out and trains its share of the groups (`dist.local_slice`), with the full
 weights held for the rollout (`dist.unsharded`) and FSDP2-sharded weights for the update; rewards, advantages
-and the rectification batch mean are computed over all ranks, k and every row's noise come from (seed,
+and the rectification mean of each optimizer step are computed over all ranks, k and every row's noise come from (seed,
 iteration, row), minibatches take the same part of every group, and each loss is divided by the global
 minibatch size (FSDP2 sums gradients), so an iteration gives the one-process update at any world size.
 """
@@ -45,7 +51,14 @@ from vidpost.config import Config
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.schedule import sampling_sigmas
-from vidpost.diffusion.sde import NOISE_SCHEDULES, gradient_scale, noise_levels, transition_kl
+from vidpost.diffusion.sde import (
+    NOISE_SCHEDULES,
+    gradient_scale,
+    noise_levels,
+    step_coefficients,
+    step_kind,
+    transition_kl,
+)
 from vidpost.evaluation import shapeworld_requests
 from vidpost.generation import PRECISIONS, read_prompts, recommended_video
 from vidpost.models.config import ModelConfig
@@ -71,7 +84,8 @@ from vidpost.rewards.registry import check_reward_names, compute_rewards, weight
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss, rectification_weights
-from vidpost.rl.rollout import Transitions, rollout, transition_log_probs
+from vidpost.rl.nft import nft_loss, renoise, velocity_kl
+from vidpost.rl.rollout import guided_velocity, rollout, transition_log_probs
 from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
 from vidpost.world.config import WorldConfig
 
@@ -100,7 +114,8 @@ class PromptsConfig(Config):
 
 class NoiseConfig(Config):
     schedule: Literal[tuple(NOISE_SCHEDULES)] = Field(  # type: ignore[valid-type]
-        "flash", description="SDE noise level g(σ): flash (linear) | flow_grpo (a·sqrt(σ/(1-σ))) | dance (constant eta)"
+        "flash", description="SDE noise level g(σ): flash (linear) | flow_grpo (a·sqrt(σ/(1-σ))) | dance (constant eta) "
+        "| cps (the coefficient-preserving step, noise share eta)"
     )
     params: dict[str, float] = Field(default_factory=dict, description="the schedule's parameters, e.g. {a: 0.7}")
 
@@ -138,7 +153,12 @@ class GRPOTrainConfig(Config):
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip epsilon")
     kl_beta: float = Field(0.0, ge=0, description="weight of the closed-form KL to the reference (0: off)")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per iteration (the transitions split evenly)")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per iteration (each group's transitions split evenly)")
+    drop_zero_advantage: bool | None = Field(
+        None, description="leave out of the update the samples whose advantage is exactly 0 (tied groups), which "
+        "teach a policy gradient nothing and would dilute its loss; null: as each strategy's reference does "
+        "(Flow-GRPO and Flash-GRPO drop them, DiffusionNFT keeps them: r = 1/2 holds v_θ near v_old)",
+    )
     micro_batch_size: int | None = Field(None, ge=1, description="transitions per forward/backward on each rank; null = its whole minibatch")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)")
     seed: int = Field(0, description="every iteration's randomness is drawn from (seed, iteration)")
@@ -166,6 +186,23 @@ class GRPOConfig(Config):
     def _batch_fits(self) -> GRPOConfig:
         if self.rollout.prompts_per_step % dist.world_size():
             raise ValueError(f"rollout.prompts_per_step {self.rollout.prompts_per_step} must be a multiple of the world size")
+        G = self.rollout.samples_per_prompt
+        per_sample = self.strategy.trained_steps(self.rollout.sampling.steps)
+        if self.train.minibatches > G * per_sample:
+            raise ValueError(
+                f"train.minibatches {self.train.minibatches} exceeds the {G * per_sample} transitions each group trains "
+                f"({G} samples x {per_sample} steps): some minibatches would be empty"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _trainable(self) -> GRPOConfig:
+        self.model.require_float32_for_full_training()
+        if self.model.lora.enabled and self.model.lora.dropout > 0:
+            raise ValueError(
+                f"model.lora.dropout {self.model.lora.dropout}: GRPO needs the old and the current log-probabilities "
+                "from the same function (ratio 1 at the first update), and dropout makes them differ; set it to 0"
+            )
         return self
 
 
@@ -294,6 +331,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     bar = tqdm(total=t.steps, initial=start, desc=f"grpo {strategy.name}", unit="it", disable=not progress)
     with StopFlag() as stop:
         for step in range(start + 1, t.steps + 1):
+            torch.manual_seed(derive_seed(t.seed, 4, step))  # global-RNG draws (a stochastic reward) resume exactly
             row = iteration(model, cfg, step, pool, pool_used, shape, sigmas, g, scales, uncond, reference, params, optimizer)
             if row["nonfinite"]:
                 state["nonfinite_steps"] += 1
@@ -352,9 +390,14 @@ def iteration(
     phase = _Phases()
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     sampling, precision, t = cfg.rollout.sampling, cfg.rollout.precision, cfg.train
+    nft, kind = cfg.strategy.name == "nft", step_kind(cfg.rollout.noise.schedule)
     generator = torch.Generator().manual_seed(derive_seed(t.seed, 1, step))
     prompt_ids = torch.randint(len(pool), (P,), generator=generator)  # same draw on every rank
     plan = plan_steps(cfg.strategy, P, G, sampling.steps, step - 1, generator)
+    if not nft:  # a step without noise (cps's last) has no log-probability: it runs as an ODE step, untrained
+        stochastic = step_coefficients(sigmas[:-1], sigmas[1:], g, kind)[2] > 0  # (N,)
+        plan.sde &= stochastic
+        plan.train &= stochastic
     local = dist.local_slice(P)  # this rank's groups
     groups = torch.arange(P)[local]
     rows = (groups[:, None] * G + torch.arange(G)).flatten()  # this rank's rows of the global batch
@@ -367,9 +410,11 @@ def iteration(
     with phase("rollout"), dist.unsharded(model.transformer):  # full weights: no collective per forward
         model.transformer.eval()
         embeds = model.encode_prompts(used)  # (p, L, D)
-        local_plan = StepPlan(sde=plan.sde[rows], train=plan.train[rows], k=None if plan.k is None else plan.k[local])
+        trajectory_trained = torch.zeros_like(plan.train[rows]) if nft else plan.train[rows]
+        local_plan = StepPlan(sde=plan.sde[rows], train=trajectory_trained, k=None if plan.k is None else plan.k[local])
         batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
-                        sde_generators, precision, flash=cfg.strategy.flash if cfg.strategy.name == "flash" else None)
+                        sde_generators, precision, flash=cfg.strategy.settings if cfg.strategy.name == "flash" else None,
+                        kind=kind)
     with phase("reward"):
         videos = to_float(to_uint8(model.decode(batch.final).cpu().numpy()))  # scored as a saved clip would be
         prompt_of_row = [p for p in prompts for _ in range(G)]
@@ -379,49 +424,82 @@ def iteration(
     with phase("advantage"):
         advantages = combine_advantages(rewards, cfg.reward.weights, G, cfg.reward.mode, cfg.reward.std_scope,
                                         cfg.reward.clip)  # (B,) global
-        local_advantages = advantages[rows]  # tr.sample indexes this rank's rows
+        local_advantages = advantages[rows]  # points.sample indexes this rank's rows
         tr = batch.transitions
-        weights = None
-        if scales is not None:
-            all_scales = dist.all_gather_cat(scales[tr.step])
-            weights = rectification_weights(all_scales)[dist.local_slice(all_scales.shape[0])]
+        if nft:  # the clean samples re-noised at the plan's σ, each row's ε from its own stream
+            renoise_generators = [torch.Generator().manual_seed(derive_seed(t.seed, 5, step, int(r))) for r in rows]
+            points = renoise(batch.final, plan.train[rows], sigmas, torch.arange(len(rows)), renoise_generators)
+        else:
+            points = tr
+        drop = t.drop_zero_advantage if t.drop_zero_advantage is not None else not nft  # as each reference does
+        keep = local_advantages[points.sample] != 0 if drop else torch.ones(len(points), dtype=torch.bool)
 
-    def log_probs(policy, sub: Transitions):  # (log π, μ, s) of transitions under `policy`, with their prompts
-        return transition_log_probs(policy, sub, embeds[sub.sample // G], uncond, sampling.guidance, precision)
+    def forward(policy, sub):  # what the objective needs of `policy` at `sub`, with their prompts
+        if nft:  # the velocity at the re-noised points
+            return (guided_velocity(policy, sub.x, sub.sigma, embeds[sub.sample // G], uncond, sampling.guidance,
+                                    precision),)
+        return transition_log_probs(policy, sub, embeds[sub.sample // G], uncond, sampling.guidance, precision, kind)
 
     # Minibatches (one optimizer step each) of micro-batches (one forward/backward each); the old
-    # log-probabilities are computed on exactly these micro-batches, so the first update sees ρ = 1.
-    minibatches = [mb.split(t.micro_batch_size or max(1, len(mb))) for mb in minibatch_indices(len(tr), len(groups), t.minibatches)]
+    # log-probabilities (velocities) are computed on exactly these micro-batches, so the first update sees ρ = 1.
+    minibatches = micro_batches(keep, len(groups), t.minibatches, t.micro_batch_size)
     with phase("old"), torch.no_grad():
-        old_lp = torch.empty(len(tr))
-        ref_mean: list[list[torch.Tensor]] = [[] for _ in minibatches]
+        old_lp = tr.rollout_log_prob.clone()  # overwritten for every trained transition
+        old_v: list[list[torch.Tensor]] = [[] for _ in minibatches]  # nft's v_old
+        ref: list[list[torch.Tensor]] = [[] for _ in minibatches]  # the reference's SDE mean (velocity for nft)
         for n, chunks in enumerate(minibatches):
             for chunk in chunks:
-                sub = tr.select(chunk)
-                old_lp[chunk] = log_probs(model, sub)[0].float()
+                sub = points.select(_stand_in(chunk))
+                out = forward(model, sub)
+                if nft:
+                    old_v[n].append(out[0])
+                else:
+                    old_lp[chunk] = out[0][: len(chunk)].float()
                 if reference is not None:
                     with reference() as ref_model:
-                        ref_mean[n].append(log_probs(ref_model, sub)[1])
+                        ref[n].append(forward(ref_model, sub)[0 if nft else 1])
 
     with phase("update"):
         model.transformer.train()
-        stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": []}
+        stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": [], "loss": [],
+                                         "nft_positive": [], "nft_negative": []}
         grad_norms, nonfinite = [], False
         for n, chunks in enumerate(minibatches):
-            size, finite = sum(len(c) for c in chunks) * dist.world_size(), True  # over all ranks (equal shares)
+            trained = torch.cat([*chunks, torch.empty(0, dtype=torch.long)])
+            inverse = 1.0 / scales[points.step[trained]] if scales is not None else torch.zeros(0, dtype=torch.float64)
+            size, inverse_sum = dist.sum_over_ranks(torch.tensor([float(len(trained)), float(inverse.sum())],
+                                                                  dtype=torch.float64)).tolist()
+            if size == 0:  # every sample of this minibatch tied, on every rank: nothing to learn from
+                continue
+            finite = True
             for m, chunk in enumerate(chunks):
-                sub = tr.select(chunk)
-                lp, mean, std = log_probs(model, sub)
-                kl = transition_kl(mean, ref_mean[n][m], std) if reference is not None else None
-                terms = policy_loss(lp, old_lp[chunk].to(lp.device), local_advantages[sub.sample].to(lp.device),
-                                    t.clip_range, None if weights is None else weights[chunk].to(lp.device), kl, t.kl_beta)
-                (terms.loss.sum() / size).backward()  # FSDP2 sums over ranks: the global minibatch mean
-                finite = finite and bool(torch.isfinite(terms.loss).all())
-                for key, value in (("ratio", terms.ratio), ("clipped", terms.clipped.float()),
-                                   ("approx_kl", terms.approx_kl)):
-                    stats[key].extend(value.float().tolist())
-                if terms.kl is not None:
-                    stats["kl"].extend(terms.kl.float().tolist())
+                rows_run = _stand_in(chunk)
+                sub = points.select(rows_run)
+                out = forward(model, sub)
+                advantage = local_advantages[sub.sample].to(out[0].device)
+                if nft:
+                    terms = nft_loss(out[0], old_v[n][m], sub, advantage, cfg.strategy.settings.beta, cfg.reward.clip)
+                    kl = velocity_kl(out[0], ref[n][m]) if reference is not None else None
+                    loss = terms.loss + (t.kl_beta * kl if kl is not None else 0)
+                    batch_stats = {"nft_positive": terms.positive, "nft_negative": terms.negative}
+                else:
+                    lp, mean, std = out
+                    kl = transition_kl(mean, ref[n][m], std) if reference is not None else None
+                    weights = None
+                    if scales is not None:  # the mean of c⁻¹ over this optimizer step's transitions on all ranks
+                        weights = rectification_weights(scales[sub.step], inverse_sum / size).to(lp.device)
+                    terms = policy_loss(lp, old_lp[rows_run].to(lp.device), advantage, t.clip_range, weights, kl,
+                                        t.kl_beta)
+                    loss = terms.loss
+                    batch_stats = {"ratio": terms.ratio, "clipped": terms.clipped.float(), "approx_kl": terms.approx_kl}
+                loss = loss[: len(chunk)]  # a stand-in's pass (empty loss) only keeps FSDP2's collectives in step
+                (loss.sum() / size).backward()  # FSDP2 sums over ranks: the global minibatch mean
+                finite = finite and bool(torch.isfinite(loss).all())
+                batch_stats["loss"] = loss.detach()
+                if kl is not None:
+                    batch_stats["kl"] = kl.detach()
+                for key, value in batch_stats.items():
+                    stats[key].extend(value[: len(chunk)].float().tolist())
             grad_norm = dist.clip_grad_norm_(params.values(), t.grad_clip)  # over all ranks' shards
             skip = not (finite and bool(torch.isfinite(grad_norm)))
             if not dist.any_rank(skip):  # every rank steps, or none (their weights must stay equal)
@@ -439,20 +517,48 @@ def iteration(
     row["reward/weighted"] = float(weighted_sum(rewards, cfg.reward.weights).mean())
     row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
     stats = {k: dist.all_gather_cat(torch.tensor(v, dtype=torch.float64)).numpy() for k, v in stats.items()}  # all ranks
+    total, trained = dist.sum_over_ranks(torch.tensor([float(len(points)), float(keep.sum())], dtype=torch.float64)).tolist()
     ratio = stats["ratio"]
+    if len(ratio):  # none when every sample of the iteration tied
+        row.update({
+            "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()),
+            "train/ratio_max": float(ratio.max()), "train/clip_fraction": float(np.mean(stats["clipped"])),
+            "train/approx_kl": float(np.mean(stats["approx_kl"])),
+        })
     row.update({
-        "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()), "train/ratio_max": float(ratio.max()),
-        "train/clip_fraction": float(np.mean(stats["clipped"])), "train/approx_kl": float(np.mean(stats["approx_kl"])),
-        "train/grad_norm": float(np.mean(grad_norms)), "train/transitions": float(len(tr) * dist.world_size()),
-        "train/rollout_logprob_gap": float(dist.all_gather_cat((old_lp - tr.rollout_log_prob).abs().max()[None]).max()),
+        "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "train/transitions": trained,
+        "train/dropped_fraction": 1 - trained / total,
+        "train/rollout_logprob_gap": float(dist.all_gather_cat(
+            (old_lp - tr.rollout_log_prob).abs().amax(dim=0, keepdim=True) if len(tr) else torch.zeros(1)).max()),
         "nfe/rollout_per_video": float(dist.all_gather_cat(torch.tensor([batch.passes_per_video])).mean()),  # equal rows per rank
-        "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * len(tr) / len(rows),
+        "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * trained / (len(rows) * dist.world_size()),
     })
-    if len(stats["kl"]):
-        row["train/kl"] = float(np.mean(stats["kl"]))
+    for key in ("kl", "loss", "nft_positive", "nft_negative"):
+        if len(stats[key]):
+            row[f"train/{key}"] = float(np.mean(stats[key]))
     row.update({f"time/{name}_s": seconds for name, seconds in phase.seconds.items()})
     row["nonfinite"] = nonfinite
     return row
+
+
+def micro_batches(keep: torch.Tensor, num_groups: int, minibatches: int, micro_batch_size: int | None) -> list[list[torch.Tensor]]:
+    """This rank's kept transitions (keep (M,) bool) in each minibatch (`minibatch_indices`), split in micro-batches.
+
+    Ranks keep different numbers of transitions (dropped samples), but FSDP2 needs every rank to run the same
+    number of forwards: a rank with fewer micro-batches than another gets empty ones (see `_stand_in`).
+    """
+    out = []
+    for part in minibatch_indices(len(keep), num_groups, minibatches):
+        kept = part[keep[part]]
+        chunks = list(kept.split(micro_batch_size or len(kept))) if len(kept) else []
+        chunks += [kept[:0]] * (dist.max_over_ranks(len(chunks)) - len(chunks))
+        out.append(chunks)
+    return out
+
+
+def _stand_in(chunk: torch.Tensor) -> torch.Tensor:
+    """The rows a micro-batch runs: its own, or for an empty one transition 0, whose result is discarded."""
+    return chunk if len(chunk) else torch.zeros(1, dtype=torch.long)
 
 
 def minibatch_indices(num_transitions: int, num_groups: int, minibatches: int) -> list[torch.Tensor]:
@@ -468,4 +574,4 @@ def minibatch_indices(num_transitions: int, num_groups: int, minibatches: int) -
     return [(offsets + part).flatten() for part in torch.arange(per_group).tensor_split(minibatches)]
 
 
-__all__ = ["GRPOConfig", "iteration", "minibatch_indices", "train", "training_prompts"]
+__all__ = ["GRPOConfig", "iteration", "micro_batches", "minibatch_indices", "train", "training_prompts"]

@@ -148,6 +148,11 @@ class SFTConfig(Config):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing")
     log_every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
 
+    @model_validator(mode="after")
+    def _trainable(self) -> SFTConfig:
+        self.model.require_float32_for_full_training()
+        return self
+
 
 # ------------------------------------------------------------------------------------------ pure helpers
 

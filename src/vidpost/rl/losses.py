@@ -5,8 +5,8 @@ For a transition m (sample j taking its stochastic step i) with advantage A_j:
     ρ_m = exp(log π_θ − log π_old)
     ℓ_m = max(−A_j·ρ_m, −A_j·clip(ρ_m, 1 − ε, 1 + ε))·w_m + β·KL_m
 
-averaged over the transitions of the (global) batch. w_m = 1, except under temporal gradient
-rectification, where w_m = c(σ_i)⁻¹ / mean_batch(c⁻¹): the gradient of a step's log-probability
+averaged over the transitions of the (global) minibatch. w_m = 1, except under temporal gradient
+rectification, where w_m = c(σ_i)⁻¹ / mean_minibatch(c⁻¹): the gradient of a step's log-probability
 scales with c(σ_i) (diffusion/sde.py: gradient_scale), so dividing by it gives every timestep the same
 say in the update whichever step each group happened to draw.
 """
@@ -18,15 +18,16 @@ from dataclasses import dataclass
 import torch
 
 
-def rectification_weights(scales: torch.Tensor) -> torch.Tensor:
-    """w = c⁻¹ / mean(c⁻¹) for the gradient scales c (M,) of a batch's transitions; float64 (M,), mean 1.
+def rectification_weights(scales: torch.Tensor, mean_inverse: float | None = None) -> torch.Tensor:
+    """w = c⁻¹ / mean(c⁻¹) for the gradient scales c (M,) of transitions trained together; float64 (M,).
 
-    Pass the scales of the *global* batch (all ranks) so that every rank divides by the same mean.
+    The mean is over the transitions of one optimizer step on *all* ranks, as Flash-GRPO takes it: pass
+    `mean_inverse` when `scales` holds only this rank's share (default: the mean of `scales`, weights of mean 1).
     """
     inverse = 1.0 / scales.to(torch.float64)
     if not bool(torch.isfinite(inverse).all()) or not bool((inverse > 0).all()):
         raise ValueError("gradient scales must be finite and > 0")
-    return inverse / inverse.mean()
+    return inverse / (inverse.mean() if mean_inverse is None else mean_inverse)
 
 
 @dataclass

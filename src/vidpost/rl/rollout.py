@@ -57,6 +57,8 @@ def _transitions(states: dict[int, torch.Tensor], log_probs: torch.Tensor, train
                  sigmas: torch.Tensor, g: torch.Tensor, rows: torch.Tensor) -> Transitions:
     """The trained transitions of one sampler run over batch rows `rows` (train (b, N) for those rows)."""
     local, step = train.nonzero(as_tuple=True)  # (M,), (M,): sample-major order
+    if not len(local):  # nothing of the trajectory is trained (nft)
+        return Transitions(**{name: torch.empty(0) for name in Transitions.__dataclass_fields__})
     x = torch.stack([states[int(i)][j] for j, i in zip(local, step, strict=True)])
     x_next = torch.stack([states[int(i) + 1][j] for j, i in zip(local, step, strict=True)])
     return Transitions(x=x, x_next=x_next, sample=rows[local], step=step, sigma=sigmas[step],
@@ -92,10 +94,12 @@ def rollout(
     generator: torch.Generator | list[torch.Generator],
     precision: str,
     flash: FlashConfig | None = None,
+    kind: str = "flow",
 ) -> RolloutBatch:
     """Sample P groups of G videos along `plan`. shape (C, T, H, W) latents; embeds (P, L, D) one row per
     prompt; seeds (B,) of each video's initial noise (a shared prefix uses its group's first seed); generator:
-    the SDE noise's, or one per row (B,) so that each row's noise is the same in any batch (`run_steps`).
+    the SDE noise's, or one per row (B,) so that each row's noise is the same in any batch (`run_steps`);
+    kind: the SDE step g belongs to ("flow" or "cps"). ODE steps are Euler steps on any grid, as the anchors take.
 
     With flash's `shared_prefix` or `suffix_steps`, groups run in buckets of equal k (each group's prefix
     once, then G branches; a coarser ODE grid after k); otherwise the whole batch runs as one, each row
@@ -108,7 +112,7 @@ def rollout(
         if not bucketed:
             velocity = GuidedVelocity(model, embeds.repeat_interleave(group_size, dim=0), uncond, guidance)
             x = initial_noise(shape, seeds.tolist(), model.device)
-            out = run_steps(velocity, x, sigmas, sde=plan.sde, g=g, generator=generator)
+            out = run_steps(velocity, x, sigmas, sde=plan.sde, g=g, generator=generator, kind=kind)
             rows = torch.arange(batch)
             transitions = _transitions(out.states, out.log_probs.cpu(), plan.train, sigmas, g, rows)
             return RolloutBatch(out.final, transitions, _passes(velocity, batch) / batch)
@@ -126,7 +130,7 @@ def rollout(
             else:
                 x = run_steps(velocity, initial_noise(shape, seeds[rows].tolist(), model.device), sigmas, stop=k).final
             gen = [generator[r] for r in rows.tolist()] if isinstance(generator, list) else generator
-            step = run_steps(velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=gen, start=k, stop=k + 1)
+            step = run_steps(velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=gen, start=k, stop=k + 1, kind=kind)
             parts.append(_transitions(step.states, step.log_probs.cpu(), plan.train[rows], sigmas, g, rows))
             final[rows] = run_steps(velocity, step.final, _suffix_grid(sigmas, k + 1, flash.suffix_steps)).final
             passes += _passes(velocity, len(rows))
@@ -140,18 +144,25 @@ def transition_log_probs(
     uncond: torch.Tensor | None,
     guidance: float,
     precision: str,
+    kind: str = "flow",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π(x_{i+1} | x_i) (M,), the SDE mean μ (M, C, T, H, W) and std (M, 1, 1, 1, 1) under the model now.
 
     embeds (M, L, D): each transition's prompt embedding. Gradients flow unless called under no_grad.
     """
+    x = transitions.x.to(model.device)
+    v = guided_velocity(model, x, transitions.sigma, embeds, uncond, guidance, precision)
+    mean, std = sde_mean_std(x, v, transitions.sigma, transitions.sigma_next, transitions.g, kind)
+    return transition_log_prob(transitions.x_next.to(model.device), mean, std), mean, std
+
+
+def guided_velocity(model, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, uncond: torch.Tensor | None,
+                    guidance: float, precision: str) -> torch.Tensor:
+    """The velocity (M, ...) the rollouts followed, at x (M, ...) and σ (M,), under `precision`'s autocast."""
     device = model.device
-    velocity = GuidedVelocity(model, embeds.to(device), uncond, guidance)
-    x = transitions.x.to(device)
     with autocast(precision, device):
-        v = velocity(x, transitions.sigma.to(device=device, dtype=torch.float32))
-    mean, std = sde_mean_std(x, v, transitions.sigma, transitions.sigma_next, transitions.g)
-    return transition_log_prob(transitions.x_next.to(device), mean, std), mean, std
+        return GuidedVelocity(model, embeds.to(device), uncond, guidance)(
+            x.to(device), sigma.to(device=device, dtype=torch.float32))
 
 
-__all__ = ["RolloutBatch", "Transitions", "rollout", "transition_log_probs"]
+__all__ = ["RolloutBatch", "Transitions", "guided_velocity", "rollout", "transition_log_probs"]

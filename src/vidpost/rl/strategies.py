@@ -3,11 +3,17 @@
 - flash (Flash-GRPO, the default): each prompt's group draws one step k from [k_min, k_max]; all its
   samples take their one SDE step at k (iso-temporal grouping), ODE elsewhere, and train only on k.
   Groups may draw different k; the draw comes from (seed, iteration), so every rank draws the same k.
-- full (Flow-GRPO, DanceGRPO): SDE at every step; each sample trains on a random `train_fraction` of them.
+- full (Flow-GRPO, DanceGRPO): SDE at every step; each sample trains on floor(N·train_fraction) of them:
+  the first ones in order (`steps: first`, Flow-GRPO's rule) or a random subset drawn per sample
+  (`steps: random`, DanceGRPO's rule).
 - window (MixGRPO): SDE on a window of `size` steps that starts at the noisiest step and moves `stride`
   steps later every `advance_every` iterations (stopping at `max_start`); train on the window.
+- nft (DiffusionNFT): rollouts by the ODE (or the SDE at every step); nothing of the trajectory is trained.
+  Each clean sample is re-noised at floor(N·train_fraction) grid σ drawn per sample, where the
+  negative-aware flow-matching loss trains (rl/nft.py).
 
-A plan is a pair of (B, N) boolean masks over the rollout batch in group order (B = P·G).
+A plan is a pair of (B, N) boolean masks over the rollout batch in group order (B = P·G): the steps taken
+stochastically, and the steps trained (for nft: the grid σ each clean sample is re-noised at).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pydantic import Field, model_validator
 
 from vidpost.config import Config
 
-STRATEGIES = ("flash", "full", "window")
+STRATEGIES = ("flash", "full", "window", "nft")
 
 
 class FlashConfig(Config):
@@ -36,7 +42,10 @@ class FlashConfig(Config):
 
 
 class FullConfig(Config):
-    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of each sample's steps trained (drawn per sample)")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of each sample's steps trained: floor(N·f), at least 1")
+    steps: Literal["first", "random"] = Field(
+        "random", description="which steps are trained: the first floor(N·f) in order (Flow-GRPO) | a random subset per sample (DanceGRPO)"
+    )
 
 
 class WindowConfig(Config):
@@ -46,11 +55,22 @@ class WindowConfig(Config):
     max_start: int | None = Field(None, ge=0, description="last start index of the window (null = N - size)")
 
 
+class NFTConfig(Config):
+    beta: float = Field(1.0, gt=0, description="how far the implicit positive and negative policies sit from the old one")
+    train_fraction: float = Field(
+        0.99, gt=0, le=1, description="each sample is re-noised at floor(N·f) grid σ, drawn per sample (the reference's 9 of 10)"
+    )
+    sampler: Literal["ode", "sde"] = Field(
+        "ode", description="rollouts by the ODE (the reference) or by the SDE at every step (rollout.noise)"
+    )
+
+
 class StrategyConfig(Config):
-    name: Literal["flash", "full", "window"] = Field("flash", description="flash | full | window")
+    name: Literal["flash", "full", "window", "nft"] = Field("flash", description="flash | full | window | nft")
     flash: FlashConfig | None = Field(None, description="settings of the flash strategy (defaults when null)")
     full: FullConfig | None = Field(None, description="settings of the full-trajectory strategy (defaults when null)")
     window: WindowConfig | None = Field(None, description="settings of the sliding-window strategy (defaults when null)")
+    nft: NFTConfig | None = Field(None, description="settings of DiffusionNFT (defaults when null)")
 
     @model_validator(mode="after")
     def _only_the_chosen_settings(self) -> StrategyConfig:
@@ -60,10 +80,19 @@ class StrategyConfig(Config):
         return self
 
     @property
-    def settings(self) -> FlashConfig | FullConfig | WindowConfig:
+    def settings(self) -> FlashConfig | FullConfig | WindowConfig | NFTConfig:
         """The chosen strategy's settings (its defaults when the section is left out)."""
-        defaults = {"flash": FlashConfig, "full": FullConfig, "window": WindowConfig}
+        defaults = {"flash": FlashConfig, "full": FullConfig, "window": WindowConfig, "nft": NFTConfig}
         return getattr(self, self.name) or defaults[self.name]()
+
+    def trained_steps(self, num_steps: int) -> int:
+        """How many of a sample's `num_steps` steps are trained."""
+        cfg = self.settings
+        if self.name == "flash":
+            return 1
+        if self.name in ("full", "nft"):
+            return full_train_count(cfg, num_steps)
+        return min(cfg.size, num_steps)
 
 
 @dataclass
@@ -81,6 +110,17 @@ def flash_range(cfg: FlashConfig, num_steps: int) -> tuple[int, int]:
     if k_max >= num_steps:
         raise ValueError(f"flash k_max {k_max} must be below the number of sampling steps {num_steps}")
     return cfg.k_min, k_max
+
+
+def _random_steps(batch: int, num_steps: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """(batch, num_steps) bool: `count` steps per row, a random subset drawn per row."""
+    order = torch.rand(batch, num_steps, generator=generator).argsort(dim=1)  # a random order per sample
+    return torch.zeros(batch, num_steps, dtype=torch.bool).scatter_(1, order[:, :count], True)
+
+
+def full_train_count(cfg: FullConfig | NFTConfig, num_steps: int) -> int:
+    """floor(N·train_fraction), at least 1: the anchors' int(num_steps * timestep_fraction)."""
+    return max(1, int(num_steps * cfg.train_fraction + 1e-9))  # 1e-9: 0.6·20 is 11.999… in binary
 
 
 def window_start(cfg: WindowConfig, num_steps: int, iteration: int) -> int:
@@ -106,11 +146,15 @@ def plan_steps(
         return StepPlan(sde=sde, train=sde.clone(), k=k)
     if strategy.name == "full":
         sde = torch.ones(batch, num_steps, dtype=torch.bool)
-        n_train = max(1, round(cfg.train_fraction * num_steps))
-        order = torch.rand(batch, num_steps, generator=generator).argsort(dim=1)  # a random order per sample
-        train = torch.zeros_like(sde)
-        train.scatter_(1, order[:, :n_train], True)
-        return StepPlan(sde=sde, train=train)
+        n_train = full_train_count(cfg, num_steps)
+        if cfg.steps == "first":
+            train = torch.zeros_like(sde)
+            train[:, :n_train] = True
+            return StepPlan(sde=sde, train=train)
+        return StepPlan(sde=sde, train=_random_steps(batch, num_steps, n_train, generator))
+    if strategy.name == "nft":
+        sde = torch.full((batch, num_steps), cfg.sampler == "sde", dtype=torch.bool)
+        return StepPlan(sde=sde, train=_random_steps(batch, num_steps, full_train_count(cfg, num_steps), generator))
     start = window_start(cfg, num_steps, iteration)
     sde = torch.zeros(batch, num_steps, dtype=torch.bool)
     sde[:, start : start + cfg.size] = True
@@ -121,10 +165,12 @@ __all__ = [
     "STRATEGIES",
     "FlashConfig",
     "FullConfig",
+    "NFTConfig",
     "StepPlan",
     "StrategyConfig",
     "WindowConfig",
     "flash_range",
+    "full_train_count",
     "plan_steps",
     "window_start",
 ]
