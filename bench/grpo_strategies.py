@@ -32,9 +32,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vidpost.config import load_config  # noqa: E402
+from vidpost.data.dataset import read_metadata  # noqa: E402
+from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.recipes.grpo import GRPOConfig, train  # noqa: E402
 from vidpost.rewards.registry import register_family  # noqa: E402
 from vidpost.runlog import read_metrics  # noqa: E402
@@ -50,9 +53,17 @@ def brightness(videos, prompts) -> dict:
     return {"brightness": videos.reshape(len(videos), -1).mean(axis=1)}
 
 
+def heldout_brightness(run_dir: Path, iteration: int) -> float:
+    """The mean brightness of the held-out videos the evaluation at `iteration` saved (fixed captions and seeds)."""
+    folder = run_dir / "samples" / f"step_{iteration:06d}"
+    records, _ = read_metadata(folder)
+    return float(np.mean([to_float(np.load(folder / r["file"])).mean() for r in records]))
+
+
 def curve(run_dir: Path) -> list[dict]:
-    """Per evaluation: iteration, training seconds so far, the held-out rewards, and the mean training reward
-    (reward/weighted, what the run optimises) over the iterations since the previous evaluation."""
+    """Per evaluation: iteration, training seconds so far, the held-out rewards (with the held-out videos'
+    brightness), and the mean training reward (reward/weighted, what the run optimises) over the iterations
+    since the previous evaluation (the training prompts change every iteration, so it is noisy)."""
     seconds, points, trained = 0.0, [], []
     for row in read_metrics(run_dir):
         seconds += sum(v for k, v in row.items() if k.startswith("time/"))
@@ -61,15 +72,15 @@ def curve(run_dir: Path) -> list[dict]:
         if "eval/total" in row:
             points.append({"iteration": row["step"], "seconds": seconds, "total": row["eval/total"],
                            "success": row["eval/success"], "coherence": row.get("eval/coherence"),
-                           "quality": row.get("eval/quality"),
+                           "quality": row.get("eval/quality"), "brightness": heldout_brightness(run_dir, row["step"]),
                            "training_reward": sum(trained) / len(trained) if trained else None})
             trained = []
     return points
 
 
-def reward_at(points: list[dict], seconds: float) -> float:
-    """The last evaluated total at or before `seconds` of training."""
-    return [p for p in points if p["seconds"] <= seconds + 1e-9][-1]["total"]
+def reward_at(points: list[dict], seconds: float, key: str = "total") -> float:
+    """The last evaluated `key` at or before `seconds` of training."""
+    return [p for p in points if p["seconds"] <= seconds + 1e-9][-1][key]
 
 
 def time_to_reach(points: list[dict], target: float) -> float | None:
@@ -116,6 +127,8 @@ def main() -> None:
                       "final_success": points[-1]["success"], "total_at_equal_time": reward_at(points, budget),
                       "start_quality": points[0]["quality"], "final_quality": points[-1]["quality"],
                       "start_coherence": points[0]["coherence"], "final_coherence": points[-1]["coherence"],
+                      "start_brightness": points[0]["brightness"], "final_brightness": points[-1]["brightness"],
+                      "brightness_at_equal_time": reward_at(points, budget, "brightness"),
                       "final_training_reward": points[-1]["training_reward"]})
     summary = {"equal_time_budget_s": budget}
     if "flash" in runs and "full" in runs:
@@ -134,6 +147,8 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     panels = [("total", "held-out total reward"), ("quality", "held-out quality"),
               ("training_reward", "training reward (reward.weights)")]
+    if args.reward == "brightness":
+        panels[0] = ("brightness", "held-out brightness")
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for name, r in runs.items():
