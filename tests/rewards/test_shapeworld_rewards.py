@@ -9,7 +9,7 @@ from scipy import ndimage
 from vidpost.errors import CaptionError
 from vidpost.rewards.shapeworld import score_clip, shapeworld_rewards
 from vidpost.world.grammar import caption, parse_caption
-from vidpost.world.render import render_scene
+from vidpost.world.render import render_scene, shape_mask
 from vidpost.world.sampling import random_spec
 from vidpost.world.spec import (
     BACKGROUNDS,
@@ -47,7 +47,7 @@ def test_ground_truth_scores_one_for_every_single_object_combination():
         for motion, speed in [(STILL, None), *itertools.product(DIRECTIONS, SPEEDS)]:
             spec = SceneSpec((ObjectSpec(colour, shape, size, motion, speed),), background)
             scores = score_clip(_truth(spec), spec)
-            totals.append(scores["total"])
+            totals.append(min(scores["total"], scores["instruction_graded"]))
             success.append(scores["success"])
     assert len(totals) == 972
     assert min(totals) >= 0.99 and min(success) == 1.0
@@ -64,6 +64,7 @@ def test_ground_truth_scores_one_for_random_multi_object_scenes_after_uint8_stor
         stored = np.round(video * 255).astype(np.uint8).astype(np.float32) / 255
         scores = score_clip(stored, spec)
         assert scores["total"] >= 0.99 and scores["success"] == 1.0, caption(spec)
+        assert scores["instruction_graded"] >= 0.99, caption(spec)
         assert scores["blobs_per_frame"] == len(spec.objects), caption(spec)
 
 
@@ -131,6 +132,7 @@ def test_each_cheat_scores_at_most_a_quarter(cheat):
             continue  # no room for the extra copy
         scores = score_clip(fake.astype(np.float32), spec)
         assert scores["total"] <= 0.25, (cheat, caption(spec), scores)
+        assert scores["instruction_graded"] <= 0.3, (cheat, caption(spec), scores)
         assert scores["success"] == 0.0
         scored += 1
     assert scored >= 20
@@ -159,7 +161,7 @@ def test_family_is_batched_and_rejects_bad_captions():
     spec = parse_caption("a small magenta triangle moving up slowly on a gray background")
     video = _truth(spec)
     out = shapeworld_rewards(np.stack([video, np.zeros_like(video)]), [caption(spec)] * 2)
-    assert set(out) == {"instruction", "coherence", "quality", "total", "success"}
+    assert set(out) == {"instruction", "coherence", "quality", "total", "success", "instruction_graded"}
     assert out["total"][0] >= 0.99 and out["total"][1] == 0.0
     assert all(((v >= 0) & (v <= 1)).all() for v in out.values())
     with pytest.raises(CaptionError, match="a purple blob"):
@@ -185,3 +187,45 @@ def test_check_shares_say_which_check_fails():
     missing[3][np.all(missing[3] == COLOURS["blue"], axis=-1)] = BACKGROUNDS["black"]
     scores = score_clip(missing, spec)
     assert scores["presence"] == pytest.approx(1 - 0.5 / 8) and scores["count"] == pytest.approx(7 / 8)
+
+
+# ---- instruction_graded: partial credit that rises as a sample moves towards its caption ----
+
+
+def _drawn(side: int, xs, ys, shape: str = "square", colour: str = "red", background: str = "black") -> np.ndarray:
+    """A single object drawn by hand: `side` px raster of `shape` with its top-left at (xs[t], ys[t])."""
+    video = np.broadcast_to(np.array(BACKGROUNDS[background], np.float32), (len(xs), 24, 24, 3)).copy()
+    raster = shape_mask(shape, side)
+    for t, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        video[t, y : y + side, x : x + side][raster] = COLOURS[colour]
+    return video
+
+
+def _graded(video: np.ndarray, text: str) -> float:
+    return score_clip(video, parse_caption(text))["instruction_graded"]
+
+
+def test_graded_credit_rises_as_the_size_approaches_the_caption():
+    text = "a large red square moving right slowly on a black background"  # 9 px, 1 px per frame
+    scores = [_graded(_drawn(side, range(2, 10), [4] * 8), text) for side in (3, 5, 7, 9)]
+    assert all(a < b for a, b in itertools.pairwise(scores)) and scores[-1] >= 0.99, scores
+    assert scores[0] > 0  # far off, yet a signal (group-relative advantages need an order, not a scale)
+    too_big = [_graded(_drawn(side, range(1, 9), [2] * 8), text) for side in (15, 13, 11, 9)]
+    assert all(a < b for a, b in itertools.pairwise(too_big)), too_big
+
+
+def test_graded_credit_rises_as_the_speed_and_path_approach_the_caption():
+    text = "a small blue circle moving right quickly on a white background"  # 2 px per frame
+    speeds = [_graded(_drawn(5, [10 + v * (t - 4) for t in range(8)], [9] * 8, "circle", "blue", "white"), text)
+              for v in (-2, -1, 0, 1, 2)]
+    assert all(a < b for a, b in itertools.pairwise(speeds)) and speeds[-1] >= 0.99, speeds
+    jitter = [_graded(_drawn(5, [2 + 2 * t for t in range(8)], [9 + (k if t % 2 else -k) for t in range(8)],
+                             "circle", "blue", "white"), text) for k in (3, 2, 1, 0)]
+    assert all(a < b for a, b in itertools.pairwise(jitter)) and jitter[-1] >= 0.99, jitter
+
+
+def test_graded_credit_rewards_the_stated_shape_and_binds_it_per_object():
+    text = "a large green triangle staying still on a gray background"
+    by_shape = {k: _graded(_drawn(9, [6] * 8, [6] * 8, k, "green", "gray"), text) for k in SHAPES}
+    assert by_shape["triangle"] >= 0.99 and by_shape["circle"] < by_shape["triangle"] and by_shape["square"] < 0.7
+    assert _graded(_drawn(9, [6] * 8, [6] * 8, "triangle", "yellow", "gray"), text) == 0.0  # wrong colour: absent

@@ -23,6 +23,13 @@ contrast-invariant, so a blurred edge (alpha 2/3 for a 3x3 blur) never counts, o
 - total: instruction x (0.5 + 0.25 coherence + 0.25 quality): quality only pays when instructions hold.
 - success: GenEval-style strict flag: the count, presence, size and shape checks pass in every frame
   and every centroid and every step is within MOTION_TOL_PX of its stated trajectory.
+- instruction_graded: partial credit where `instruction` is all or nothing, a signal for RL from a weak
+  model. Per object and frame: colour coverage (the object's area over the stated shape's, at most 1) x
+  size exp(-|extent error| / GRADED_SIZE_PX) x shape IoU (the stated raster centred on the object's box);
+  per object: the frames' mean x motion exp(-(|v_fit - v| / GRADED_SPEED_PX)^2) x mean over frames of
+  exp(-(r / GRADED_PATH_PX)^2), v_fit the least-squares velocity of the centroid, r its residual; combined
+  over objects and with a soft count (mean of exp(-|blobs - objects|)) as `instruction` is. A frozen slow
+  object keeps exp(-(1/0.8)^2) = 0.21 of its motion credit.
 """
 
 from __future__ import annotations
@@ -61,8 +68,11 @@ AREA_CV_TOL = 0.25
 ACCEL_TOL_PX = 1.0
 PIXEL_TOL = 0.3  # colour distance that scores 0 for crispness and cleanliness
 NEAR_OBJECT_PX = 2
+GRADED_SIZE_PX = 3.0  # a side off by 3 px keeps 1/e of the size credit
+GRADED_SPEED_PX = 0.8  # px per frame of velocity error that keeps 1/e of the motion credit
+GRADED_PATH_PX = 1.5  # centroid residual from the fitted line that keeps 1/e
 
-REWARD_KEYS = ("instruction", "coherence", "quality", "total", "success")
+REWARD_KEYS = ("instruction", "coherence", "quality", "total", "success", "instruction_graded")
 _IN_FRAME = np.zeros((3, 3, 3), bool)
 _IN_FRAME[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within a frame, never across frames
 _NEAR = np.ones((1, 2 * NEAR_OBJECT_PX + 1, 2 * NEAR_OBJECT_PX + 1), bool)
@@ -166,6 +176,50 @@ def _stability(area: np.ndarray, centroid: np.ndarray, present: np.ndarray) -> t
     return identity, float(np.clip(1 - accel / ACCEL_TOL_PX, 0, 1)) * triple.mean()
 
 
+def _shape_iou(mask: np.ndarray, shape: str, side: np.ndarray) -> np.ndarray:
+    """(T,) IoU of each frame's mask (T, H, W) with the stated shape's raster of `side` (T,), centred on the mask's box."""
+    _, height, width = mask.shape
+    ious = np.zeros(len(mask))
+    for t, frame in enumerate(mask):
+        rows, cols = np.flatnonzero(frame.any(1)), np.flatnonzero(frame.any(0))
+        if not len(rows):
+            continue
+        raster = shape_mask(shape, int(side[t]))
+        top = int(round((rows[0] + rows[-1] - raster.shape[0] + 1) / 2))
+        left = int(round((cols[0] + cols[-1] - raster.shape[1] + 1) / 2))
+        placed = np.zeros((height + 2 * raster.shape[0], width + 2 * raster.shape[1]), bool)  # room off the edges
+        placed[top + raster.shape[0] : top + 2 * raster.shape[0], left + raster.shape[1] : left + 2 * raster.shape[1]] = raster
+        placed = placed[raster.shape[0] : raster.shape[0] + height, raster.shape[1] : raster.shape[1] + width]
+        ious[t] = (frame & placed).sum() / max((frame | placed).sum(), 1)
+    return ious
+
+
+def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> float:
+    """instruction_graded's credit of one object (module docstring) from its mask (T, H, W) and centroids (T, 2)."""
+    area = mask.sum((1, 2))
+    present = area > 0
+    if not present.any():
+        return 0.0
+    h, w = _extent(mask.any(2)), _extent(mask.any(1))
+    sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
+    side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
+    coverage = np.minimum(area / np.array([shape_mask(obj.shape, int(s)).sum() for s in side]), 1.0)
+    size = np.exp(-(np.abs(h - side) + np.abs(w - side)) / 2 / GRADED_SIZE_PX)
+    frames = np.where(present, coverage * size * _shape_iou(mask, obj.shape, side), 0.0).mean()
+    velocities = _allowed_velocities(obj)
+    if velocities is None:
+        return float(frames)
+    t = np.flatnonzero(present)
+    if len(t) < 2:
+        return 0.0
+    design = np.stack([np.ones(len(t)), t], 1)  # centroid = start + v t, least squares over the present frames
+    coef = np.linalg.lstsq(design, centroid[t], rcond=None)[0]  # (2, 2): start, v
+    residual = np.linalg.norm(design @ coef - centroid[t], axis=1)
+    path = np.exp(-((residual / GRADED_PATH_PX) ** 2)).sum() / len(present)  # absent frames earn nothing
+    speed = np.exp(-((np.linalg.norm(coef[1] - velocities, axis=1) / GRADED_SPEED_PX) ** 2)).max()
+    return float(frames * speed * path)
+
+
 def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> dict[str, np.ndarray | float]:
     """Per-frame and per-clip checks of one stated object; rel = video - background (T, H, W, 3)."""
     mask = _object_mask(rel, background, obj.colour)  # (T, H, W)
@@ -178,7 +232,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> d
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
     return {"present": present, "frame_ok": frame_ok, "motion_score": motion_score, "motion_ok": motion_ok,
-            "identity": identity, "smoothness": smoothness}
+            "identity": identity, "smoothness": smoothness, "graded": _graded_object(mask, centroid, obj)}
 
 
 def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
@@ -203,6 +257,8 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
 
     checks = [_check_object(rel, background, obj) for obj in spec.objects]
     instruction = count_ok.mean() * np.prod([c["frame_ok"].mean() * c["motion_score"] for c in checks])
+    soft_count = np.exp(-np.abs(blobs_per_frame - len(spec.objects))).mean()
+    instruction_graded = soft_count * np.prod([c["graded"] for c in checks])
 
     near = ndimage.binary_dilation(foreground, structure=_NEAR)
     away = ~near
@@ -231,6 +287,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         "quality": float(quality),
         "total": float(instruction * (0.5 + 0.25 * coherence + 0.25 * quality)),
         "success": float(success),
+        "instruction_graded": float(instruction_graded),
         "count": float(count_ok.mean()),
         # where instruction following fails, per stated object (mean over objects): frames present,
         # frames present with the stated size and shape, motion score
