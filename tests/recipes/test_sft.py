@@ -203,8 +203,8 @@ def test_compiled_blocks_train_to_the_same_weights_as_eager(tmp_path):
 
 
 def test_rerun_with_another_config_is_refused(finished_run):
-    with pytest.raises(VidpostError, match="train.steps: 4 there, 5 now"):
-        train(_config("train.steps=5"), finished_run, progress=False)
+    with pytest.raises(VidpostError, match=r"\(train.batch_size: 4 there, 2 now\)"):  # it rewrites the steps taken
+        train(_config("train.batch_size=2"), finished_run, progress=False)
 
 
 def test_pretrain_refuses_an_existing_model(tmp_path):
@@ -291,3 +291,34 @@ def test_validation_prompts_come_from_a_file_or_a_shapeworld_split(tmp_path):
     assert all(len(t.split()) < len(c.split()) for t, c in zip(terse, prompts, strict=True))  # the same scenes, terser
     with pytest.raises(VidpostError, match="prompts file not found"):
         validation_prompts(ValidationConfig(prompts_file=str(tmp_path / "missing.txt")))
+
+
+def test_a_finished_run_is_extended_by_more_steps_exactly(finished_run, tmp_path):
+    """Constant learning rate: a 4-step run extended to 6 equals a 6-step run; the change is logged."""
+    constant = ["optim.schedule=constant", "checkpoint.every_steps=1"]
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    train(_config(*constant, "train.steps=6"), straight, progress=False)
+    assert train(_config(*constant), extended, progress=False) == extended / "model"
+    assert train(_config(*constant, "train.steps=6"), extended, progress=False) == extended / "model"
+    a, b = _weights(straight), _weights(extended)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    changes = [json.loads(line) for line in (extended / "logs" / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"from_step": 4, "changes": {"train.steps": [4, 6]}}]
+    assert json.loads((extended / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_stopped_run_resumes_at_a_lower_learning_rate_but_refuses_other_changes(tmp_path):
+    assert train(_config(), tmp_path, progress=False, stop_after=2) is None
+    with pytest.raises(VidpostError, match=r"another config \(model.tiny.num_layers: 2 there, 3 now\); only train.steps"):
+        train(_config("model.tiny.num_layers=3", "optim.learning_rate=5e-4"), tmp_path, progress=False)
+    with pytest.raises(VidpostError, match="train.steps 1 is below the 2 steps"):
+        train(_config("train.steps=1"), tmp_path, progress=False)
+    assert train(_config("optim.learning_rate=5e-4"), tmp_path, progress=False) == tmp_path / "model"
+    lrs = {m["step"]: m["train/lr"] for m in read_metrics(tmp_path) if "train/lr" in m}
+    assert lrs[2] > 5e-4 >= lrs[3]  # the new rate applies from the resumed step on
+
+
+def test_a_run_that_never_took_a_step_takes_a_corrected_config(tmp_path):
+    with pytest.raises(VidpostError):
+        train(_config("model.path=/nowhere", from_scratch=False), tmp_path, progress=False)
+    assert train(_config(), tmp_path, progress=False) == tmp_path / "model"

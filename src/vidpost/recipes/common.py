@@ -5,6 +5,7 @@ final model.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -171,16 +172,75 @@ class NonfiniteStreak:
         )
 
 
+# Keys a run may change when it resumes: they shape the steps still to come, not the ones taken. A run
+# stopped by a non-finite streak resumes at a lower learning rate; a finished run is extended by more steps.
+RESUMABLE_KEYS = ("train.steps", "train.learning_rate", "train.grad_clip", "train.max_consecutive_nonfinite",
+                  "optim.", "validation.", "evaluation.", "checkpoint.", "log_every_steps")
+CONFIG_CHANGES = "config_changes.jsonl"  # under logs/: every accepted change, with the step it applies from
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Every (dotted key, old value, new value) that differs between two config dumps."""
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append((f"{prefix}{key}", a, b))
+    return changes
+
+
+def _started(out: Path) -> int | None:
+    """The step a run in `out` has reached (its newest checkpoint; a finished run without one: -1), or None."""
+    steps = [int(p.parent.name.split("_")[-1]) for p in out.rglob("state.json")  # a pipeline's stages too
+             if p.parent.name.startswith("step_") and "checkpoints" in p.parts]
+    if steps:
+        return max(steps)
+    return -1 if finished_model(out) is not None else None
+
+
 def prepare_run_dir(cfg: Config, out: Path) -> None:
-    """Create the run directory with the resolved config; refuse one that holds a run of another config."""
+    """Create the run directory with the resolved config, or take up the run it holds.
+
+    A run that has not taken a step yet (no checkpoint, no final model) takes any config. One that has may
+    change only RESUMABLE_KEYS; each accepted change is written to logs/config_changes.jsonl, and a finished
+    run given more steps (train.steps) loses its final folder, which the extended run writes again. Any
+    other change is refused with the offending keys.
+    """
     saved = out / "config.yaml"
     if saved.is_file():
-        previous = load_config(type(cfg), saved)
-        if previous != cfg:
-            diff = config_diff(previous.model_dump(), cfg.model_dump())
-            raise VidpostError(f"{out} holds a run with another config ({diff}); choose another --out")
+        try:
+            previous = load_config(type(cfg), saved).model_dump()
+        except VidpostError as error:
+            raise VidpostError(f"{out} holds a run whose config no longer loads ({error}); choose another --out") from None
+        changes = config_changes(previous, cfg.model_dump())
+        step = _started(out) if changes else None
+        if step is not None:
+            refused = [c for c in changes if not c[0].startswith(RESUMABLE_KEYS)]
+            if refused:
+                diff = "; ".join(f"{key}: {a!r} there, {b!r} now" for key, a, b in refused)
+                raise VidpostError(f"{out} holds a run with another config ({diff}); only "
+                                   f"{', '.join(RESUMABLE_KEYS)} may change when a run resumes: choose another --out")
+            _accept_changes(cfg, out, changes, step)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
+
+
+def _accept_changes(cfg: Config, out: Path, changes: list[tuple[str, object, object]], step: int) -> None:
+    steps = dict((key, b) for key, _, b in changes).get("train.steps")
+    if steps is not None and step >= 0 and steps < step:
+        raise VidpostError(f"train.steps {steps} is below the {step} steps {out} has already run")
+    if not dist.is_main():
+        return
+    for key, a, b in changes:
+        log.warning("%s: %s changes from %r to %r from step %d on", out, key, a, b, max(step, 0))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    with open(out / "logs" / CONFIG_CHANGES, "a") as f:
+        f.write(json.dumps({"from_step": max(step, 0), "changes": {k: [a, b] for k, a, b in changes}}) + "\n")
+    final = finished_model(out)
+    if steps is not None and final is not None:  # extended: the final folder is written again at the new end
+        shutil.rmtree(final)
 
 
 def start_run(cfg: Config, out: Path, finished=None) -> Path | None:
@@ -209,18 +269,6 @@ def open_run_log(out: Path, start: int, opening: dict[str, int]) -> RunLog | Non
 def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
     log.warning("stopped at %s %d; rerun the same command to resume from %s", unit, step,
                 latest_checkpoint(checkpoints) or "the start")
-
-
-def config_diff(old: dict, new: dict, prefix: str = "") -> str:
-    for key in old.keys() | new.keys():
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = config_diff(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} there, {b!r} now"
-    return ""
 
 
 def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[str], bool]:
