@@ -110,3 +110,40 @@ def test_old_checkpoints_are_pruned_and_a_repeated_step_is_not_rewritten(tmp_pat
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002", "step_000003"]
     save_checkpoint(tmp_path, 3, *dummy_state(9.0), {"mark": 9.0}, keep_last=2)
     _assert_holds(tmp_path / "step_000003", 3.0)
+
+
+def test_a_save_reaches_the_disk_before_older_checkpoints_are_deleted(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 1, *dummy_state(1.0), {}, keep_last=1)
+    events, real_fsync, real_rmtree = [], os.fsync, checkpoint.shutil.rmtree
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        real_fsync(fd)
+
+    def rmtree(path, *args, **kwargs):
+        events.append(("rmtree", Path(path).name))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    save_checkpoint(tmp_path, 2, *dummy_state(2.0), {}, keep_last=1)
+    synced = [name for kind, name in events if kind == "fsync"]
+    assert {"trainable.safetensors", "optimizer.safetensors", "state.json", tmp_path.name} <= set(synced)
+    deleting = next(i for i, (kind, name) in enumerate(events) if kind == "rmtree" and "step_000001" in name)
+    assert events[deleting - 1] == ("fsync", tmp_path.name)  # the rename is on disk before step 1 goes
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_resume_passes_over_a_newest_checkpoint_that_does_not_read(tmp_path, damage, caplog):
+    save_checkpoint(tmp_path, 1, *dummy_state(1.0), {"mark": 1.0}, keep_last=2)
+    save_checkpoint(tmp_path, 2, *dummy_state(2.0), {"mark": 2.0}, keep_last=2)
+    broken = tmp_path / "step_000002" / "trainable.safetensors"
+    broken.write_bytes(broken.read_bytes()[: 100 if damage == "truncated" else 0])
+    params, optimizer = dummy_state(0.0)
+    path, state = checkpoint.load_latest_checkpoint(tmp_path, params, optimizer)
+    assert path.name == "step_000001" and state["mark"] == 1.0 and bool((params["w"] == 1.0).all())
+    assert "step_000002: unreadable checkpoint (SafetensorError" in caplog.text
+    (tmp_path / "step_000001" / "optimizer.safetensors").write_bytes(b"")
+    with pytest.raises(checkpoint.VidpostError, match="no checkpoint under .* could be read"):
+        checkpoint.load_latest_checkpoint(tmp_path, *dummy_state(0.0))
+    assert checkpoint.load_latest_checkpoint(tmp_path / "none", *dummy_state(0.0)) is None

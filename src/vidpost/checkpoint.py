@@ -9,8 +9,9 @@ A checkpoint holds whole tensors, whatever the world size of the run that wrote 
 gather their shards (`full_training_state`, a collective), rank 0 writes, and `load_checkpoint` shards what it
 reads like the model's parameters, so a run resumes at another world size.
 
-A checkpoint is written into a hidden temporary folder and renamed into place, so a kill during a save
-never leaves a half-written checkpoint, and the previous ones stay intact; an old checkpoint is renamed
+A checkpoint is written into a hidden temporary folder, flushed to disk (files and folder) and renamed into
+place, the rename flushed too, so neither a kill nor a power loss during a save leaves no whole checkpoint,
+and the previous ones stay intact until then; resume skips a newest checkpoint that does not read; an old checkpoint is renamed
 away before it is deleted, for the same reason. The next save removes what a kill left behind. One process
 writes a run's checkpoints (rank 0). Randomness needs no saving: recipes draw every step's randomness from
 (seed, step).
@@ -19,6 +20,7 @@ writes a run's checkpoints (rank 0). Randomness needs no saving: recipes draw ev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,10 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vidpost import dist
 from vidpost.errors import VidpostError
+
+log = logging.getLogger("vidpost")
+
+
+class UnreadableCheckpoint(VidpostError):
+    """A checkpoint whose files cannot be read (truncated, empty, corrupt): an older one may still load."""
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-"  # folders being written or deleted; never listed as checkpoints
@@ -103,9 +112,12 @@ def save_checkpoint(
         tensors, optim_meta = _optimizer_tensors(optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": optim_meta, **state}, indent=1))
+        for written in (*tmp.iterdir(), tmp):  # on disk before the rename: a power loss keeps a whole checkpoint
+            _fsync(written)
         if final.exists():  # an incomplete folder of that name (no state.json) from an older kill
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync(root)  # the rename itself, before any older checkpoint is deleted
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -115,6 +127,17 @@ def save_checkpoint(
         os.replace(old, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk (a directory's on POSIX only)."""
+    if path.is_dir() and os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(
@@ -129,8 +152,8 @@ def load_checkpoint(
         state = json.loads((path / "state.json").read_text())
         weights = load_file(path / "trainable.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
-    except (OSError, ValueError) as exc:
-        raise VidpostError(f"{path}: unreadable checkpoint ({exc})") from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
     if set(weights) != set(parameters):
         missing, extra = sorted(set(parameters) - set(weights)), sorted(set(weights) - set(parameters))
         raise VidpostError(
@@ -151,3 +174,23 @@ def load_checkpoint(
         entries.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": optim_meta["param_groups"]})
     return state
+
+
+def load_latest_checkpoint(
+    root: str | Path, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
+) -> tuple[Path, dict[str, Any]] | None:
+    """`load_checkpoint` of the newest checkpoint under root that reads; (its path, state.json), or None if none.
+
+    A newer one that cannot be read (a truncated or empty file after a crash) is passed over with a one-line
+    warning naming it; if none reads, the run stops rather than start again from nothing.
+    """
+    found = list_checkpoints(root)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path, parameters, optimizer)
+        except UnreadableCheckpoint as error:
+            log.warning("%s; trying the checkpoint before it", error)
+    if found:
+        raise VidpostError(f"no checkpoint under {root} could be read (see the warnings above); move them away "
+                           "to start again from the beginning")
+    return None

@@ -59,7 +59,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.dataset import iter_clips
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
@@ -356,9 +356,9 @@ def train(
     optimizer = new_optimizer()
     total_steps = len(rounds) * t.steps_per_round
     start, state = 0, {"nonfinite_steps": 0}
-    checkpoint = latest_checkpoint(out / "checkpoints")
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, _checkpointed(params, teacher_params), optimizer)
+    resumed = load_latest_checkpoint(out / "checkpoints", _checkpointed(params, teacher_params), optimizer)
+    if resumed is not None:
+        checkpoint, state = resumed
         start = state.pop("step")
         log.info("resuming from %s (step %d of %d)", checkpoint, start, total_steps)
     runlog = open_run_log(out, start, rewrite_metrics)

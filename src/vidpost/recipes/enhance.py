@@ -52,7 +52,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from vidpost import dist
-from vidpost.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.video_io import to_float
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
@@ -376,10 +376,10 @@ def initial_model(m: ToyModelConfig, init: Path | None) -> tuple[PreTrainedModel
 
 def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> tuple[bool, int, dict]:
     """(whether a checkpoint was found, steps done, counters) of a stage, loading its newest checkpoint."""
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is None:
+    resumed = load_latest_checkpoint(checkpoints, params, optimizer)
+    if resumed is None:
         return False, 0, {"nonfinite_steps": 0}
-    state = load_checkpoint(checkpoint, params, optimizer)
+    checkpoint, state = resumed
     start = state.pop("step")
     log.info("resuming from %s (%s)", checkpoint, progress_text % start)
     return True, start, state

@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -295,9 +295,9 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     optimizer = torch.optim.AdamW(params.values(), lr=t.learning_rate, betas=t.betas, weight_decay=t.weight_decay)
     ema = make_ema(params, t.ema_decay)
     start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
-    checkpoint = latest_checkpoint(out / "checkpoints")
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, ema_checkpointed(params, ema), optimizer)
+    resumed = load_latest_checkpoint(out / "checkpoints", ema_checkpointed(params, ema), optimizer)
+    if resumed is not None:
+        checkpoint, state = resumed
         start = state.pop("step")
         if ema is not None:
             ema.optimization_step = state["ema_steps"]

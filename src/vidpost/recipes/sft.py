@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config, load_config
 from vidpost.data.cache import CACHE_DTYPES, EncodedDataset, load_or_build_cache
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -251,9 +251,9 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
 
     ema = make_ema(params, cfg.train.ema_decay)
     start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
-    checkpoint = latest_checkpoint(out / "checkpoints")
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, ema_checkpointed(params, ema), optimizer)
+    resumed = load_latest_checkpoint(out / "checkpoints", ema_checkpointed(params, ema), optimizer)
+    if resumed is not None:
+        checkpoint, state = resumed
         start = state.pop("step")
         if ema is not None:
             ema.optimization_step = state["ema_steps"]
