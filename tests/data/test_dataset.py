@@ -142,3 +142,17 @@ def test_non_utf8_line_is_a_problem_not_a_crash(tmp_path: Path) -> None:
         fh.write(b'{"file": "x.npy", "caption": "\xff"}\n')
     records, problems = read_metadata(tmp_path)
     assert len(records) == 1 and problems == [("metadata.jsonl:2", "not valid UTF-8")]
+
+
+def test_files_outside_the_dataset_folder_are_never_read(tmp_path: Path) -> None:
+    root, outside = tmp_path / "ds", tmp_path / "secret.npy"
+    write_dataset(root, 1)
+    np.save(outside, clip(200))
+    (root / "clips" / "link.npy").symlink_to(outside)
+    with open(root / "metadata.jsonl", "a") as f:
+        for file in ("../secret.npy", str(outside), "clips/link.npy", "clips/../clips/000000.npy"):
+            f.write(json.dumps({"file": file, "caption": "stolen"}) + "\n")
+    reader = iter_clips(root)
+    assert [c.file for c in reader] == ["clips/000000.npy", "clips/../clips/000000.npy"]  # inside, however written
+    assert [reason for _, reason in reader.problems] == [
+        f"file {f!r} is outside the dataset folder" for f in ("../secret.npy", str(outside), "clips/link.npy")]

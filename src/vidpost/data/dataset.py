@@ -97,6 +97,11 @@ def _parse_line(raw: bytes) -> tuple[dict | None, str]:
     return obj, ""
 
 
+def _inside(root: Path, file: str) -> bool:
+    """Whether `file` (relative to root) stays inside root: no absolute path, no ../ out of it, no link out."""
+    return (root / file).resolve().is_relative_to(root.resolve())
+
+
 def read_metadata(root: str | os.PathLike) -> tuple[list[dict], list[tuple[str, str]]]:
     """Return (records, problems); bad lines are warned about and listed as ("metadata.jsonl:N", reason)."""
     root = Path(root)
@@ -112,6 +117,8 @@ def read_metadata(root: str | os.PathLike) -> tuple[list[dict], list[tuple[str, 
         if not raw.strip():
             continue
         record, reason = _parse_line(raw)
+        if record is not None and not _inside(root, record["file"]):
+            record, reason = None, f"file {record['file']!r} is outside the dataset folder"
         if record is None:
             problems.append((f"{METADATA_NAME}:{lineno}", reason))
             log.warning("skipping %s:%d: %s", meta_path, lineno, reason)
