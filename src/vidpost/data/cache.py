@@ -6,8 +6,8 @@ Training then never runs the text encoder or the VAE. The cache is a folder in t
     cache/cache.json            the captions (row u of embeds), the clips used and skipped, a fingerprint
 
 Row 0 of `embeds` is the empty caption, which caption dropout trains on (the unconditional input of
-classifier-free guidance). The cache is rebuilt when the fingerprint (dataset metadata, caption key, model
-key, dtype) changes; clips whose shape differs from the first clip's are skipped and counted.
+classifier-free guidance). The cache is rebuilt when the fingerprint (dataset metadata, every file's size and
+modification time, caption key, model key, dtype) changes; clips whose shape differs from the first clip's are skipped and counted.
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ class EncodedDataset:
 
 
 def _fingerprint(dataset: Path, caption_key: str, model_key: str, dtype: str) -> str:
+    """Of the metadata, every file's size and modification time (a clip replaced in place changes it), and the
+    encoding's settings."""
     digest = hashlib.sha256((dataset / METADATA_NAME).read_bytes())
+    for path in sorted(p for p in dataset.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(dataset)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     digest.update(json.dumps([caption_key, model_key, dtype]).encode())
     return digest.hexdigest()
 
