@@ -322,3 +322,11 @@ def test_a_run_that_never_took_a_step_takes_a_corrected_config(tmp_path):
     with pytest.raises(VidpostError):
         train(_config("model.path=/nowhere", from_scratch=False), tmp_path, progress=False)
     assert train(_config(), tmp_path, progress=False) == tmp_path / "model"
+
+
+def test_a_run_resumed_at_its_last_step_still_summarises_its_final_validation(tmp_path):
+    assert train(_config(), tmp_path, progress=False, stop_after=4) is None  # checkpointed at 4, no model yet
+    assert train(_config(), tmp_path, progress=False) == tmp_path / "model"  # nothing left but the final save
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    final = [m for m in read_metrics(tmp_path) if "val/total" in m][-1]
+    assert summary["steps"] == 4 and summary["val/total"] == final["val/total"] and final["step"] == 4

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from vidpost import dist
+from vidpost.atomic import atomic_path
 from vidpost.checkpoint import latest_checkpoint
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
@@ -31,7 +32,7 @@ from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
-from vidpost.runlog import RunLog
+from vidpost.runlog import METRICS_NAME, RunLog, read_metrics
 from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
@@ -334,6 +335,19 @@ def validate(
             writer.add(frames, prompt, **({"prompt_used": text} if rewritten else {}))
     scores = score_videos(videos, prompts) if scorable else {}
     return {f"{prefix}/{name}": value for name, value in scores.items()}
+
+
+def write_summary(out: Path, counts: dict, prefix: str) -> None:
+    """summary.json, written atomically: the run's counts and the last logged value of every `prefix` metric.
+
+    Read from the run log, so a run resumed at its last step (nothing left to evaluate) still reports them.
+    """
+    last: dict = {}
+    if (out / "logs" / METRICS_NAME).is_file():
+        for row in read_metrics(out):
+            last.update({k: v for k, v in row.items() if k.startswith(prefix)})
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps({**counts, **last}, indent=1) + "\n")
 
 
 def finished_model(out: Path) -> Path | None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -92,6 +91,7 @@ from vidpost.recipes.common import (
     validate,
     validation_prompts,
     warn_stopped,
+    write_summary,
 )
 from vidpost.recipes.grpo import PromptsConfig, training_prompts
 
@@ -464,8 +464,7 @@ def train(
         runlog.close()
     final = save_final(model, cfg.model, rounds[-1].student, video, out)
     if dist.is_main():
-        summary = {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state, **metrics}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_summary(out, {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state}, "val/")
     return final
 
 

@@ -33,7 +33,6 @@ minibatch size (FSDP2 sums gradients), so an iteration gives the one-process upd
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -79,6 +78,7 @@ from vidpost.recipes.common import (
     validate,
     validation_prompts,
     warn_stopped,
+    write_summary,
 )
 from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
 from vidpost.rewards.remote import register_remote
@@ -367,7 +367,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     with ema_weights(ema, params):
         final = save_final(model, cfg.model, sampling, video, out)
     if dist.is_main():
-        (out / "summary.json").write_text(json.dumps({"iterations": t.steps, **state, **metrics}, indent=1) + "\n")
+        write_summary(out, {"iterations": t.steps, **state}, "eval/")
     return final
 
 

@@ -28,7 +28,6 @@ its loss divided by the global batch; FSDP2 sums the gradients, so a step's upda
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -72,6 +71,7 @@ from vidpost.recipes.common import (
     validate,
     validation_prompts,
     warn_stopped,
+    write_summary,
 )
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
@@ -339,8 +339,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     with ema_weights(ema, params):
         final = save_final(model, cfg.model, cfg.sampling, video, out)
     if dist.is_main():
-        summary = {"steps": cfg.train.steps, **state, **metrics}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_summary(out, {"steps": cfg.train.steps, **state}, "val/")
     return final
 
 
