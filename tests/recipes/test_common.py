@@ -1,9 +1,13 @@
 """The pieces every recipe shares that need no model: the non-finite streak that stops a diverged run."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from vidpost.errors import VidpostError
-from vidpost.recipes.common import NonfiniteStreak, rewrite_prompts
+from vidpost.recipes.common import LOCK_NAME, NonfiniteStreak, lock_run_dir, rewrite_prompts
 
 
 def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
@@ -23,3 +27,17 @@ def test_rewrite_prompts_uses_the_enhancer_and_falls_back_per_prompt(parrot_toy,
     assert metrics == {"enhance/val/prompts": 2, "enhance/val/rewritten": 2, "enhance/val/fallbacks": 0,
                        "enhance/val/fallback_failed": 0, "enhance/val/fallback_empty": 0,
                        "enhance/val/fallback_too_long": 0, "enhance/val/fallback_unparsable": 0}
+
+
+def test_a_run_directory_is_held_by_one_live_process(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(str(other.pid))
+        with pytest.raises(VidpostError, match=rf"in use by process {other.pid} \(lock file"):
+            lock_run_dir(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    lock_run_dir(tmp_path)  # its process is gone: the stale lock is taken over
+    assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+    lock_run_dir(tmp_path)  # and this process may take its own run up again

@@ -28,7 +28,7 @@ from vidpost.data.dataset import DatasetWriter
 from vidpost.errors import VidpostError
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_requests
 from vidpost.pipeline.config import PipelineConfig, StageConfig, resolve_stage_config
-from vidpost.recipes.common import prepare_run_dir, rewrite_prompts
+from vidpost.recipes.common import lock_run_dir, prepare_run_dir, rewrite_prompts
 
 log = logging.getLogger(__name__)
 HELDOUT_FILE = "heldout.json"
@@ -153,6 +153,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path
     None when a stage was stopped (SIGINT/SIGTERM) after writing its checkpoint: rerunning resumes there.
     """
     out = Path(out)
+    lock_run_dir(out)
     prepare_run_dir(cfg, out)
     recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
     video_model, enhancer = cfg.base, None

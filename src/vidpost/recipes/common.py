@@ -5,6 +5,7 @@ final model.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -244,12 +245,64 @@ def _accept_changes(cfg: Config, out: Path, changes: list[tuple[str, object, obj
         shutil.rmtree(final)
 
 
+LOCK_NAME = ".lock"  # in a run directory: the PID of the process that runs it
+
+
+def lock_run_dir(out: Path) -> None:
+    """Hold `out` for this process until it exits; refuse it while another live process holds it.
+
+    Two processes on one run directory would delete each other's temporary folders and checkpoints. A lock
+    whose process is gone (killed, crashed) is stale and taken over.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    lock, me = out / LOCK_NAME, os.getpid()
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        holder = _lock_holder(lock)
+        if holder is not None and holder != me and _alive(holder):
+            raise VidpostError(f"{out} is in use by process {holder} (lock file {lock}); wait for it to end or stop "
+                               "it, or choose another --out") from None
+        if holder != me:
+            log.warning("%s: taking over the lock of process %s, which is gone", out, holder)
+        lock.write_text(str(me))
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(str(me))
+    atexit.register(_unlock, lock, me)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _unlock(lock: Path, me: int) -> None:
+    if _lock_holder(lock) == me:
+        lock.unlink(missing_ok=True)
+
+
 def start_run(cfg: Config, out: Path, finished=None) -> Path | None:
-    """Prepare `out` (rank 0 first; the others find it) and return its final output if the run is already done.
+    """Lock `out` (rank 0), prepare it (rank 0 first; the others find it) and return its final output if the
+    run is already done.
 
     finished(out) -> the final output or None; default `finished_model` (model/ or lora/ with a card).
     """
     with dist.main_first():
+        if dist.is_main():
+            lock_run_dir(out)
         prepare_run_dir(cfg, out)
     final = (finished or finished_model)(out)
     if final is not None:
