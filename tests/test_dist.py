@@ -237,6 +237,40 @@ def _leave_worker(rank, store, marker, results):
     results.put((rank, marker.exists()))
 
 
+def _resume_worker(rank, store, root, unreadable_on_rank_1, results):
+    """Both ranks resume from `root`, where step 2's weights are truncated; rank 1 may fail to read step 1 too."""
+    from vidpost import checkpoint
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    with dist.leave_at_end():
+        if rank == 1 and unreadable_on_rank_1:
+            def unreadable(path, *args):
+                raise checkpoint.UnreadableCheckpoint(f"{path}: unreadable checkpoint (only on rank 1)")
+            checkpoint.load_checkpoint = unreadable
+        params = {"w": torch.nn.Parameter(torch.zeros(3))}
+        try:
+            path, state = checkpoint.load_latest_checkpoint(root, params, torch.optim.AdamW(params.values()))
+            results.put((rank, (path.name, state["mark"], float(params["w"][0]))))
+        except VidpostError as error:
+            results.put((rank, str(error)))
+
+
+@pytest.mark.parametrize("rank_1_fails", [False, True])
+def test_every_rank_resumes_from_the_checkpoint_rank_0_chose_or_all_stop(tmp_path, run_ranks, rank_1_fails):
+    from vidpost.checkpoint import save_checkpoint
+
+    for step in (1, 2):
+        params = {"w": torch.nn.Parameter(torch.full((3,), float(step)))}
+        save_checkpoint(tmp_path / "ckpt", step, params, torch.optim.AdamW(params.values()), {"mark": step})
+    broken = tmp_path / "ckpt" / "step_000002" / "trainable.safetensors"
+    broken.write_bytes(broken.read_bytes()[:50])
+    got = run_ranks(_resume_worker, tmp_path / "store", tmp_path / "ckpt", rank_1_fails)
+    if rank_1_fails:
+        assert all("not every rank could read" in v and "step_000001" in v for v in got.values()), got
+    else:
+        assert got == {0: ("step_000001", 1, 1.0), 1: ("step_000001", 1, 1.0)}
+
+
 def test_no_rank_leaves_the_process_group_before_the_others_are_done(tmp_path, run_ranks):
     # a rank that closed its connections while rank 0 still wrote could abort rank 0's exit (SIGABRT in CI)
     # without the barrier (wait=False, the path after an error) rank 1 finds no marker

@@ -182,15 +182,30 @@ def load_latest_checkpoint(
     """`load_checkpoint` of the newest checkpoint under root that reads; (its path, state.json), or None if none.
 
     A newer one that cannot be read (a truncated or empty file after a crash) is passed over with a one-line
-    warning naming it; if none reads, the run stops rather than start again from nothing.
+    warning naming it; if none reads, the run stops rather than start again from nothing. Under torchrun
+    rank 0 decides and every other rank loads the same checkpoint, or all of them stop.
     """
-    found = list_checkpoints(root)
-    for path in reversed(found):
+    root = Path(root)
+    found, chosen = list_checkpoints(root), None
+    if dist.is_main():
+        for path in reversed(found):
+            try:
+                chosen = path, load_checkpoint(path, parameters, optimizer)
+                break
+            except UnreadableCheckpoint as error:
+                log.warning("%s; trying the checkpoint before it", error)
+    name = dist.broadcast_object(None if chosen is None else chosen[0].name)
+    failed = None
+    if not dist.is_main() and name is not None:
         try:
-            return path, load_checkpoint(path, parameters, optimizer)
-        except UnreadableCheckpoint as error:
-            log.warning("%s; trying the checkpoint before it", error)
-    if found:
+            chosen = root / name, load_checkpoint(root / name, parameters, optimizer)
+        except VidpostError as error:
+            failed = str(error)
+            log.error("rank %d: %s", dist.rank(), error)
+    if dist.any_rank(failed is not None):
+        raise VidpostError(f"not every rank could read {root / name}, the checkpoint rank 0 resumes from "
+                           "(see the errors above)")
+    if name is None and dist.any_rank(bool(found)):
         raise VidpostError(f"no checkpoint under {root} could be read (see the warnings above); move them away "
                            "to start again from the beginning")
-    return None
+    return chosen
