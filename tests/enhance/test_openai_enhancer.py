@@ -16,7 +16,7 @@ import pytest
 from vidpost.config import save_config
 from vidpost.enhance.client import OpenAIEnhancer
 from vidpost.enhance.config import EnhancerConfig
-from vidpost.enhance.resolve import load_enhancer
+from vidpost.enhance.resolve import enhancer_config, load_enhancer
 from vidpost.enhance.server import make_server, serve
 
 SECRET = "sk-test-0123456789-do-not-leak"
@@ -224,3 +224,16 @@ def test_serve_signals_readiness_and_stops_on_shutdown(parrot, parrot_caption, c
     servers[0].shutdown()
     thread.join(30)
     assert not thread.is_alive() and f"serving enhancer {parrot.name} at {url}" in capsys.readouterr().out
+
+
+def test_a_bare_plain_http_url_to_another_host_gets_no_api_key(monkeypatch):
+    assert enhancer_config("http://gpu-box:8000/v1").openai.send_api_key is False
+    assert enhancer_config("https://api.example.com/v1").openai.send_api_key is True
+    assert enhancer_config("http://127.0.0.1:8011/v1").openai.send_api_key is True  # this machine
+    monkeypatch.setenv("VIDPOST_TEST_KEY", SECRET)
+    server, seen = stub_server("a red circle")
+    with running(server) as url:
+        cfg = EnhancerConfig(backend="openai", openai={"base_url": url, "model": "m", "api_key_env": "VIDPOST_TEST_KEY",
+                                                       "send_api_key": False})
+        OpenAIEnhancer(cfg, "stub").rewrite(["red ball"])
+    assert seen[0]["authorization"] == "Bearer EMPTY"

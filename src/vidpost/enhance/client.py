@@ -44,7 +44,11 @@ class OpenAIEnhancer(Enhancer):
         super().__init__(cfg, name)
         o = cfg.openai
         key = os.environ.get(o.api_key_env) or None
-        if key is None:
+        if key is not None and not o.send_api_key:
+            log.warning("enhancer %s: not sending $%s to %s (plain http to another host; name the endpoint in an "
+                        "enhancer config to send it)", name, o.api_key_env, o.base_url)
+            key = None
+        elif key is None:
             log.info("enhancer %s: $%s is not set; sending no API key", name, o.api_key_env)
         self._client = openai.OpenAI(base_url=o.base_url, api_key=key or NO_KEY, timeout=o.timeout_s,
                                      max_retries=o.retries)

@@ -53,6 +53,10 @@ class OpenAIConfig(Config):
     api_key_env: str = Field(
         "OPENAI_API_KEY", min_length=1, description="environment variable holding the API key (the key is never saved)"
     )
+    send_api_key: bool = Field(
+        True, description="send the key of api_key_env (a bare http:// URL given on the command line sends none "
+        "unless it is this machine: the key would cross the network in clear text to a host no config named)",
+    )
     timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one reply before retrying")
     retries: int = Field(2, ge=0, description="retries of a failed request (with backoff) before falling back")
 

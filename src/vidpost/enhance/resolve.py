@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vidpost.config import load_config
 from vidpost.enhance.base import Enhancer
@@ -54,12 +55,17 @@ def enhancer_dir(ref: str) -> Path:
     raise VidpostError(f"{path}: not an enhancer (no {CARD_NAME}), a language model (no config.json) nor a run")
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
 def enhancer_config(ref: str, overrides: Sequence[str] = ()) -> EnhancerConfig:
     """The config `ref` stands for, with `overrides` applied."""
     if ref.endswith((".yaml", ".yml")):
         return load_config(EnhancerConfig, ref, overrides)
     if ref.startswith(("http://", "https://")):
         base = {"backend": "openai", "openai.base_url": ref}
+        if not ref.startswith("https://") and urlsplit(ref).hostname not in LOOPBACK:
+            base["openai.send_api_key"] = False  # not in clear text to a host only a command line named
     else:
         path = enhancer_dir(ref)
         base = {"backend": "toy" if (path / CARD_NAME).is_file() else "hf", "path": str(path)}
