@@ -8,6 +8,7 @@ ran in, and the same (model, prompt, seed) gives the same video in every stage a
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.sampler import GuidedVelocity, solve_ode
 from vidpost.errors import VidpostError
 from vidpost.inference.acceleration import Acceleration, AccelerationConfig, accelerated
+
+log = logging.getLogger("vidpost")
 
 PRECISIONS = ("auto", "float32", "bf16")
 
@@ -104,6 +107,7 @@ class Generated:
     videos: np.ndarray  # uint8 (N, T, H, W, 3)
     nfe_per_video: int  # transformer evaluations per video (a batched pass counts once per video it holds)
     acceleration: dict  # what `accelerated` applied (AccelerationConfig, plus measured MagCache ratios)
+    nonfinite: int = 0  # videos that came out NaN or infinite, written as black frames (and scored as such)
 
 
 @torch.no_grad()
@@ -136,7 +140,7 @@ def generate(
         with autocast(precision, model.device):
             return solve_ode(velocity, noise, sampling.steps, sampling.shift, sampling.scheduler), velocity.nfe
 
-    videos, nfe_per_video = [], 0
+    videos, nfe_per_video, nonfinite = [], 0, 0
     with accelerated(model, acceleration, sampling.steps) as acc:
         if acc.needs_calibration:
             acc.calibrate(lambda: denoise(list(prompts[:1]), seed, acc)[1])
@@ -144,7 +148,13 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
             latents, nfe_per_video = denoise(batch, seed + start, acc)  # the same for every batch
-            videos.append(to_uint8(model.decode(latents).cpu().numpy()))
+            frames = model.decode(latents).cpu().numpy()
+            bad = ~np.isfinite(frames.reshape(len(frames), -1)).all(1)
+            for i in np.flatnonzero(bad):
+                log.warning("video %d (%r) came out NaN or infinite; written as black frames", start + i, batch[i])
+            frames[bad] = 0.0
+            nonfinite += int(bad.sum())
+            videos.append(to_uint8(frames))
             bar.update(len(batch))
         bar.close()
-    return Generated(np.concatenate(videos), nfe_per_video, acc.report())
+    return Generated(np.concatenate(videos), nfe_per_video, acc.report(), nonfinite)

@@ -346,3 +346,20 @@ def test_nft_trains_on_re_noised_rollouts_with_v_old_from_the_same_pass(tmp_path
     assert rows[0]["train/kl"] == 0 and rows[1]["train/kl"] > 0
     before, after = _base_weights(), _trained(tmp_path)
     assert any(not torch.equal(before[k], after[k]) for k in after)
+
+
+def test_non_finite_rollout_videos_skip_the_update_and_count_as_a_non_finite_iteration(tmp_path, monkeypatch):
+    real_decode, poisoned = WanVideoModel.decode, []
+
+    def decode(self, latents):  # the first rollout's 4 videos come out NaN; evaluations (2 videos) and later rollouts do not
+        frames = real_decode(self, latents)
+        if latents.shape[0] == 4 and not poisoned:
+            poisoned.append(True)
+            return frames * float("nan")
+        return frames
+
+    monkeypatch.setattr(WanVideoModel, "decode", decode)
+    assert train(_config(*STRATEGY["flash"]), tmp_path, progress=False) == tmp_path / "model"
+    rows = {r["step"]: r for r in read_metrics(tmp_path) if "train/nonfinite_steps" in r}
+    assert rows[1]["train/nonfinite_videos"] == 4 and rows[1]["train/nonfinite_steps"] == 1
+    assert "train/ratio_mean" in rows[2] and rows[2]["train/nonfinite_steps"] == 1

@@ -342,7 +342,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
             row["train/nonfinite_steps"] = state["nonfinite_steps"]
             del row["nonfinite"]
             bar.update(1)
-            bar.set_postfix(reward=f"{row['reward/weighted']:.3f}")
+            bar.set_postfix(reward=f"{row.get('reward/weighted', float('nan')):.3f}")
             if runlog is not None and (step % cfg.log_every_steps == 0 or step == t.steps):
                 runlog.write(step, row)
             every = cfg.evaluation.every_steps
@@ -415,8 +415,13 @@ def iteration(
         batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
                         sde_generators, precision, flash=cfg.strategy.settings if cfg.strategy.name == "flash" else None,
                         kind=kind)
+    decoded = model.decode(batch.final).cpu().numpy()
+    bad = int(dist.sum_over_ranks(torch.tensor([float((~np.isfinite(decoded.reshape(len(decoded), -1))).any(1).sum())]))[0])
+    if bad:  # a diverged rollout: no reward to learn from; counted as a non-finite iteration (the streak stops it)
+        log.warning("iteration %d: %d rollout videos are not finite (NaN or inf); update skipped", step, bad)
+        return {"train/nonfinite_videos": float(bad), "nonfinite": True}
     with phase("reward"):
-        videos = to_float(to_uint8(model.decode(batch.final).cpu().numpy()))  # scored as a saved clip would be
+        videos = to_float(to_uint8(decoded))  # scored as a saved clip would be
         prompt_of_row = [p for p in prompts for _ in range(G)]
         local_rewards = compute_rewards(list(cfg.reward.weights), videos, prompt_of_row)
         rewards = {name: dist.all_gather_cat(torch.as_tensor(r, dtype=torch.float64))
