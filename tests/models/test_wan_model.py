@@ -305,3 +305,11 @@ def test_a_preconditioned_model_returns_the_velocity_of_its_edm_estimate_and_kee
         torch.testing.assert_close(loaded.velocity(latents, sigma.float(), embeds), model.velocity(latents, sigma.float(), embeds))
     with pytest.raises(VidpostError, match="unknown prediction 'eps'"):
         WanVideoModel.build_tiny("pixel", prediction="eps")
+
+
+def test_saving_and_loading_print_no_bars_or_missing_vae_warning(tmp_path, capfd, caplog):
+    WanVideoModel.build_tiny("pixel").save(tmp_path)
+    WanVideoModel.from_pretrained(tmp_path, codec="pixel")
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err, err
+    assert "cannot be saved" not in err + caplog.text

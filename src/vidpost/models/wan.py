@@ -38,12 +38,14 @@ bf16. `velocity` always returns float32.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import diffusers
 import torch
+import transformers
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -416,7 +418,8 @@ class WanVideoModel:
             scheduler=self.scheduler,
             transformer=self.transformer,
         )
-        pipeline.save_pretrained(directory, safe_serialization=True)
+        with _quiet():
+            pipeline.save_pretrained(directory, safe_serialization=True)
 
     def save_lora(self, directory: str | Path) -> None:
         """Write the adapters as `pytorch_lora_weights.safetensors` for `WanPipeline.load_lora_weights(dir)`.
@@ -454,11 +457,37 @@ def _scheduler_class(root: Path, entry: list) -> type[SchedulerMixin]:
 
 @contextmanager
 def _load_errors(root: Path, name: str) -> Iterator[None]:
-    """Turn a loader's missing-file error (OSError) into a one-line VidpostError naming the component."""
+    """Turn a loader's missing-file error (OSError) into a one-line VidpostError naming the component; the
+    loaders' progress bars stay off (a component loads in a blink)."""
     try:
-        yield
+        with _quiet():
+            yield
     except OSError as exc:
         raise VidpostError(f"{root / name}: cannot load: {first_line(exc)}") from exc
+
+
+class _NoMissingVAE(logging.Filter):
+    """A pixel-space model has no VAE by design: diffusers' warning that it 'cannot be saved' says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "self.vae=None" not in record.getMessage()
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars from diffusers and transformers, and no missing-VAE warning, for one load or save."""
+    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers.utils.logging, transformers.utils.logging)]
+    for lib, _ in bars:
+        lib.disable_progress_bar()
+    pipeline_log, vae_filter = logging.getLogger("diffusers.pipelines.pipeline_utils"), _NoMissingVAE()
+    pipeline_log.addFilter(vae_filter)
+    try:
+        yield
+    finally:
+        pipeline_log.removeFilter(vae_filter)
+        for lib, enabled in bars:
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def init_identity_path(transformer: WanTransformer3DModel) -> None:
