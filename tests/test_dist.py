@@ -155,7 +155,8 @@ def _assert_same_checkpoint(got, want) -> None:
 
 def _assert_same_metrics(got, want, step) -> None:
     rows = [{k: v for r in read_metrics(run) if r["step"] == step for k, v in r.items()} for run in (got, want)]
-    keys = {k for k in rows[1] if not k.startswith(("time/", "train/seconds", "train/clips_per"))}
+    keys = {k for k in rows[1] if k != "step" and not k.startswith(("time/", "train/seconds", "train/clips_per"))}
+    assert keys, f"no metrics at step {step} to compare"
     assert keys <= set(rows[0])
     for key in keys:
         assert rows[0][key] == pytest.approx(rows[1][key], rel=1e-4, abs=1e-6), key

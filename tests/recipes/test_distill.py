@@ -121,9 +121,14 @@ def test_micro_batches_give_the_same_update(teacher_dir, tmp_path):
     one = ["mode=both", "student_steps=[2]", "train.steps_per_round=1"]
     whole = train(_config(teacher_dir, *one), tmp_path / "whole", progress=False)
     split = train(_config(teacher_dir, *one, "train.micro_batch_size=1"), tmp_path / "split", progress=False)
-    a, b = _weights(whole.parent), _weights(split.parent)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    # the first moments, not the weights: Adam's first step is about lr x sign(gradient), blind to its scale
+    moments = [load_file(run.parent / "checkpoints" / "step_000001" / "optimizer.safetensors") for run in (whole, split)]
+    assert any(k.endswith("exp_avg") and v.abs().max() > 0 for k, v in moments[0].items())
+    for key, value in moments[0].items():
+        torch.testing.assert_close(moments[1][key], value, rtol=1e-4, atol=1e-4 * float(value.abs().max()))
+    teacher = load_file(teacher_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    a = _weights(whole.parent)
+    assert any(not torch.equal(a[k], teacher[k]) for k in a)  # the student moved from the teacher
 
 
 def test_a_lora_student_saves_adapters_that_stock_diffusers_loads(teacher_dir, tmp_path):

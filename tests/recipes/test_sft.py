@@ -181,11 +181,17 @@ def test_micro_batches_give_the_same_update(tmp_path):
     split = train(
         _config("train.steps=1", "validation.n=1", "train.micro_batch_size=2"), tmp_path / "split", progress=False
     )
-    a, b = _weights(whole.parent), _weights(split.parent)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
-    changed = load_file(whole / "transformer" / "diffusion_pytorch_model.safetensors")
-    assert changed.keys() == a.keys()
+    # Adam's first step moves each weight by about lr x sign(gradient), blind to the gradient's scale: compare the
+    # first moments, which a loss scaled by 2 doubles, and check the weights moved
+    moments = [load_file(run.parent / "checkpoints" / "step_000001" / "optimizer.safetensors") for run in (whole, split)]
+    assert any(k.endswith("exp_avg") and v.abs().max() > 0 for k, v in moments[0].items())
+    for key, value in moments[0].items():
+        torch.testing.assert_close(moments[1][key], value, rtol=1e-4, atol=1e-4 * float(value.abs().max()))
+    from vidpost.models.wan import WanVideoModel
+
+    start = WanVideoModel.from_config(_config().model).transformer.state_dict()
+    a = _weights(whole.parent)
+    assert any(not torch.equal(a[k], start[k]) for k in a)
 
 
 def test_compiled_blocks_train_to_the_same_weights_as_eager(tmp_path):
