@@ -112,9 +112,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from vidpost.config import load_config
     from vidpost.pipeline.config import PipelineConfig
-    from vidpost.pipeline.run import run_pipeline
+    from vidpost.pipeline.run import add_stage_overrides, run_pipeline, with_stage_overrides
 
-    if run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, pipeline_file=args.config) is None:
+    own, per_stage = with_stage_overrides(args.overrides)  # stages.distill.train.steps_per_round=2 goes to distill
+    cfg = add_stage_overrides(load_config(PipelineConfig, args.config, own), per_stage)
+    if run_pipeline(cfg, args.out, pipeline_file=args.config) is None:
         raise SystemExit(130)
     print(f"report: {Path(args.out) / 'report.html'}")
 

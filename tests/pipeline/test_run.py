@@ -144,3 +144,22 @@ def test_canonical_heldout_captions_are_scored_as_they_are_and_never_rewritten(p
     records = [json.loads(line) for line in (tmp_path / "heldout" / "metadata.jsonl").read_text().splitlines()]
     assert [r["caption"] for r in records] == shapeworld_prompts("heldout", 2, 0)
     assert not any("prompt_used" in r or "prompt" in r for r in records) and row["enhancer"] is None
+
+
+def test_a_bad_key_in_a_later_stage_fails_before_the_first_stage_runs(tmp_path, monkeypatch, capsys):
+    config = _pipeline(tmp_path)
+    monkeypatch.setattr("vidpost.pipeline.run.heldout_row", lambda *a, **k: pytest.fail("work started"))
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "stages.grpo.train.nonsense=1"]) != 0
+    assert capsys.readouterr().err.startswith("error: stage grpo: override 'train.nonsense=1': unknown key")
+
+
+def test_stage_overrides_on_the_command_line_reach_their_stage(tmp_path, monkeypatch):
+    from vidpost.pipeline.run import add_stage_overrides, with_stage_overrides
+
+    own, per_stage = with_stage_overrides(["heldout.n=3", "stages.grpo.train.steps=7", "stages.sft.train.steps=5"])
+    assert own == ["heldout.n=3"] and per_stage == {"grpo": ["train.steps=7"], "sft": ["train.steps=5"]}
+    cfg = add_stage_overrides(load_config(PipelineConfig, _pipeline(tmp_path), own), per_stage)
+    recipes = {s.name: stage_recipe(s.name) for s in cfg.stages}
+    assert [stage_config(s, recipes[s.name], "m", None).train.steps for s in cfg.stages] == [5, 7]  # the last word
+    with pytest.raises(VidpostError, match="the pipeline has no stage 'distill'"):
+        add_stage_overrides(cfg, {"distill": ["train.steps=1"]})

@@ -138,6 +138,45 @@ def format_heldout_table(rows: dict[str, dict]) -> str:
 # ------------------------------------------------------------------------------------------------- the run
 
 
+def check_stages(cfg: PipelineConfig, recipes: dict[str, Stage], out: Path, pipeline_file: str | Path | None) -> None:
+    """Load every stage's config (file and overrides) as the run will, naming the stage of the first error."""
+    video_model = cfg.base
+    for stage in cfg.stages:
+        try:
+            stage_config(stage, recipes[stage.name], video_model, pipeline_file)
+        except VidpostError as error:
+            message = str(error)
+            raise VidpostError(message if message.startswith(f"stage {stage.name}:")
+                               else f"stage {stage.name}: {message}") from None
+        if recipes[stage.name].produces == "video":
+            video_model = str(out / stage.name)
+
+
+def with_stage_overrides(cfg_overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Split command-line overrides into the pipeline's own and each stage's (`stages.NAME.key=value`)."""
+    own, per_stage = [], {}
+    for item in cfg_overrides:
+        key = item.split("=", 1)[0]
+        if key.startswith("stages.") and key.count(".") >= 2:
+            _, name, rest = item.split(".", 2)
+            per_stage.setdefault(name, []).append(rest)
+        else:
+            own.append(item)
+    return own, per_stage
+
+
+def add_stage_overrides(cfg: PipelineConfig, per_stage: dict[str, list[str]]) -> PipelineConfig:
+    """`cfg` with each named stage's overrides extended by the command line's (which win, coming last)."""
+    names = {stage.name for stage in cfg.stages}
+    unknown = sorted(set(per_stage) - names)
+    if unknown:
+        raise VidpostError(f"stages.{unknown[0]}: the pipeline has no stage {unknown[0]!r} (its stages: "
+                           f"{', '.join(stage.name for stage in cfg.stages)})")
+    stages = [stage.model_copy(update={"overrides": [*stage.overrides, *per_stage.get(stage.name, [])]})
+              for stage in cfg.stages]
+    return cfg.model_copy(update={"stages": stages})
+
+
 def stage_config(stage: StageConfig, recipe: Stage, start_model: str, pipeline_file: str | Path | None) -> Config:
     path = resolve_stage_config(stage, pipeline_file)
     if not path.is_file():
@@ -156,6 +195,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path
     lock_run_dir(out)
     prepare_run_dir(cfg, out)
     recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
+    check_stages(cfg, recipes, out, pipeline_file)  # a bad key in the last stage fails now, not an hour in
     video_model, enhancer = cfg.base, None
     rows = {"base": heldout_row(video_model, out / "base", cfg)}
     print(format_heldout_table(rows), flush=True)
