@@ -264,9 +264,10 @@ def test_score_skips_damage_and_counts_it(tmp_path: Path, capsys: pytest.Capture
     code, stdout, err = run(capsys, "score", out, "--json", report)
     assert code == 0, err
     data = json.loads(report.read_text())
-    assert data["n"] == 3  # 6 records - missing - corrupt - unparsable caption
-    assert data["skipped"] == 4  # ... and the non-JSON metadata line
-    assert {c["file"] for c in data["per_clip"]} == {recs[i]["file"] for i in (0, 3, 5)}
+    assert data["n"] == 4  # 6 records - missing - corrupt (the unparsable caption's clip: caption-free metrics)
+    assert data["skipped"] == 4  # missing, corrupt, unparsable caption and the non-JSON metadata line
+    assert {c["file"] for c in data["per_clip"]} == {recs[i]["file"] for i in (0, 3, 4, 5)}
+    assert "total" not in next(c for c in data["per_clip"] if c["file"] == unparsable)
     reasons = {s["file"]: s["reason"] for s in data["skipped_clips"]}
     assert set(reasons) == {missing, corrupt, unparsable, "metadata.jsonl:7"}
     assert "does not exist" in reasons[missing]

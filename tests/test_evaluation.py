@@ -118,5 +118,28 @@ def test_all_unparsable_captions_hint_at_caption_key(tmp_path, caplog):
             writer.add(np.zeros((10, 32, 32, 3), np.uint8), text, canonical="a red circle")
     with caplog.at_level("WARNING", logger="vidpost"):
         result = score_folder(tmp_path / "web", progress=False)
-    assert result.n == 0 and len(result.skipped) == 2
+    assert result.n == 2 and len(result.skipped) == 2  # the caption-free metrics only
+    assert "flicker" in result.mean and "total" not in result.mean
     assert "--caption-key canonical" in caplog.text
+    with DatasetWriter(tmp_path / "bare") as writer:
+        writer.add(np.zeros((10, 32, 32, 3), np.uint8), "a purple blob", source="camera 2")
+    with caplog.at_level("WARNING", logger="vidpost"):
+        score_folder(tmp_path / "bare", rewards=["total"], progress=False)
+    assert "its string fields: source" in caplog.text  # never a key the dataset does not have
+
+
+def test_unparsable_captions_still_get_the_caption_free_metrics(tmp_path: Path, caplog) -> None:
+    web = make_dataset(tmp_path / "web", DatasetConfig(n=3, seed=2, split="eval", style="web"))
+    score = score_folder(web, progress=False)
+    assert score.n == 3 and len(score.skipped) == 3  # counted as skipped for the caption rewards
+    assert set(score.mean) == {"flicker", "dynamic_degree", "frame_consistency"}
+    assert all("scored flicker, dynamic_degree, frame_consistency only" in s["reason"] for s in score.skipped)
+    assert "--caption-key): e.g. --caption-key canonical" in caplog.text
+
+
+def test_vidpost_score_exits_non_zero_when_nothing_was_scored(curated: Path, capsys) -> None:
+    from vidpost.cli import main
+
+    assert main(["score", str(curated), "--caption-key", "no_such_key", "--rewards", "total"]) != 0
+    assert "no clip was scored" in capsys.readouterr().err
+    assert main(["score", str(curated), "--rewards", "total"]) == 0

@@ -51,6 +51,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     rewards = args.rewards.split(",") if args.rewards else DEFAULT_REWARDS
     scores = [score_folder(d, args.caption_key, rewards) for d in args.dirs]
     print(format_table(scores))
+    if not any(s.n for s in scores):
+        raise VidpostError(f"no clip was scored in {', '.join(args.dirs)} (see the warnings above)")
     if args.json:
         payload = scores[0].to_json() if len(scores) == 1 else {"folders": [s.to_json() for s in scores]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,12 @@ from tqdm import tqdm
 from vidpost.data.dataset import iter_clips
 from vidpost.data.video_io import to_float
 from vidpost.errors import CaptionError
-from vidpost.rewards.registry import check_reward_names, compute_rewards
+from vidpost.rewards.registry import REWARDS, check_reward_names, compute_rewards
 from vidpost.world.config import DatasetConfig, WorldConfig
 
 log = logging.getLogger("vidpost")
+
+CAPTION_FREE_FAMILIES = ("video",)  # reward families that read only the frames
 
 DEFAULT_REWARDS = ("total", "instruction", "coherence", "quality", "success", "flicker", "dynamic_degree",
                    "frame_consistency")
@@ -34,10 +36,10 @@ class FolderScore:
 
     @property
     def mean(self) -> dict[str, float]:
-        if not self.per_clip:
-            return {}
-        names = [k for k in self.per_clip[0] if k not in ("file", "caption")]
-        return {name: float(np.mean([c[name] for c in self.per_clip])) for name in names}
+        """Each reward's mean over the clips that have it (a clip whose caption did not parse has only the
+        caption-free metrics)."""
+        names = dict.fromkeys(k for c in self.per_clip for k in c if k not in ("file", "caption"))
+        return {name: float(np.mean([c[name] for c in self.per_clip if name in c])) for name in names}
 
     def to_json(self) -> dict:
         mean = self.mean
@@ -65,8 +67,14 @@ def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequen
         try:
             scores = compute_rewards(rewards, to_float(clip.frames)[None], [clip.caption])
         except CaptionError as err:
-            log.warning("skipping clip %s: %s", clip.file, err)
-            result.skipped.append({"file": clip.file, "reason": str(err)})
+            free = [r for r in rewards if REWARDS[r] in CAPTION_FREE_FAMILIES]
+            scored = f"; scored {', '.join(free)} only" if free else ""
+            log.warning("clip %s: %s%s", clip.file, err, scored)
+            result.skipped.append({"file": clip.file, "reason": f"{err}{scored}"})
+            if free:
+                scores = compute_rewards(free, to_float(clip.frames)[None], [clip.caption])
+                result.per_clip.append({"file": clip.file, "caption": clip.caption,
+                                        **{k: float(v[0]) for k, v in scores.items()}})
             continue
         result.per_clip.append({"file": clip.file, "caption": clip.caption,
                                 **{k: float(v[0]) for k, v in scores.items()}})
@@ -76,8 +84,12 @@ def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequen
     result.skipped = [{"file": what, "reason": why} for what, why in reader.problems + reader.skipped] + result.skipped
     result.n = len(result.per_clip)
     if reader.n_read and unparsable == reader.n_read:
+        fields = sorted({k for r in reader.records for k, v in r.items()
+                         if isinstance(v, str) and k not in ("file", caption_key)})
+        hint = (" e.g. --caption-key canonical" if "canonical" in fields else
+                f" its string fields: {', '.join(fields)}" if fields else " it has none besides file")
         log.warning("no caption in %s parsed as a ShapeWorld caption (web-style captions never do); score "
-                    "against another metadata field, e.g. --caption-key canonical", root)
+                    "against another metadata field (--caption-key):%s", root, hint)
     return result
 
 
