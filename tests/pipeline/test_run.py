@@ -163,3 +163,14 @@ def test_stage_overrides_on_the_command_line_reach_their_stage(tmp_path, monkeyp
     assert [stage_config(s, recipes[s.name], "m", None).train.steps for s in cfg.stages] == [5, 7]  # the last word
     with pytest.raises(VidpostError, match="the pipeline has no stage 'distill'"):
         add_stage_overrides(cfg, {"distill": ["train.steps=1"]})
+
+
+def test_report_on_a_training_run_says_so_in_one_line(tmp_path, capsys):
+    from vidpost.config import save_config
+    from vidpost.recipes.sft import SFTConfig
+
+    save_config(load_config(SFTConfig, None, []), tmp_path / "config.yaml")
+    assert main(["report", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training " \
+                  "run's samples are in its samples/ folder)"

@@ -100,7 +100,11 @@ def write_report(run: str | Path) -> Path:
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise VidpostError(f"{run}: not a `vidpost run` directory (no config.yaml)")
-    cfg = load_config(PipelineConfig, run / "config.yaml")
+    try:
+        cfg = load_config(PipelineConfig, run / "config.yaml")
+    except VidpostError:
+        raise VidpostError(f"{run}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training "
+                           "run's samples are in its samples/ folder)") from None
     stages = ["base", *[s.name for s in cfg.stages]]
     rows = {s: json.loads((run / s / HELDOUT_FILE).read_text()) for s in stages if (run / s / HELDOUT_FILE).is_file()}
     parts = [f"<h1>vidpost run: {html.escape(run.name)}</h1>",
