@@ -193,7 +193,10 @@ def cmd_enhance_apply(args: argparse.Namespace) -> None:
     rewrites = iter(enhancer.rewrite(prompts))
     for line in lines:  # an empty line stays empty, so output line i is the rewrite of input line i
         print(next(rewrites) if line else "")
-    logging.getLogger("vidpost").info("enhancer %s: %s", args.enhancer, enhancer.counts.summary())
+    counts = enhancer.counts
+    logging.getLogger("vidpost").info("enhancer %s: %s", args.enhancer, counts.summary())
+    if counts.prompts and not counts.rewritten:  # printed what it could (the prompts), but nothing was enhanced
+        raise VidpostError(f"enhancer {args.enhancer}: no prompt was rewritten ({counts.summary()})")
 
 
 def cmd_enhance_serve(args: argparse.Namespace) -> None:
