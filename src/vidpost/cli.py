@@ -70,7 +70,8 @@ def cmd_rewards(args: argparse.Namespace) -> None:
 def cmd_reward_serve(args: argparse.Namespace) -> None:
     from vidpost.rewards.remote import serve
 
-    serve(args.host, args.port, args.rewards.split(",") if args.rewards else None)
+    serve(args.host, args.port, args.rewards.split(",") if args.rewards else None, args.max_request_mb,
+          _server_token(args))
 
 
 def _train(args: argparse.Namespace, recipe, schema) -> None:
@@ -203,7 +204,27 @@ def cmd_enhance_serve(args: argparse.Namespace) -> None:
     from vidpost.enhance.resolve import load_enhancer
     from vidpost.enhance.server import serve
 
-    serve(load_enhancer(args.enhancer, args.overrides), args.host, args.port)
+    serve(load_enhancer(args.enhancer, args.overrides), args.host, args.port, max_request_mb=args.max_request_mb,
+          token=_server_token(args))
+
+
+def _server_token(args: argparse.Namespace) -> str | None:
+    """The bearer token a server requires (from --token-env's variable), refusing other hosts without one."""
+    from vidpost.jsonhttp import server_token
+
+    token = server_token(args.token_env)
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("vidpost").warning(
+            "serving on %s without a token: anyone who reaches it can use it (set $%s to require one)",
+            args.host, args.token_env)
+    return token
+
+
+def _add_server_args(parser: argparse.ArgumentParser, max_mb: float) -> None:
+    parser.add_argument("--max-request-mb", type=float, default=max_mb,
+                        help=f"larger requests are refused with 413 (default {max_mb:g})")
+    parser.add_argument("--token-env", default="VIDPOST_SERVER_TOKEN",
+                        help="environment variable holding a bearer token every request must carry (unset: none)")
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -302,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance_serve.add_argument("--enhancer", required=True, metavar="NAME_OR_DIR", help=enhancer_help)
     enhance_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     enhance_serve.add_argument("--port", type=int, default=8011, help="port to listen on (0: any free port)")
+    _add_server_args(enhance_serve, max_mb=1.0)
     enhance_serve.add_argument("overrides", nargs="*", metavar="key=value", help="enhancer config overrides")
     enhance_serve.set_defaults(func=cmd_enhance_serve)
 
@@ -314,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     reward_serve.add_argument("--port", type=int, default=8765, help="port to listen on")
     reward_serve.add_argument("--rewards", help="comma-separated reward names to serve (default: all registered)")
+    _add_server_args(reward_serve, max_mb=256.0)
     reward_serve.set_defaults(func=cmd_reward_serve)
     return parser
 

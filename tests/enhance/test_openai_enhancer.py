@@ -177,9 +177,10 @@ def test_only_the_named_variable_is_read_for_the_key(monkeypatch):
 # ------------------------------------------------------------------------------------------ the server itself
 
 
-def post(url: str, body: object, raw: bytes | None = None) -> tuple[int, dict]:
+def post(url: str, body: object, raw: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     request = urllib.request.Request(f"{url}/chat/completions", data=raw or json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.loads(reply.read())
@@ -237,3 +238,14 @@ def test_a_bare_plain_http_url_to_another_host_gets_no_api_key(monkeypatch):
                                                        "send_api_key": False})
         OpenAIEnhancer(cfg, "stub").rewrite(["red ball"])
     assert seen[0]["authorization"] == "Bearer EMPTY"
+
+
+def test_the_enhancer_server_refuses_requests_without_its_token_and_oversized_ones(parrot_toy, monkeypatch):
+    with running(make_server(load_enhancer(str(parrot_toy)), "127.0.0.1", 0, max_request_mb=0.001, token="s3cret")) as url:
+        code, reply = post(url, {"messages": [{"role": "user", "content": "red ball"}]})
+        assert code == 401 and reply["error"]["type"] == "authentication_error"
+        monkeypatch.setenv("VIDPOST_TEST_KEY", "s3cret")
+        cfg = EnhancerConfig(backend="openai", openai={"base_url": url, "api_key_env": "VIDPOST_TEST_KEY"})
+        assert OpenAIEnhancer(cfg, "client").rewrite(["red ball"])[0] != ""  # the client's api_key is the token
+        code, reply = post(url, {"messages": [{"role": "user", "content": "x" * 2000}]}, token="s3cret")
+        assert code == 413 and "at most 1048 bytes" in reply["error"]["message"]

@@ -123,7 +123,7 @@ def test_unknown_reward_is_the_servers_400(url: str, clips) -> None:
 @pytest.mark.parametrize(
     ("body", "error"),
     [
-        (b"{not json", "Expecting property name"),
+        (b"{not json", "the body is not JSON (Expecting property name"),
         (json.dumps({"rewards": ["total"], "prompts": ["a", "b"], "videos": encode_videos(np.zeros((1, 3, 4, 4, 3)))}),
          "1 videos but 2 prompts"),
         (json.dumps({"rewards": ["total"], "prompts": ["a"],
@@ -133,6 +133,8 @@ def test_unknown_reward_is_the_servers_400(url: str, clips) -> None:
          "videos.shape must be [B, T, H, W, 3]"),
         (json.dumps({"rewards": ["total"], "prompts": ["no such caption"],
                      "videos": encode_videos(np.zeros((1, 3, 16, 16, 3)))}), "no such caption"),
+        (json.dumps({"rewards": ["total"], "prompts": [], "videos": encode_videos(np.zeros((0, 3, 16, 16, 3)))}),
+         "prompts must be a non-empty list"),
     ],
 )
 def test_bad_requests_get_a_one_line_400(url: str, body, error: str) -> None:
@@ -232,3 +234,48 @@ def test_a_taken_port_is_one_line(url: str) -> None:
 def test_a_url_without_scheme_is_one_line() -> None:
     with pytest.raises(VidpostError, match=r"'gpu-box:8766' must start with http://"):
         RemoteReward("gpu-box:8766")
+
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """Send raw bytes to the server and return its whole reply (it closes the connection after answering)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return reply
+
+
+def test_lengths_are_checked_before_anything_is_read_or_allocated() -> None:
+    with running(make_server("127.0.0.1", 0, max_request_mb=0.001)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        huge = _raw(port, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000000\r\n\r\n")
+        assert huge.startswith(b"HTTP/1.0 413") and b"at most 1048 bytes" in huge
+        for length in (b"-5", b"abc"):
+            bad = _raw(port, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n")
+            assert bad.startswith(b"HTTP/1.0 400") and b"Content-Length must be a whole number" in bad
+        missing = _raw(port, b"POST /score HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert missing.startswith(b"HTTP/1.0 400")
+
+
+def test_a_client_that_hangs_up_is_one_log_line(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    monkeypatch.setattr(remote._Handler, "timeout", 0.2)  # an idle connection is closed
+    with caplog.at_level("WARNING", logger="vidpost"), running(make_server("127.0.0.1", 0)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # says it sends 100 bytes, sends 10, waits
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            assert sock.recv(1024) == b""  # closed by the server after its idle timeout
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "timed out" in line.lower()], lines  # one line, from the handler's timeout
+    assert "Traceback" not in caplog.text
+
+
+def test_a_token_guards_the_server_and_the_client_sends_it(clips, monkeypatch) -> None:
+    videos, prompts = clips
+    monkeypatch.setenv("VIDPOST_TEST_TOKEN", "s3cret")
+    with running(make_server("127.0.0.1", 0, ["total"], token="s3cret")) as base:
+        with pytest.raises(VidpostError, match="this server needs Authorization: Bearer TOKEN"):
+            RemoteReward(base, names=["total"])(videos, prompts)
+        scores = RemoteReward(base, names=["total"], token_env="VIDPOST_TEST_TOKEN")(videos, prompts)
+        assert scores["total"].min() > 0.99

@@ -133,6 +133,8 @@ class RemoteRewardConfig(Config):
     rewards: list[str] = Field(..., min_length=1, description="reward names the server provides")
     timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one request")
     retries: int = Field(2, ge=0, description="retries after a failed request")
+    token_env: str | None = Field(
+        None, description="environment variable holding the server's bearer token (the token is never saved)")
 
 
 class RewardConfig(Config):
@@ -265,7 +267,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         return final
     progress = progress and dist.is_main()
     for server in cfg.reward.remote:
-        register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries)
+        register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries,
+                        token_env=server.token_env)
     check_reward_names(list(cfg.reward.weights))
 
     torch.manual_seed(cfg.train.seed)

@@ -28,13 +28,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.errors import VidpostError, first_line
-from vidpost.jsonhttp import send_json
+from vidpost.jsonhttp import DEFAULT_MAX_REQUEST_MB, JSONHandler, RequestError, send_json, server_token
 from vidpost.rewards.registry import REWARDS, check_reward_names, compute_rewards, register_family
 
 log = logging.getLogger("vidpost")
@@ -83,10 +83,11 @@ class RemoteReward:
     """
 
     def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 2, backoff_s: float = 0.5,
-                 names: Sequence[str] | None = None) -> None:
+                 names: Sequence[str] | None = None, token_env: str | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise VidpostError(f"reward server url {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
+        self.token_env = token_env  # the variable holding the server's bearer token, read per request (never kept)
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.names = list(names) if names is not None else None
 
@@ -126,8 +127,11 @@ class RemoteReward:
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        token = server_token(self.token_env) if self.token_env else None
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         attempts = self.retries + 1
         for attempt in range(attempts):
             if attempt:
@@ -165,7 +169,7 @@ def register_remote(url: str, names: Sequence[str] | None = None, **client_kw) -
     return names
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     served: Sequence[str] | None  # set per server by make_server; None serves every registered reward
 
     def _names(self) -> list[str]:
@@ -175,23 +179,32 @@ class _Handler(BaseHTTPRequestHandler):
         send_json(self, code, payload, note, log)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/rewards":
+        if not self.authorized():
+            self._send(401, {"error": "this server needs Authorization: Bearer TOKEN"}, "unauthorized")
+        elif self.path.rstrip("/") == "/rewards":
             self._send(200, {"rewards": self._names()}, "")
         else:
             self._send(404, {"error": f"no endpoint {self.path}; use GET /rewards or POST /score"}, "")
 
     def do_POST(self) -> None:
+        if not self.authorized():
+            self._send(401, {"error": "this server needs Authorization: Bearer TOKEN"}, "unauthorized")
+            return
         if self.path.rstrip("/") != "/score":
             self._send(404, {"error": f"no endpoint {self.path}; use GET /rewards or POST /score"}, "")
             return
         start = time.perf_counter()
         try:
-            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            names, prompts, videos = _parse(request, self._names())
+            names, prompts, videos = _parse(self.read_json(), self._names())
             scores = compute_rewards(names, videos, prompts)
-        except (VidpostError, ValueError) as err:  # the request is wrong (json and base64 errors are ValueErrors)
+        except RequestError as err:  # a bad length, too large, not JSON
+            self._send(err.code, {"error": str(err)}, str(err))
+            return
+        except (VidpostError, ValueError) as err:  # the request is wrong (base64 errors are ValueErrors)
             self._send(400, {"error": first_line(err)}, first_line(err))
             return
+        except (ConnectionError, TimeoutError):  # the client hung up or went quiet: JSONHandler.handle logs it
+            raise
         except Exception as err:  # a reward crashed: the client may retry
             log.exception("reward computation failed")
             self._send(500, {"error": first_line(err)}, first_line(err))
@@ -199,11 +212,6 @@ class _Handler(BaseHTTPRequestHandler):
         note = f"{len(prompts)} videos, {','.join(names)} in {time.perf_counter() - start:.2f} s"
         self._send(200, {"scores": {n: s.tolist() for n, s in scores.items()}}, note)
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _send logs one line per request with what was scored
-
-    def log_message(self, format: str, *args) -> None:  # http.server's own notes, e.g. a bad request line
-        log.warning("%s %s", self.address_string(), format % args)
 
 
 def _parse(request: object, served: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -216,30 +224,35 @@ def _parse(request: object, served: Sequence[str]) -> tuple[list[str], list[str]
     unknown = [n for n in names if n not in served]
     if unknown:
         raise VidpostError(f"unknown reward {unknown[0]!r}; served: {', '.join(served)}")
-    if not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
-        raise VidpostError("prompts must be a list of strings")
+    if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)):
+        raise VidpostError("prompts must be a non-empty list of strings (one per video)")
     videos = decode_videos(request.get("videos"))
     if len(videos) != len(prompts):
         raise VidpostError(f"{len(videos)} videos but {len(prompts)} prompts")
     return names, prompts, videos
 
 
-def make_server(host: str, port: int, reward_names: Sequence[str] | None = None) -> ThreadingHTTPServer:
-    """A threaded HTTP server (not yet running) of `reward_names`, default every registered reward."""
+def make_server(host: str, port: int, reward_names: Sequence[str] | None = None,
+                max_request_mb: float = DEFAULT_MAX_REQUEST_MB, token: str | None = None) -> ThreadingHTTPServer:
+    """A threaded HTTP server (not yet running) of `reward_names`, default every registered reward; requests
+    above max_request_mb are refused, and with a token every request must carry it (jsonhttp)."""
     if reward_names is not None:
         check_reward_names(reward_names)
-    handler = type("RewardHandler", (_Handler,), {"served": None if reward_names is None else list(reward_names)})
+    handler = type("RewardHandler", (_Handler,), {"served": None if reward_names is None else list(reward_names),
+                                                   "max_body": int(max_request_mb * 2**20), "token": token})
     try:
         return ThreadingHTTPServer((host, port), handler)
     except OSError as err:
         raise VidpostError(f"cannot serve rewards on {host}:{port} ({err.strerror or err})") from None
 
 
-def serve(host: str = "127.0.0.1", port: int = 8765, reward_names: Sequence[str] | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8765, reward_names: Sequence[str] | None = None,
+          max_request_mb: float = DEFAULT_MAX_REQUEST_MB, token: str | None = None) -> None:
     """Serve rewards until Ctrl-C."""
-    with make_server(host, port, reward_names) as server:
+    with make_server(host, port, reward_names, max_request_mb, token) as server:
         served = ", ".join(reward_names or REWARDS)
-        print(f"serving rewards {served} at http://{host}:{server.server_port} (Ctrl-C stops)", flush=True)
+        guard = "a bearer token required" if token else "no token: keep it to trusted networks"
+        print(f"serving rewards {served} at http://{host}:{server.server_port} ({guard}; Ctrl-C stops)", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
