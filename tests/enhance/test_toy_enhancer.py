@@ -163,3 +163,10 @@ def test_a_prompt_budget_too_small_for_max_new_tokens_is_an_error(random_toy):
     model, tokenizer = load_toy(random_toy)
     with pytest.raises(VidpostError, match="leaves no room for a prompt"):
         sample(model, tokenizer, ["red ball"], max_new_tokens=model.config.max_position_embeddings)
+
+
+def test_decoding_uses_no_deprecated_transformers_argument(parrot_toy, recwarn, caplog):
+    from vidpost.enhance.resolve import load_enhancer
+
+    load_enhancer(str(parrot_toy)).rewrite(["red ball going left"])
+    assert "deprecated" not in caplog.text and not [w for w in recwarn if "deprecated" in str(w.message)]

@@ -162,7 +162,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: 
     positions = _positions(mask)
     batch, eos, pad = len(rows), tokenizer.eos_token_id, tokenizer.pad_token_id
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+    cache, logits = out.cache, out.logits[:, -1].float()  # (B, V)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for _ in range(max_new_tokens):
@@ -181,9 +181,9 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: 
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, cache=cache,
                     use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        cache, logits = out.cache, out.logits[:, -1].float()
     generated, logprobs = torch.stack(tokens, 1).cpu(), torch.stack(logps, 1).cpu()  # (B, steps)
     completions, completion_logps = [], []
     for i in range(batch):
