@@ -121,6 +121,7 @@ def generate(
     precision: str = "float32",
     progress: bool = True,
     acceleration: AccelerationConfig | None = None,
+    desc: str = "generate",
 ) -> Generated:
     """Sample one video per prompt by the all-ODE path (stock WanPipeline's), in batches.
 
@@ -144,7 +145,7 @@ def generate(
     with accelerated(model, acceleration, sampling.steps) as acc:
         if acc.needs_calibration:
             acc.calibrate(lambda: denoise(list(prompts[:1]), seed, acc)[1])
-        bar = tqdm(total=len(prompts), desc="generate", unit="video", disable=not progress)
+        bar = tqdm(total=len(prompts), desc=desc, unit="video", disable=not progress, leave=desc == "generate")
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
             latents, nfe_per_video = denoise(batch, seed + start, acc)  # the same for every batch

@@ -336,3 +336,9 @@ def test_a_run_resumed_at_its_last_step_still_summarises_its_final_validation(tm
     summary = json.loads((tmp_path / "summary.json").read_text())
     final = [m for m in read_metrics(tmp_path) if "val/total" in m][-1]
     assert summary["steps"] == 4 and summary["val/total"] == final["val/total"] and final["step"] == 4
+
+
+def test_validation_has_its_own_short_bar(tmp_path, capfd):
+    train(_config("train.steps=1", "validation.n=2"), tmp_path, progress=True)
+    err = capfd.readouterr().err
+    assert "val: 100%" in err and "2/2" in err

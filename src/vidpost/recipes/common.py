@@ -361,7 +361,7 @@ def rewrite_prompts(
 def validate(
     model, prompts: list[str], scorable: bool, sampling: SamplingConfig, video: VideoConfig, seed: int,
     precision: str, out_dir: Path, prefix: str = "val", acceleration: AccelerationConfig | None = None,
-    used: list[str] | None = None,
+    used: list[str] | None = None, progress: bool = False,
 ) -> dict[str, float]:
     """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's.
 
@@ -370,6 +370,7 @@ def validate(
 
     Deterministic: the all-ODE path from noise seeded seed + j, so every validation of a run (and of every
     stage) sees the same prompts and the same starting noise (a feature cache in `acceleration` changes the videos).
+    `progress`: a short bar of its own (rank 0), cleared when done, so the training bar is not left stalled.
     Distributed: every rank calls this; each samples its share of the prompts with the full weights, and rank 0
     writes and scores them all (the other ranks return {}).
     """
@@ -378,7 +379,8 @@ def validate(
     share = dist.share(len(prompts))
     with dist.unsharded(model.transformer):
         part = generate(model, used[share], sampling, video, seed=seed + share.start, precision=precision,
-                        progress=False, acceleration=acceleration).videos if share.stop > share.start else None
+                        progress=progress and dist.is_main(), acceleration=acceleration,
+                        desc=prefix).videos if share.stop > share.start else None
     parts = dist.gather_objects(part)
     if not dist.is_main():
         return {}
@@ -415,6 +417,7 @@ def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingC
                out: Path) -> Path:
     """Write model/ (diffusers layout) or lora/ atomically, with the model card (`sampling` recommended).
 
+    `progress`: a short bar of its own (rank 0), cleared when done, so the training bar is not left stalled.
     Distributed: every rank calls this; the sharded weights are gathered, whole, to rank 0, which loads them
     into an unsharded copy of the model (built again from `model_cfg`) and writes it.
     """

@@ -368,7 +368,7 @@ def train(
         model.transformer.eval()
         folder = out / "samples" / f"step_{step:06d}"
         metrics = validate(model, prompts, scorable, sampling, video, cfg.validation.seed, t.precision, folder,
-                           acceleration=cfg.validation.acceleration, used=used)
+                           acceleration=cfg.validation.acceleration, used=used, progress=progress)
         model.transformer.train()
         if not dist.is_main():
             return {}

@@ -314,7 +314,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         with ema_weights(ema, params):
             return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
                             cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval",
-                            acceleration=cfg.evaluation.acceleration, used=eval_used)
+                            acceleration=cfg.evaluation.acceleration, used=eval_used, progress=progress)
 
     metrics: dict[str, float] = {}
     if start == 0:

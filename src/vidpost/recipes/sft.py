@@ -318,7 +318,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 with ema_weights(ema, params):
                     metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed,
                                        cfg.train.precision, out / "samples" / f"step_{step:06d}",
-                                       acceleration=cfg.validation.acceleration, used=used)
+                                       acceleration=cfg.validation.acceleration, used=used, progress=progress)
                 model.transformer.train()
                 if runlog is not None:
                     runlog.write(step, metrics)
