@@ -174,3 +174,20 @@ def test_report_on_a_training_run_says_so_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training " \
                   "run's samples are in its samples/ folder)"
+
+
+def test_only_stages_not_yet_run_may_change_when_a_pipeline_resumes(finished, tmp_path):
+    from vidpost.pipeline.run import _only_unrun_stages_differ
+
+    config, out = finished
+    stages = yaml.safe_load(config.read_text())["stages"]
+    extra = {"name": "distill", "config": "distill.yaml", "overrides": []}
+    assert _only_unrun_stages_differ(stages, [*stages, extra], out)  # a stage added after the run ones
+    assert not _only_unrun_stages_differ(stages, [stages[0], {**stages[1], "overrides": ["train.steps=9"]}], out)
+    assert _only_unrun_stages_differ([*stages, extra], [*stages, {**extra, "overrides": ["train.steps=9"]}], out)
+    changed = yaml.safe_load(config.read_text())
+    changed["stages"][1]["overrides"].append("train.learning_rate=1e-5")  # grpo has run: its past would change
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    with pytest.raises(VidpostError, match="another config \\(stages:"):
+        run_pipeline(load_config(PipelineConfig, other), out, pipeline_file=other, progress=False)

@@ -138,6 +138,14 @@ def format_heldout_table(rows: dict[str, dict]) -> str:
 # ------------------------------------------------------------------------------------------------- the run
 
 
+def _only_unrun_stages_differ(old: list[dict], new: list[dict], out: Path) -> bool:
+    """Whether two stage lists agree up to the first difference, and no stage from there on has started in out."""
+    first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
+    later = [stage["name"] for stage in old[first:]]
+    return all(not any((out / name).rglob("state.json")) and not (out / name / HELDOUT_FILE).is_file()
+               for name in later)
+
+
 def check_stages(cfg: PipelineConfig, recipes: dict[str, Stage], out: Path, pipeline_file: str | Path | None) -> None:
     """Load every stage's config (file and overrides) as the run will, naming the stage of the first error."""
     video_model = cfg.base
@@ -193,7 +201,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path
     """
     out = Path(out)
     lock_run_dir(out)
-    prepare_run_dir(cfg, out)
+    prepare_run_dir(cfg, out, may_change=lambda key, old, new: key == "stages" and _only_unrun_stages_differ(old, new, out))
     recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
     check_stages(cfg, recipes, out, pipeline_file)  # a bad key in the last stage fails now, not an hour in
     video_model, enhancer = cfg.base, None

@@ -202,13 +202,14 @@ def _started(out: Path) -> int | None:
     return -1 if finished_model(out) is not None else None
 
 
-def prepare_run_dir(cfg: Config, out: Path) -> None:
+def prepare_run_dir(cfg: Config, out: Path, may_change=None) -> None:
     """Create the run directory with the resolved config, or take up the run it holds.
 
     A run that has not taken a step yet (no checkpoint, no final model) takes any config. One that has may
     change only RESUMABLE_KEYS; each accepted change is written to logs/config_changes.jsonl, and a finished
-    run given more steps (train.steps) loses its final folder, which the extended run writes again. Any
-    other change is refused with the offending keys.
+    run given more steps (train.steps) loses its final folder, which the extended run writes again.
+    `may_change(key, old, new)` accepts more (a pipeline: the stages not yet run). Any other change is refused
+    with the offending keys.
     """
     saved = out / "config.yaml"
     if saved.is_file():
@@ -219,7 +220,8 @@ def prepare_run_dir(cfg: Config, out: Path) -> None:
         changes = config_changes(previous, cfg.model_dump())
         step = _started(out) if changes else None
         if step is not None:
-            refused = [c for c in changes if not c[0].startswith(RESUMABLE_KEYS)]
+            refused = [c for c in changes if not c[0].startswith(RESUMABLE_KEYS)
+                       and not (may_change is not None and may_change(*c))]
             if refused:
                 diff = "; ".join(f"{key}: {a!r} there, {b!r} now" for key, a, b in refused)
                 raise VidpostError(f"{out} holds a run with another config ({diff}); only "
