@@ -92,3 +92,10 @@ def test_enhance_train_runs_from_the_command_line(tmp_path, capsys):
     assert main(args) == 0
     assert f"final model: {out / 'sft'}" in capsys.readouterr().out
     assert (out / "sft" / "enhancer.json").is_file()
+
+
+def test_apply_with_a_folder_that_is_not_an_enhancer_says_so(monkeypatch, capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x\n"))
+    assert main(["enhance", "apply", "--enhancer", str(tmp_path)]) == 2
+    assert f"error: {tmp_path}: not an enhancer" in capsys.readouterr().err
