@@ -16,6 +16,7 @@ from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
 from vidpost.pipeline.run import heldout_prompts, heldout_row, run_pipeline, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
+from vidpost.runlog import read_metrics
 from vidpost.recipes.enhance import init_dir
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
@@ -26,9 +27,16 @@ GRPO = ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.s
         "train.steps=1", "evaluation.n=2", "evaluation.every_steps=0", "checkpoint.every_steps=1"]
 
 
-def _pipeline(tmp_path, stages=("sft", "grpo")) -> Path:
-    overrides = {"sft": SFT, "grpo": GRPO}
-    files = {"sft": "sft.yaml", "grpo": "grpo_flash.yaml"}
+ENHANCE = ["model.init=shapeworld-enhancer", "sft.steps=0", "grpo.steps=1", "grpo.prompts_per_step=2",
+           "grpo.group_size=2", "grpo.sampling={steps: 2}", "grpo.val_videos=2", "data.eval_n=4",
+           "grpo.reward_weights={quality: 1.0}", "grpo.precision=float32"]
+DISTILL = ["student_steps=[2]", "train.steps_per_round=1", "train.prompts_per_step=2", "train.precision=float32",
+           "validation.n=2", "log_every_steps=1"]
+
+
+def _pipeline(tmp_path, stages=("sft", "grpo", "enhance", "distill")) -> Path:
+    overrides = {"sft": SFT, "grpo": GRPO, "enhance": ENHANCE, "distill": DISTILL}
+    files = {"sft": "sft.yaml", "grpo": "grpo_flash.yaml", "enhance": "enhance.yaml", "distill": "distill.yaml"}
     cfg = {"base": "shapeworld-base", "heldout": {"n": 2, "grid": 2},
            "stages": [{"name": s, "config": str(CONFIGS / files[s]), "overrides": overrides[s]} for s in stages]}
     path = tmp_path / "pipeline.yaml"
@@ -48,7 +56,7 @@ def finished(tmp_path_factory):
 def test_stages_chain_and_each_gets_a_heldout_row(finished):
     _, out = finished
     table = json.loads((out / "heldout_table.json").read_text())
-    assert list(table) == ["base", "sft", "grpo"]
+    assert list(table) == ["base", "sft", "grpo", "enhance", "distill"]
     for row in table.values():
         assert row["n"] == 2 and 0 <= row["total"] <= 1 and row["nfe"] > 0
     assert finished_model(out / "sft") is not None and finished_model(out / "grpo") is not None
@@ -59,7 +67,9 @@ def test_stages_chain_and_each_gets_a_heldout_row(finished):
     # the same prompts for every stage, kept as captions of the held-out videos
     captions = [[json.loads(line)["caption"] for line in (out / s / "heldout" / "metadata.jsonl").read_text().splitlines()]
                 for s in table]
-    assert captions[0] == captions[1] == captions[2] and len(captions[0]) == 2
+    assert all(c == captions[0] for c in captions) and len(captions[0]) == 2
+    assert table["enhance"]["model"] == str(out / "grpo") and table["enhance"]["enhancer"] == str(out / "enhance")
+    assert yaml.safe_load((out / "distill" / "config.yaml").read_text())["model"]["path"] == str(out / "grpo")
 
 
 def test_a_rerun_resumes_without_recomputing(finished):
@@ -77,10 +87,13 @@ def test_the_report_is_one_self_contained_page(finished):
     page = (out / "report.html").read_text()
     assert page.startswith("<!doctype html>")
     assert not re.search(r"(src|href)=\"https?:", page)  # opens with no network
-    assert page.count('src="data:image/gif;base64,') == 2 * 3  # grid: 2 prompts x (base, sft, grpo)
-    assert 'src="data:image/png;base64,' in page  # training curves
-    for stage in ("base", "sft", "grpo"):
+    assert page.count('src="data:image/gif;base64,') == 2 * 5  # grid: 2 prompts x (base and 4 stages)
+    for stage in ("base", "sft", "grpo", "enhance", "distill"):
         assert f"<td>{stage}</td>" in page
+    for stage in ("sft", "grpo", "enhance", "distill"):  # each stage's curves, by the names its recipe logs
+        assert f"<h2>{stage}: training curves</h2>" in page
+        logged = set().union(*read_metrics(out / stage))
+        assert set(stage_recipe(stage).curves()) & logged, stage
     assert main(["report", str(out)]) == 0  # the command rewrites it
 
 
@@ -158,7 +171,7 @@ def test_stage_overrides_on_the_command_line_reach_their_stage(tmp_path, monkeyp
 
     own, per_stage = with_stage_overrides(["heldout.n=3", "stages.grpo.train.steps=7", "stages.sft.train.steps=5"])
     assert own == ["heldout.n=3"] and per_stage == {"grpo": ["train.steps=7"], "sft": ["train.steps=5"]}
-    cfg = add_stage_overrides(load_config(PipelineConfig, _pipeline(tmp_path), own), per_stage)
+    cfg = add_stage_overrides(load_config(PipelineConfig, _pipeline(tmp_path, ("sft", "grpo")), own), per_stage)
     recipes = {s.name: stage_recipe(s.name) for s in cfg.stages}
     assert [stage_config(s, recipes[s.name], "m", None).train.steps for s in cfg.stages] == [5, 7]  # the last word
     with pytest.raises(VidpostError, match="the pipeline has no stage 'distill'"):
@@ -180,11 +193,15 @@ def test_only_stages_not_yet_run_may_change_when_a_pipeline_resumes(finished, tm
     from vidpost.pipeline.run import _only_unrun_stages_differ
 
     config, out = finished
-    stages = yaml.safe_load(config.read_text())["stages"]
+    stages = yaml.safe_load(config.read_text())["stages"][:2]  # sft, grpo
+    partial = tmp_path / "partial"  # a pipeline run that has finished sft only
+    (partial / "sft").mkdir(parents=True)
+    (partial / "sft" / "heldout.json").write_text("{}")
     extra = {"name": "distill", "config": "distill.yaml", "overrides": []}
-    assert _only_unrun_stages_differ(stages, [*stages, extra], out)  # a stage added after the run ones
-    assert not _only_unrun_stages_differ(stages, [stages[0], {**stages[1], "overrides": ["train.steps=9"]}], out)
-    assert _only_unrun_stages_differ([*stages, extra], [*stages, {**extra, "overrides": ["train.steps=9"]}], out)
+    assert _only_unrun_stages_differ(stages, [*stages, extra], partial)  # a stage added after the run ones
+    assert _only_unrun_stages_differ(stages, [stages[0], {**stages[1], "overrides": ["train.steps=9"]}], partial)
+    assert not _only_unrun_stages_differ(stages, [{**stages[0], "overrides": []}, stages[1]], partial)  # sft ran
+    assert not _only_unrun_stages_differ(stages, [stages[0], {**stages[1], "overrides": []}], out)  # grpo ran there
     changed = yaml.safe_load(config.read_text())
     changed["stages"][1]["overrides"].append("train.learning_rate=1e-5")  # grpo has run: its past would change
     other = tmp_path / "other.yaml"

@@ -20,12 +20,6 @@ from vidpost.errors import VidpostError
 from vidpost.runlog import read_metrics
 
 REPORT_NAME = "report.html"
-CURVES = {  # stage -> the logged series worth plotting
-    "sft": ("train/loss", "val/total", "val/quality"),
-    "grpo": ("reward/weighted", "eval/total", "eval/quality", "train/approx_kl"),
-    "enhance": ("reward/total", "train/loss", "eval/total"),
-    "distill": ("train/loss", "val/total", "val/quality"),
-}
 GIF_SCALE = 4  # 24x24 frames are too small to see
 
 
@@ -95,7 +89,7 @@ def write_report(run: str | Path) -> Path:
     """Write RUN/report.html from the run's held-out rows, logs and videos; return its path."""
     from vidpost.config import load_config
     from vidpost.pipeline.config import PipelineConfig
-    from vidpost.pipeline.run import HELDOUT_FILE
+    from vidpost.pipeline.run import HELDOUT_FILE, stage_recipe
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
@@ -113,7 +107,7 @@ def write_report(run: str | Path) -> Path:
              _table(rows) if rows else "<p>No stage has finished yet.</p>"]
     for stage in stages[1:]:
         metrics = read_metrics(run / stage) if (run / stage / "logs").is_dir() else []
-        png = curves_png(metrics, CURVES.get(stage, ()))
+        png = curves_png(metrics, stage_recipe(stage).curves())  # the names the stage's recipe logs
         if png is not None:
             parts.append(f"<h2>{stage}: training curves</h2><img src=\"{_data_uri(png, 'image/png')}\">")
     done = [s for s in stages if s in rows]

@@ -97,6 +97,9 @@ from vidpost.recipes.grpo import PromptsConfig, training_prompts
 
 log = logging.getLogger("vidpost")
 
+# The logged series a report plots for this recipe (the names `train` writes).
+CURVES = ("train/loss", "val/total", "val/mse_to_teacher")
+
 MODES = ("cfg", "steps", "both")
 DEFAULT_STUDENT_STEPS = 4
 

@@ -97,6 +97,8 @@ log = logging.getLogger("vidpost")
 
 STAGE_SFT = "sft"
 STAGE_GRPO = "grpo"
+# The logged series a report plots for this recipe (each stage's metrics carry the stage's prefix).
+CURVES = (f"{STAGE_SFT}/loss", f"{STAGE_SFT}/val_intent", f"{STAGE_GRPO}/reward", f"{STAGE_GRPO}/val_reward_total")
 
 
 class ToyModelConfig(Config):

@@ -91,6 +91,9 @@ from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
 
+# The logged series a report plots for this recipe (the names `iteration` and `evaluate` write).
+CURVES = ("reward/weighted", "eval/total", "eval/quality", "train/approx_kl", "train/loss")
+
 
 # ------------------------------------------------------------------------------------------------ config
 

@@ -78,6 +78,9 @@ from vidpost.world.dataset import make_dataset
 
 log = logging.getLogger("vidpost")
 
+# The logged series a report plots for this recipe (the names `train` writes).
+CURVES = ("train/loss", "val/total", "val/quality")
+
 
 class DataConfig(Config):
     path: str | None = Field(None, description="dataset folder (metadata.jsonl + clips); null: generate `shapeworld`")
