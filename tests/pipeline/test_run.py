@@ -16,8 +16,8 @@ from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
 from vidpost.pipeline.run import heldout_prompts, heldout_row, run_pipeline, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
-from vidpost.runlog import read_metrics
 from vidpost.recipes.enhance import init_dir
+from vidpost.runlog import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
 SFT = ["data.shapeworld.n=8", "train.steps=2", "train.batch_size=4", "train.precision=float32",
