@@ -421,8 +421,10 @@ def iteration(
         batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
                         sde_generators, precision, flash=cfg.strategy.settings if cfg.strategy.name == "flash" else None,
                         kind=kind)
-    decoded = model.decode(batch.final).cpu().numpy()
-    bad = int(dist.sum_over_ranks(torch.tensor([float((~np.isfinite(decoded.reshape(len(decoded), -1))).any(1).sum())]))[0])
+    with phase("reward"):
+        decoded = model.decode(batch.final).cpu().numpy()
+        finite = np.isfinite(decoded.reshape(len(decoded), -1)).all(1)
+        bad = int(dist.sum_over_ranks(torch.tensor([float((~finite).sum())]))[0])
     if bad:  # a diverged rollout: no reward to learn from; counted as a non-finite iteration (the streak stops it)
         log.warning("iteration %d: %d rollout videos are not finite (NaN or inf); update skipped", step, bad)
         return {"train/nonfinite_videos": float(bad), "nonfinite": True}
