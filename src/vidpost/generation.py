@@ -122,6 +122,7 @@ def generate(
     progress: bool = True,
     acceleration: AccelerationConfig | None = None,
     desc: str = "generate",
+    leave: bool = True,
 ) -> Generated:
     """Sample one video per prompt by the all-ODE path (stock WanPipeline's), in batches.
 
@@ -145,7 +146,7 @@ def generate(
     with accelerated(model, acceleration, sampling.steps) as acc:
         if acc.needs_calibration:
             acc.calibrate(lambda: denoise(list(prompts[:1]), seed, acc)[1])
-        bar = tqdm(total=len(prompts), desc=desc, unit="video", disable=not progress, leave=desc == "generate")
+        bar = tqdm(total=len(prompts), desc=desc, unit="video", disable=not progress, leave=leave)
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
             latents, nfe_per_video = denoise(batch, seed + start, acc)  # the same for every batch

@@ -382,7 +382,7 @@ def validate(
     with dist.unsharded(model.transformer):
         part = generate(model, used[share], sampling, video, seed=seed + share.start, precision=precision,
                         progress=progress and dist.is_main(), acceleration=acceleration,
-                        desc=prefix).videos if share.stop > share.start else None
+                        desc=prefix, leave=False).videos if share.stop > share.start else None
     parts = dist.gather_objects(part)
     if not dist.is_main():
         return {}
