@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from vidpost import checkpoint
-from vidpost.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from vidpost.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, run_checkpoints, save_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 
@@ -147,3 +147,15 @@ def test_resume_passes_over_a_newest_checkpoint_that_does_not_read(tmp_path, dam
     with pytest.raises(checkpoint.VidpostError, match="no checkpoint under .* could be read"):
         checkpoint.load_latest_checkpoint(tmp_path, *dummy_state(0.0))
     assert checkpoint.load_latest_checkpoint(tmp_path / "none", *dummy_state(0.0)) is None
+
+
+def test_run_checkpoints_finds_recipe_stage_and_pipeline_checkpoints_but_not_other_folders(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for root in ("checkpoints", "checkpoints/sft", "grpo/checkpoints", "enhance/checkpoints/grpo"):
+        save_checkpoint(tmp_path / root, 3, model.state_dict(), optimizer, {})
+    (tmp_path / "data" / "clips" / "step_000009").mkdir(parents=True)
+    (tmp_path / "data" / "clips" / "step_000009" / "state.json").write_text("{}")
+    found = {str(p.relative_to(tmp_path)) for p in run_checkpoints(tmp_path)}
+    assert found == {"checkpoints/step_000003", "checkpoints/sft/step_000003", "grpo/checkpoints/step_000003",
+                     "enhance/checkpoints/grpo/step_000003"}

@@ -58,6 +58,16 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
+def run_checkpoints(out: str | Path) -> list[Path]:
+    """Every complete checkpoint of a run directory: checkpoints/ and its stage folders (checkpoints/sft/), and
+    a pipeline's stages (NAME/checkpoints/...); the data and sample folders, thousands of files, are not walked."""
+    out = Path(out)
+    roots = [out / "checkpoints", *(out / "checkpoints").glob("*"), *out.glob("*/checkpoints"),
+             *out.glob("*/checkpoints/*")]
+    return [path for root in roots if root.is_dir() and not _STEP_DIR.match(root.name)
+            for path in list_checkpoints(root)]
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None

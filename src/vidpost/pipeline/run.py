@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vidpost.atomic import atomic_path
+from vidpost.checkpoint import run_checkpoints
 from vidpost.config import Config, load_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.errors import VidpostError
@@ -147,7 +148,7 @@ def _only_unrun_stages_differ(old: list[dict], new: list[dict], out: Path) -> bo
     """Whether two stage lists agree up to the first difference, and no stage from there on has started in out."""
     first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
     later = [stage["name"] for stage in old[first:]]
-    return all(not any((out / name).rglob("state.json")) and not (out / name / HELDOUT_FILE).is_file()
+    return all(not run_checkpoints(out / name) and not (out / name / HELDOUT_FILE).is_file()
                for name in later)
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from vidpost import dist
 from vidpost.atomic import atomic_path
-from vidpost.checkpoint import latest_checkpoint
+from vidpost.checkpoint import latest_checkpoint, run_checkpoints
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -195,8 +195,7 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, ob
 
 def _started(out: Path) -> int | None:
     """The step a run in `out` has reached (its newest checkpoint; a finished run without one: -1), or None."""
-    steps = [int(p.parent.name.split("_")[-1]) for p in out.rglob("state.json")  # a pipeline's stages too
-             if p.parent.name.startswith("step_") and "checkpoints" in p.parts]
+    steps = [int(path.name.split("_")[-1]) for path in run_checkpoints(out)]  # a pipeline's stages too
     if steps:
         return max(steps)
     return -1 if finished_model(out) is not None else None
