@@ -4,13 +4,12 @@ and the injection guard (whatever the prompt says, the output is a canonical cap
 import pytest
 import torch
 
+from vidpost.enhance.lm import completion_logprobs, top_p_filter
 from vidpost.enhance.resolve import load_enhancer
 from vidpost.enhance.toy import (
     BOS,
     SEP,
-    _top_p,
     build_toy_tokenizer,
-    completion_logprobs,
     decode,
     encode,
     load_toy,
@@ -129,9 +128,9 @@ def test_sampling_is_reproducible_per_seed_and_varies_across_seeds(random_toy):
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    torch.testing.assert_close(_top_p(probs, 0.75), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
-    torch.testing.assert_close(_top_p(probs, 0.5), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
-    torch.testing.assert_close(_top_p(probs, 1.0), probs)
+    torch.testing.assert_close(top_p_filter(probs, 0.75), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    torch.testing.assert_close(top_p_filter(probs, 0.5), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(top_p_filter(probs, 1.0), probs)
 
 
 def test_the_toy_enhancer_rewrites_to_canonical_captions(parrot_toy, parrot_caption):

@@ -9,8 +9,9 @@ marks the folder as a toy enhancer. Any word outside the vocabulary is `<unk>`, 
 into a prompt ("</s>", "<sep>") are split into unknown words too, so an instruction hidden in a prompt reaches
 the model as unknown words and cannot steer it off the caption grammar.
 
-`sample` decodes a batch (greedy or sampled) and returns each generated token's log-probability, which
-GRPO needs; `completion_logprobs` recomputes them with gradients (teacher forcing), which is also the SFT loss.
+`ToyFormat` lays prompts and rewrites out as token ids for the shared decoding and log-probabilities of
+`enhance/lm.py`; `sample` decodes a batch (greedy or sampled) and returns each generated token's log-probability,
+which GRPO needs; `completion_logprobs` recomputes them with gradients (teacher forcing), which is also the SFT loss.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from transformers import (
 from vidpost.atomic import atomic_path
 from vidpost.enhance.base import Enhancer
 from vidpost.enhance.config import EnhancerConfig
+from vidpost.enhance.lm import Rollout, sample_rollout
 from vidpost.errors import VidpostError
 from vidpost.models.text import EOS, PAD, UNK, shapeworld_vocabulary
 
@@ -112,107 +114,40 @@ def decode(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 @dataclass
-class Rollout:
-    """Decoded completions of a batch of prompts, with what GRPO needs to score and re-weight them."""
+class ToyFormat:
+    """`<s> words <sep>` -> `words </s>` (a `TextFormat`), the prompt's words cut to fit max_prompt_tokens in all."""
 
-    texts: list[str]                  # decoded, special tokens dropped
-    prompt_ids: list[list[int]]       # `<s> ... <sep>`
-    completion_ids: list[list[int]]   # generated tokens, `</s>` included when it was generated
-    logprobs: list[torch.Tensor]      # (len(completion_ids[i]),) log-probability each token was drawn with
+    tokenizer: PreTrainedTokenizerFast
+    max_prompt_tokens: int
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return (self.tokenizer.eos_token_id,)
+
+    def prompt(self, text: str) -> list[int]:
+        return prompt_ids(self.tokenizer, text, self.max_prompt_tokens)
+
+    def target(self, text: str) -> list[int]:
+        return target_ids(self.tokenizer, text)
+
+    def decode(self, ids) -> str:
+        return decode(self.tokenizer, list(ids))
 
 
-def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches top_p, renormalised. probs: (B, V)."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before this token already reached top_p
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return kept / kept.sum(-1, keepdim=True)
-
-
-@torch.no_grad()
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int,
            temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
-    """Decode a completion per prompt, batched with left padding and a KV cache.
-
-    temperature 0 is greedy and records log softmax(logits); otherwise tokens are drawn from
-    softmax(logits / temperature), cut to top_p, and the recorded log-probability is that of this
-    distribution (with top_p = 1 it equals `completion_logprobs(..., temperature)`).
-    """
+    """Decode a completion per prompt (`lm.decode_ids`), each prompt cut to leave room for max_new_tokens."""
     max_prompt = model.config.max_position_embeddings - max_new_tokens
     if max_prompt < 3:
         raise VidpostError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
                            f"{model.config.max_position_embeddings} positions")
-    device = next(model.parameters()).device
-    rows = [prompt_ids(tokenizer, p, max_prompt) for p in prompts]
-    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = _positions(mask)
-    batch, eos, pad = len(rows), tokenizer.eos_token_id, tokenizer.pad_token_id
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = out.cache, out.logits[:, -1].float()  # (B, V)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logps = [], []
-    for _ in range(max_new_tokens):
-        if temperature == 0:
-            logp = torch.log_softmax(logits, -1)
-            token = logits.argmax(-1)
-        else:
-            probs = _top_p(torch.softmax(logits / temperature, -1), top_p)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
-            logp = probs.log()
-        token = torch.where(done, torch.full_like(token, pad), token)
-        tokens.append(token)
-        logps.append(logp.gather(1, token[:, None]).squeeze(1))
-        done |= token == eos
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        positions = positions[:, -1:] + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1].float()
-    generated, logprobs = torch.stack(tokens, 1).cpu(), torch.stack(logps, 1).cpu()  # (B, steps)
-    completions, completion_logps = [], []
-    for i in range(batch):
-        row = generated[i].tolist()
-        length = row.index(eos) + 1 if eos in row else len(row)
-        completions.append(row[:length])
-        completion_logps.append(logprobs[i, :length])
-    return Rollout([decode(tokenizer, c) for c in completions], rows, completions, completion_logps)
-
-
-def completion_logprobs(model: PreTrainedModel, prompts: list[list[int]], completions: list[list[int]],
-                        pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced log π(completion token | prompt, earlier tokens), with gradients.
-
-    Each row is laid out as [pad... prompt | completion ...pad], so every completion starts in the same
-    column. Returns (log-probs (B, Lc), mask (B, Lc)) with mask 1 on real completion tokens.
-    """
-    device = next(model.parameters()).device
-    p_ids, p_mask = _left_pad(prompts, pad_id)
-    width = max(len(c) for c in completions)
-    c_ids = torch.tensor([c + [pad_id] * (width - len(c)) for c in completions])
-    c_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completions])
-    ids, mask = torch.cat([p_ids, c_ids], 1).to(device), torch.cat([p_mask, c_mask], 1).to(device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
-    start = p_ids.shape[1]
-    logits = logits[:, start - 1: start - 1 + width].float() / temperature  # (B, Lc, V): predicts each completion token
-    logp = torch.log_softmax(logits, -1).gather(2, c_ids.to(device)[..., None]).squeeze(2)
-    c_mask = c_mask.to(device)
-    return logp * c_mask, c_mask
+    return sample_rollout(model, ToyFormat(tokenizer, max_prompt), prompts, max_new_tokens, temperature, top_p,
+                          generator)
 
 
 class ToyEnhancer(Enhancer):
@@ -231,3 +166,4 @@ class ToyEnhancer(Enhancer):
             texts += sample(self.model, self.tokenizer, chunk, g.max_new_tokens, g.temperature, g.top_p,
                             self.generator).texts
         return texts
+
