@@ -29,6 +29,7 @@ SCHEMAS = {
     "shapeworld/grpo_nft.yaml": GRPOConfig,
     "shapeworld/distill.yaml": DistillConfig,
     "shapeworld/enhance.yaml": EnhanceConfig,
+    "shapeworld/enhance_hf.yaml": EnhanceConfig,
     "shapeworld/pipeline.yaml": PipelineConfig,
     **{f"shapeworld-large/{name}.yaml": schema for name, schema in {
         "world": DatasetConfig, "pretrain": SFTConfig, "sft": SFTConfig, "grpo_flash": GRPOConfig,
@@ -36,6 +37,7 @@ SCHEMAS = {
         "pipeline": PipelineConfig}.items()},
     "wan2.1-t2v-1.3b/model.yaml": ModelConfig,
     "wan2.1-t2v-1.3b/distill_4step_lora.yaml": DistillConfig,
+    "wan2.1-t2v-1.3b/enhance_qwen.yaml": EnhanceConfig,
     "wan2.1-t2v-14b/model.yaml": ModelConfig,
 }
 DOCUMENTS_DEFAULTS = {"shapeworld/world.yaml"}  # the others are presets for real checkpoints

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vidpost.enhance.pairs import training_pair
 from vidpost.enhance.resolve import load_enhancer
 from vidpost.enhance.toy import ToyEnhancer, build_toy_model, build_toy_tokenizer
 from vidpost.errors import VidpostError
@@ -16,7 +17,6 @@ from vidpost.recipes.enhance import (
     sft_loss,
     states_intent,
     train,
-    training_pair,
 )
 from vidpost.runlog import read_metrics
 from vidpost.world.grammar import parse_caption

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from vidpost.enhance.base import Enhancer
 from vidpost.enhance.config import EnhancerConfig
@@ -27,19 +27,26 @@ def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
 
 
+def load_causal_lm(path: str | Path, dtype: str | torch.dtype = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of a local transformers causal-LM folder: local files, safetensors and shipped
+    architectures only (nothing is downloaded, unpickled or executed from the folder)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise VidpostError(f"{path}: not a transformers model directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype
+        )
+    except (OSError, ValueError) as exc:
+        raise VidpostError(f"{path}: cannot load the language model ({' '.join(str(exc).split())[:300]})") from exc
+    return model, tokenizer
+
+
 class HFEnhancer(Enhancer):
     def __init__(self, cfg: EnhancerConfig, name: str) -> None:
         super().__init__(cfg, name)
-        path = Path(cfg.path)
-        if not (path / "config.json").is_file():
-            raise VidpostError(f"{path}: not a transformers model directory (no config.json)")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype="auto"
-            )
-        except (OSError, ValueError) as exc:
-            raise VidpostError(f"{path}: cannot load the language model ({' '.join(str(exc).split())[:300]})") from exc
+        self.model, self.tokenizer = load_causal_lm(cfg.path)
         self.model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

@@ -7,8 +7,9 @@
     load_enhancer("http://127.0.0.1:8000/v1")         # an OpenAI-compatible endpoint, its first listed model
 
 `overrides` (key=value) adjust the resulting config: `generation.temperature=0.7`, `check.max_words=120`.
-A folder with an `enhancer.json` card is a toy enhancer; any other folder with a `config.json` is loaded
-by the hf backend.
+A folder with an `enhancer.json` card is an enhancer trained by `vidpost enhance train`: the card names its
+backend (toy, or hf for a Hugging Face LM) and the instruction it was trained with; any other folder with a
+`config.json` is loaded by the hf backend.
 """
 
 from __future__ import annotations
@@ -68,9 +69,22 @@ def enhancer_config(ref: str, overrides: Sequence[str] = ()) -> EnhancerConfig:
             base["openai.send_api_key"] = False  # not in clear text to a host only a command line named
     else:
         path = enhancer_dir(ref)
-        base = {"backend": "toy" if (path / CARD_NAME).is_file() else "hf", "path": str(path)}
+        card = json.loads((path / CARD_NAME).read_text()) if (path / CARD_NAME).is_file() else {"backend": "hf"}
+        # an enhancer trained here is applied with the instruction and checks it was trained with
+        base = {"backend": card.get("backend", "toy"), "path": str(path), **_dotted(card.get("enhancer", {}))}
     # JSON strings are YAML scalars, so a path or URL is never re-read as a number or a mapping
     return load_config(EnhancerConfig, None, [*(f"{k}={json.dumps(v)}" for k, v in base.items()), *overrides])
+
+
+def _dotted(settings: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a card's settings as overrides."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def build_enhancer(cfg: EnhancerConfig, name: str) -> Enhancer:

@@ -1,10 +1,20 @@
-"""Training the toy prompt enhancer for ShapeWorld (`enhance/toy.py`).
+"""Training a prompt enhancer: the toy ShapeWorld enhancer (`enhance/toy.py`), or any local Hugging Face causal LM
+(`enhance/chat.py`, LoRA or full fine-tuning) with model.path.
 
     vidpost enhance train configs/shapeworld/enhance.yaml --out runs/enhance [key=value ...]
+    vidpost enhance train configs/shapeworld/enhance_hf.yaml model.path=models/Qwen2.5-0.5B-Instruct --out runs/qwen
+    torchrun --nproc_per_node 4 -m vidpost.cli enhance train CONFIG model.path=DIR --out RUN   # data-parallel (LM only)
     vidpost enhance apply --enhancer runs/enhance < prompts.txt
 
+Both kinds train through the same loop: a `TextFormat` (enhance/lm.py) turns prompts and rewrites into the
+model's token ids, the toy's `<s> terse <sep>` -> `canonical </s>`, or a chat model's template with the system
+prompt of `instruction` (the conversation the hf backend sends at apply time) -> the rewrite and its end-of-turn
+token. Pairs come from ShapeWorld or from `data.pairs_file` (JSONL of prompt and rewrite; enhance/pairs.py).
+Under torchrun (Hugging Face LMs only) each rank takes its share of every step's pairs or groups and the
+gradients are summed over ranks, so a step is the one-process step.
+
 Stage 1, SFT: teacher-forced cross-entropy on (terse prompt -> canonical caption) pairs from the world's
-train split: `<s> terse <sep>` is the context and `canonical </s>` the target. Pair i is a pure function of
+train split: the prompt's ids are the context and the rewrite's the target (the loss sees only those). Pair i is a pure function of
 (data.seed, i) and step s trains on pairs (s-1)·B .. s·B-1, so the stream never repeats and a resumed run
 ends with exactly the weights of an uninterrupted one. It starts from a seeded random model, or from the
 weights of `model.init` (a shipped enhancer, a folder or a run; sft.steps 0 keeps them as they are, so GRPO
@@ -30,7 +40,7 @@ The run directory:
     logs/metrics.jsonl       sft/loss, sft/lr, sft/grad_norm, sft/val_*; then grpo/reward, grpo/reward_<name>,
                              grpo/parse, grpo/loss, grpo/kl, grpo/clip_frac, grpo/val_*, logged at step
                              sft.steps + s for GRPO step s, so the log reads as one run (and TensorBoard)
-    sft/                     the SFT enhancer (Hugging Face layout + enhancer.json)
+    sft/                     the SFT enhancer (Hugging Face layout + enhancer.json; an LM's LoRA merged in)
     grpo/                    the GRPO enhancer, when the stage runs; `--enhancer runs/enhance` takes the last
     summary.json             the final validation metrics of each stage
 """
@@ -49,7 +59,6 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from vidpost import dist
 from vidpost.checkpoint import load_latest_checkpoint, save_checkpoint
@@ -57,21 +66,21 @@ from vidpost.config import Config
 from vidpost.data.video_io import to_float
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.enhance.base import check_rewrite, normalise
-from vidpost.enhance.config import CheckConfig
-from vidpost.enhance.resolve import enhancer_dir
-from vidpost.enhance.toy import (
-    CARD_NAME,
-    build_toy_model,
-    build_toy_tokenizer,
-    completion_logprobs,
-    load_toy,
-    prompt_ids,
-    sample,
-    save_toy,
-    target_ids,
+from vidpost.enhance.config import CheckConfig, InstructionConfig
+from vidpost.enhance.lm import completion_logprobs, pairs_nll, sample_rollout
+from vidpost.enhance.pairs import PairsConfig, PairSource
+from vidpost.enhance.toy import CARD_NAME, ToyFormat
+from vidpost.enhance.trainable import (
+    EnhancerLM,
+    EnhancerModelConfig,
+    init_dir,
+    initial_lm,
+    needs_reference_copy,
+    reference_model,
+    save_lm,
+    stage_lm,
 )
 from vidpost.errors import CaptionError, VidpostError
-from vidpost.evaluation import shapeworld_records
 from vidpost.generation import PRECISIONS, generate, recommended_sampling, recommended_video
 from vidpost.recipes.common import (
     CheckpointConfig,
@@ -80,16 +89,16 @@ from vidpost.recipes.common import (
     StopFlag,
     derive_seed,
     learning_rate,
+    open_run_log,
     start_run,
     warn_stopped,
 )
+from vidpost.recipes.grpo import RemoteRewardConfig
 from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
+from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss
-from vidpost.runlog import RunLog
 from vidpost.sample import load_model
-from vidpost.world.config import DatasetConfig, WorldConfig
-from vidpost.world.dataset import prompt_record
 from vidpost.world.grammar import parse_caption
 from vidpost.world.spec import SceneSpec
 
@@ -99,27 +108,6 @@ STAGE_SFT = "sft"
 STAGE_GRPO = "grpo"
 # The logged series a report plots for this recipe (each stage's metrics carry the stage's prefix).
 CURVES = (f"{STAGE_SFT}/loss", f"{STAGE_SFT}/val_intent", f"{STAGE_GRPO}/reward", f"{STAGE_GRPO}/val_reward_total")
-
-
-class ToyModelConfig(Config):
-    init: str | None = Field(None, description="start from this toy enhancer's weights (shipped name, folder or run) "
-                                               "instead of a random one; the keys below must match its architecture")
-    hidden_size: int = Field(64, ge=8, description="width of the tiny Qwen2")
-    num_layers: int = Field(2, ge=1, description="transformer blocks")
-    num_heads: int = Field(4, ge=1, description="attention heads (hidden_size must divide by it)")
-    intermediate_size: int = Field(256, ge=8, description="MLP width")
-    max_positions: int = Field(256, ge=32, description="longest prompt + rewrite, in tokens")
-    seed: int = Field(0, description="seed of the random initialisation (unused with init)")
-
-
-class PairsConfig(Config):
-    seed: int = Field(0, description="pair i is a pure function of (seed, i); steps draw fresh pairs, never repeated")
-    max_prompt_tokens: int = Field(64, ge=4, description="terse prompts are cut to this many tokens")
-    eval_n: int = Field(128, ge=1, description="eval-split terse prompts decoded at each validation")
-    eval_seed: int = Field(0, description="seed of the validation prompts")
-    world: WorldConfig = Field(
-        default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
-    )
 
 
 class SFTStageConfig(Config):
@@ -141,7 +129,9 @@ class GRPOStageConfig(Config):
     epochs: int = Field(1, ge=1, description="optimizer steps on each batch of rewrites (PPO epochs)")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
     video_model: str = Field("shapeworld-sft", description="the frozen video model: a shipped name, model or run dir")
+    video_dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights of the frozen video model")
     sampling: SamplingOverrides = Field(default_factory=SamplingOverrides, description="changes to the card's sampling")
+    video: VideoConfig | None = Field(None, description="frames, height and width of the videos; null: the card's")
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "auto", description="autocast of the video model: auto (bf16 where the hardware has it) | bf16 | float32"
     )
@@ -149,6 +139,8 @@ class GRPOStageConfig(Config):
         default_factory=lambda: {"total": 1.0, "coherence": 0.5, "quality": 0.5},
         description="reward name -> weight, as the video GRPO's reward.weights (advantages of the weighted sum)",
     )
+    remote: list[RemoteRewardConfig] = Field(default_factory=list, description="reward servers to register "
+                                                                               "(docs/reward_protocol.md)")
     seed: int = Field(0, description="step s draws its rewrites and video noise from (seed, s); validation noise: seed")
     val_videos: int = Field(16, ge=1, description="validation: videos made from the first rewrites (<= data.eval_n)")
     eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only before step 1 and at the end)")
@@ -157,8 +149,11 @@ class GRPOStageConfig(Config):
 
 
 class EnhanceConfig(Config):
-    model: ToyModelConfig = Field(default_factory=ToyModelConfig, description="the toy enhancer's architecture")
-    data: PairsConfig = Field(default_factory=PairsConfig, description="(terse prompt, canonical caption) pairs")
+    model: EnhancerModelConfig = Field(default_factory=EnhancerModelConfig,
+                                       description="the LM trained: the toy's architecture, or model.path's LM")
+    instruction: InstructionConfig = Field(default_factory=InstructionConfig,
+                                           description="model.path: the system prompt the LM is trained and applied with")
+    data: PairsConfig = Field(default_factory=PairsConfig, description="(prompt, rewrite) pairs: ShapeWorld's or a file")
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="stage 1: supervised fine-tuning")
     grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig, description="stage 2: GRPO on video rewards")
     max_new_tokens: int = Field(48, ge=1, description="most tokens of a rewrite (GRPO rollouts and validation)")
@@ -167,7 +162,8 @@ class EnhanceConfig(Config):
 
     @model_validator(mode="after")
     def _videos_fit(self) -> EnhanceConfig:
-        if self.sft.steps == 0 and self.model.init is None:
+        self.model.check(self.instruction)
+        if self.sft.steps == 0 and self.model.init is None and self.model.path is None:
             raise ValueError("sft.steps 0 needs model.init (an enhancer to start from)")
         if self.grpo.steps and self.grpo.val_videos > self.data.eval_n:
             raise ValueError(f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
@@ -176,22 +172,6 @@ class EnhanceConfig(Config):
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-
-def _record(seed: int, index: int, split: str, world: WorldConfig | None) -> dict:
-    return prompt_record(DatasetConfig(n=index + 1, seed=seed, split=split, world=world or WorldConfig()), index)
-
-
-def training_pair(seed: int, index: int, split: str = "train", world: WorldConfig | None = None) -> tuple[str, str]:
-    """(terse prompt, canonical caption) of pair `index`: the texts of ShapeWorld clip `index` of that split."""
-    record = _record(seed, index, split, world)
-    return record["terse"], record["canonical"]
-
-
-def user_prompt(seed: int, index: int, split: str = "train", world: WorldConfig | None = None) -> tuple[str, str]:
-    """(terse prompt, intent caption) of ShapeWorld clip `index`: what a user types, and what they meant."""
-    record = _record(seed, index, split, world)
-    return record["terse"], record["intent"]
 
 
 def states_intent(rewrite: SceneSpec, intent: SceneSpec) -> bool:
@@ -227,12 +207,10 @@ def rewrite_metrics(rewrites: list[str], intents: list[str]) -> dict[str, float]
 
 
 def sft_loss(model, tokenizer, pairs: list[tuple[str, str]], max_prompt_tokens: int) -> tuple[torch.Tensor, int]:
-    """Mean negative log-likelihood per target token of `canonical </s>` after `<s> terse <sep>`; (loss, tokens)."""
-    prompts = [prompt_ids(tokenizer, terse, max_prompt_tokens) for terse, _ in pairs]
-    targets = [target_ids(tokenizer, canonical) for _, canonical in pairs]
-    logp, mask = completion_logprobs(model, prompts, targets, tokenizer.pad_token_id)
-    tokens = int(mask.sum())
-    return -logp.sum() / tokens, tokens
+    """The toy's mean negative log-likelihood per target token of `canonical </s>` after `<s> terse <sep>`;
+    (loss, tokens)."""
+    nll, tokens = pairs_nll(model, ToyFormat(tokenizer, max_prompt_tokens), pairs)
+    return nll / tokens, tokens
 
 
 def enhancer_grpo_loss(
@@ -274,7 +252,7 @@ def enhancer_grpo_loss(
     return loss, metrics
 
 
-def prompts_used(prompts: Sequence[str], rewrites: Sequence[str]) -> tuple[list[str], np.ndarray]:
+def prompts_used(prompts: Sequence[str], rewrites: Sequence[str], shapeworld: bool = True) -> tuple[list[str], np.ndarray]:
     """What the video model is given for each rewrite, and (B,) bool: which rewrites pass the enhancer's check.
 
     A rewrite that fails the check (empty, too long, not a canonical ShapeWorld caption) is replaced by its
@@ -282,7 +260,7 @@ def prompts_used(prompts: Sequence[str], rewrites: Sequence[str]) -> tuple[list[
     of the terse prompt. A fixed penalty instead would score an outcome no user ever sees.
     """
     max_words = CheckConfig().max_words
-    passed = np.array([check_rewrite(text, max_words, shapeworld=True) is None for text in rewrites])
+    passed = np.array([check_rewrite(text, max_words, shapeworld=shapeworld) is None for text in rewrites])
     used = [normalise(text) if ok else prompt for prompt, text, ok in zip(prompts, rewrites, passed, strict=True)]
     return used, passed
 
@@ -290,6 +268,7 @@ def prompts_used(prompts: Sequence[str], rewrites: Sequence[str]) -> tuple[list[
 def rewrite_rewards(
     video_model, prompts: Sequence[str], intents: Sequence[str], rewrites: Sequence[str], group_size: int,
     sampling: SamplingConfig, video: VideoConfig, seed: int, precision: str, names: Sequence[str],
+    shapeworld: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The rewards of the videos made from P·G rewrites (group order), scored against the user's intents.
 
@@ -297,8 +276,9 @@ def rewrite_rewards(
     changes the request (another colour) would otherwise be paid for a video that matches the change. The G
     videos of group p all start from the noise of seed `seed + p`, so within a group the rewrite is the only
     difference and the advantages compare rewrites, not noise draws. Returns ({name: (P·G,)}, passed (P·G,)).
+    `shapeworld`: rewrites must be canonical captions to be used (prompts_used).
     """
-    used, passed = prompts_used(prompts, rewrites)
+    used, passed = prompts_used(prompts, rewrites, shapeworld)
     videos: list[np.ndarray | None] = [None] * len(used)
     for member in range(group_size):  # member j of every group, group p from seed + p (generate's convention)
         made = generate(video_model, used[member::group_size], sampling, video, seed=seed, precision=precision,
@@ -310,23 +290,31 @@ def rewrite_rewards(
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-def _validation_set(cfg: PairsConfig) -> tuple[list[str], list[str]]:
-    records = shapeworld_records("eval", cfg.eval_n, cfg.eval_seed, cfg.world)
-    return [r["terse"] for r in records], [r["intent"] for r in records]
-
-
-def _greedy_rewrites(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    model.eval()
+def _greedy_rewrites(lm: EnhancerLM, prompts: list[str], max_new_tokens: int) -> list[str]:
+    lm.model.eval()
     rewrites = []
-    for start in range(0, len(prompts), 64):
-        rewrites += sample(model, tokenizer, prompts[start: start + 64], max_new_tokens).texts
-    model.train()
+    with lm.autocast():
+        for start in range(0, len(prompts), 64):
+            rewrites += sample_rollout(lm.model, lm.rollout_fmt, prompts[start: start + 64], max_new_tokens).texts
+    lm.model.train()
     return rewrites
 
 
-def _validate(model, tokenizer, prompts: list[str], intents: list[str], max_new_tokens: int) -> dict[str, float]:
-    rewrites = _greedy_rewrites(model, tokenizer, prompts, max_new_tokens)
-    return {f"{STAGE_SFT}/val_{k}": v for k, v in rewrite_metrics(rewrites, intents).items()}
+def _validate(lm: EnhancerLM, source: PairSource, held_out: list[tuple[str, str]],
+              max_new_tokens: int) -> dict[str, float]:
+    """ShapeWorld: rewrite_metrics of greedy rewrites of the eval prompts; a pairs file: the held-out pairs' loss."""
+    if source.shapeworld:
+        prompts, intents = [p for p, _ in held_out], [i for _, i in held_out]
+        metrics = rewrite_metrics(_greedy_rewrites(lm, prompts, max_new_tokens), intents)
+        return {f"{STAGE_SFT}/val_{k}": v for k, v in metrics.items()}
+    nll, tokens = 0.0, 0
+    lm.model.eval()
+    with torch.no_grad(), lm.autocast():
+        for start in range(0, len(held_out), 64):
+            part, n = pairs_nll(lm.model, lm.pairs_fmt, held_out[start: start + 64])
+            nll, tokens = nll + part.item(), tokens + n
+    lm.model.train()
+    return {f"{STAGE_SFT}/val_loss": nll / tokens}
 
 
 def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
@@ -336,44 +324,26 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     stop_after: stop (as SIGINT would) once this step is done, counting GRPO step s as step sft.steps + s;
     tests use it to interrupt a run.
     """
-    if dist.world_size() > 1:  # a 0.14M-parameter language model: more processes would only race on `out`
+    if cfg.model.path is None and dist.world_size() > 1:  # 0.14M parameters: more processes would only race on `out`
         raise VidpostError("vidpost enhance train trains the toy enhancer in one process; launch it without torchrun")
+    for name, size in (("sft.batch_size", cfg.sft.batch_size), ("grpo.prompts_per_step", cfg.grpo.prompts_per_step)):
+        if size % dist.world_size():
+            raise VidpostError(f"{name} {size} must be a multiple of the world size {dist.world_size()}")
     out = Path(out)
     sft = out / STAGE_SFT
     final = out / STAGE_GRPO if cfg.grpo.steps else sft
     if cfg.grpo.steps:
+        for server in cfg.grpo.remote:
+            register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries,
+                            token_env=server.token_env)
         check_reward_names(list(cfg.grpo.reward_weights))  # now, not after the SFT stage's minutes
     init = init_dir(cfg.model) if cfg.model.init is not None else None  # before the run directory records cfg
     if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
         return final
+    progress = progress and dist.is_main()
     if not (sft / CARD_NAME).is_file() and _train_sft(cfg, out, init, progress, stop_after) is None:
         return None
     return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
-
-
-def init_dir(m: ToyModelConfig) -> Path:
-    """model.init's enhancer folder, checked to be a toy enhancer with model.*'s architecture (weights not read)."""
-    assert m.init is not None
-    directory = enhancer_dir(m.init)
-    if not (directory / CARD_NAME).is_file():
-        raise VidpostError(f"model.init {m.init}: {directory} is not a toy enhancer (no {CARD_NAME})")
-    c = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    found = {"hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
-             "intermediate_size": c.intermediate_size, "max_positions": c.max_position_embeddings}
-    differ = [f"{key} {getattr(m, key)} (init: {value})" for key, value in found.items() if getattr(m, key) != value]
-    if differ:
-        raise VidpostError(f"model.init {m.init}: model.* must match its architecture; differs in " + ", ".join(differ))
-    return directory
-
-
-def initial_model(m: ToyModelConfig, init: Path | None) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """What SFT starts from: the enhancer in `init` (model.init's folder, as `init_dir` checked it), or else a
-    seeded random model of model.*'s architecture."""
-    if init is not None:
-        return load_toy(init)
-    tokenizer = build_toy_tokenizer(m.max_positions)
-    return build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
-                           m.max_positions, m.seed), tokenizer
 
 
 def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> tuple[bool, int, dict]:
@@ -387,100 +357,143 @@ def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> t
     return True, start, state
 
 
+def _sum_gradients(params: dict[str, torch.nn.Parameter]) -> None:
+    """Sum every gradient over the ranks (each rank's loss is already divided by the global count)."""
+    if dist.is_distributed():
+        for p in params.values():
+            if p.grad is not None:
+                p.grad.copy_(dist.sum_over_ranks(p.grad))
+
+
+def _update(loss: torch.Tensor, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+            grad_clip: float) -> tuple[float, float, bool]:
+    """Backward, gradients summed over ranks, clip, step unless non-finite; (global loss, grad norm, finite)."""
+    loss.backward()
+    _sum_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), grad_clip)
+    total = dist.sum_over_ranks(loss.detach())  # each rank's share of the global loss
+    finite = bool(torch.isfinite(total) and torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total.item(), grad_norm.item(), finite
+
+
+def _save_stage(lm: EnhancerLM, out: Path, stage: str, card: dict, shapeworld: bool) -> Path:
+    """`out/stage` written by rank 0 through a temporary folder; the other ranks wait for it."""
+    final, tmp = out / stage, out / f".{stage}.tmp"
+    with dist.main_first():
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_lm(lm, tmp, card, shapeworld)
+            tmp.rename(final)
+    return final
+
+
 def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
                stop_after: int | None) -> Path | None:
-    """Stage 1 from `initial_model(cfg.model, init)`; returns sft/, or None if stopped."""
+    """Stage 1 from `initial_lm(cfg.model, ...)`; returns sft/, or None if stopped."""
     s = cfg.sft
-    model, tokenizer = initial_model(cfg.model, init)
-    model.train()
-    params = dict(model.named_parameters())  # tied input/output embeddings appear once
+    lm = initial_lm(cfg.model, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens, init)
+    model = lm.model.train()
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}  # tied embeddings appear once
     optimizer = torch.optim.AdamW(params.values(), lr=s.optim.learning_rate, betas=s.optim.betas,
                                   weight_decay=s.optim.weight_decay)
     checkpoints = out / "checkpoints" / STAGE_SFT
     resumed, start, state = _resume(checkpoints, params, optimizer, f"step %d of {s.steps}")
     if not resumed and progress:
-        log.info("training a %.2fM-parameter toy enhancer from %s", sum(p.numel() for p in params.values()) / 1e6,
-                 cfg.model.init or "a random initialisation")
-    runlog = RunLog(out, resume_step=start)
-    val_prompts, val_intents = _validation_set(cfg.data)
+        log.info("training a %.2fM-parameter enhancer from %s", sum(p.numel() for p in params.values()) / 1e6,
+                 cfg.model.path or cfg.model.init or "a random initialisation")
+    runlog = open_run_log(out, start, {})
+    source = PairSource(cfg.data)
+    held_out = source.held_out()
     nonfinite = NonfiniteStreak(s.max_consecutive_nonfinite, checkpoints)
+    share = dist.local_slice(s.batch_size)
 
     def save(step: int) -> None:
         if nonfinite.length:
             log.warning("step %d: no checkpoint while steps are non-finite", step)
-            return
-        save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
+        elif dist.is_main():
+            save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
+
+    def validate(step: int) -> dict[str, float]:
+        metrics = _validate(lm, source, held_out, cfg.max_new_tokens) if dist.is_main() else {}
+        if runlog is not None:
+            runlog.write(step, metrics)
+        return metrics
 
     bar = tqdm(total=s.steps, initial=start, desc="enhance sft", unit="step", disable=not progress)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "seconds": []}
     metrics: dict[str, float] = {}
+    ran = False
     with StopFlag() as stop:
         for step in range(start + 1, s.steps + 1):
-            tick = time.perf_counter()
+            tick, ran = time.perf_counter(), True
             lr = learning_rate(s.optim, step, s.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             first = (step - 1) * s.batch_size
-            pairs = [training_pair(cfg.data.seed, i, world=cfg.data.world) for i in range(first, first + s.batch_size)]
-            loss, _ = sft_loss(model, tokenizer, pairs, cfg.data.max_prompt_tokens)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), s.optim.grad_clip)
-            finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-            else:
+            pairs = [source.pair(i) for i in range(first + share.start, first + share.stop)]
+            with lm.autocast():
+                nll, tokens = pairs_nll(model, lm.pairs_fmt, pairs)
+            # over the global batch's target tokens, so the summed gradients are the one-process gradient
+            loss_value, grad_norm, finite = _update(nll / int(dist.sum_over_ranks(torch.tensor(tokens))), params,
+                                                    optimizer, s.optim.grad_clip)
+            if not finite:
                 state["nonfinite_steps"] += 1
                 log.warning("step %d: non-finite loss or gradient; update skipped", step)
-            optimizer.zero_grad(set_to_none=True)
             nonfinite.record(step, finite)
-            window["loss"].append(loss.item())
-            window["grad_norm"].append(grad_norm.item())
+            window["loss"].append(loss_value)
+            window["grad_norm"].append(grad_norm)
             window["seconds"].append(time.perf_counter() - tick)
             bar.update(1)
             bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
-            if step % cfg.log_every_steps == 0 or step == s.steps:
+            if (step % cfg.log_every_steps == 0 or step == s.steps) and runlog is not None:
                 runlog.write(step, {
                     f"{STAGE_SFT}/loss": float(np.mean(window["loss"])),
                     f"{STAGE_SFT}/grad_norm": float(np.mean(window["grad_norm"])), f"{STAGE_SFT}/lr": lr,
                     f"{STAGE_SFT}/seconds_per_step": float(np.mean(window["seconds"])),
                     f"{STAGE_SFT}/nonfinite_steps": state["nonfinite_steps"],
                 })
+            if step % cfg.log_every_steps == 0 or step == s.steps:
                 window = {key: [] for key in window}
             if (s.eval_every_steps and step % s.eval_every_steps == 0) or step == s.steps:
-                metrics = _validate(model, tokenizer, val_prompts, val_intents, cfg.max_new_tokens)
-                runlog.write(step, metrics)
-                bar.write(f"step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
-            stopping = stop.raised is not None or step == stop_after
+                metrics = validate(step)
+                if metrics:
+                    bar.write(f"step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
+            stopping = dist.any_rank(stop.raised is not None) or step == stop_after
             if step % cfg.checkpoint.every_steps == 0 or step == s.steps or stopping:
                 save(step)
             if stopping:
                 bar.close()
-                runlog.close()
+                if runlog is not None:
+                    runlog.close()
                 warn_stopped(step, checkpoints)
                 return None
-    if not metrics:  # no step ran: sft.steps 0 (the init's scores), or resumed from the last step's checkpoint
-        metrics = _validate(model, tokenizer, val_prompts, val_intents, cfg.max_new_tokens)
-        runlog.write(s.steps, metrics)
+    if not ran:  # no step ran: sft.steps 0 (the init's scores), or resumed from the last step's checkpoint
+        metrics = validate(s.steps)
     bar.close()
-    runlog.close()
-    final = out / STAGE_SFT
-    tmp = out / f".{STAGE_SFT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_toy(model.eval(), tokenizer, tmp, {"stage": STAGE_SFT, "steps": s.steps, **metrics})
-    tmp.rename(final)
-    (out / "summary.json").write_text(json.dumps({"steps": s.steps, **state, **metrics}, indent=1) + "\n")
+    if runlog is not None:
+        runlog.close()
+    final = _save_stage(lm, out, STAGE_SFT, {"stage": STAGE_SFT, "steps": s.steps, **metrics}, source.shapeworld)
+    if dist.is_main():
+        (out / "summary.json").write_text(json.dumps({"steps": s.steps, **state, **metrics}, indent=1) + "\n")
     return final
 
 
 def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 2, from sft/; returns grpo/, or None if stopped. GRPO step s is logged as step sft.steps + s."""
     g, offset = cfg.grpo, cfg.sft.steps
-    policy, tokenizer = load_toy(out / STAGE_SFT)
-    policy.train()
-    reference = load_toy(out / STAGE_SFT)[0].requires_grad_(False)  # the KL's anchor, and grpo/kl's
-    video_model = load_model(g.video_model)
-    sampling, video = g.sampling.resolve(recommended_sampling(video_model)), recommended_video(video_model)
-    params = dict(policy.named_parameters())
+    lm_args = (cfg.model, out / STAGE_SFT, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens)
+    policy = stage_lm(*lm_args, trainable=True)
+    policy.model.train()
+    # the KL's anchor, and grpo/kl's: a frozen copy, or (LoRA) the policy with its adapters off
+    reference = stage_lm(*lm_args, trainable=False) if needs_reference_copy(cfg.model) else None
+    video_model = load_model(g.video_model, g.video_dtype)
+    if cfg.model.path is not None:  # the toy's rollouts stay where they always ran, on the CPU
+        video_model = video_model.to(policy.device)
+    sampling, video = g.sampling.resolve(recommended_sampling(video_model)), g.video or recommended_video(video_model)
+    params = {name: p for name, p in policy.model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=g.optim.learning_rate, betas=g.optim.betas,
                                   weight_decay=g.optim.weight_decay)
     checkpoints = out / "checkpoints" / STAGE_GRPO
@@ -488,13 +501,16 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
     if not resumed and progress:
         log.info("GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
                  g.video_model, g.prompts_per_step, g.group_size, sampling.steps)
-    runlog = RunLog(out, resume_step=offset + start)
-    val_prompts, val_intents = _validation_set(cfg.data)
+    runlog = open_run_log(out, offset + start, {})
+    source = PairSource(cfg.data)
+    held_out = source.held_out()
     nonfinite = NonfiniteStreak(g.max_consecutive_nonfinite, checkpoints)
     bar = tqdm(total=g.steps, initial=start, desc="enhance grpo", unit="step", disable=not progress)
 
     def evaluate(step: int) -> dict[str, float]:
-        metrics = _validate_grpo(policy, tokenizer, video_model, cfg, val_prompts, val_intents, sampling, video)
+        if not dist.is_main():
+            return {}
+        metrics = _validate_grpo(policy, video_model, cfg, source, held_out, sampling, video)
         runlog.write(offset + step, metrics)
         bar.write(f"grpo step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
         return metrics
@@ -502,8 +518,8 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
     def save(step: int) -> None:
         if nonfinite.length:
             log.warning("GRPO step %d: no checkpoint while steps are non-finite", step)
-            return
-        save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
+        elif dist.is_main():
+            save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
 
     metrics: dict[str, float] = {}
     with StopFlag() as stop:
@@ -515,97 +531,127 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
             lr = learning_rate(g.optim, step, g.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            row, finite = _grpo_step(policy, reference, tokenizer, video_model, cfg, step, params, optimizer,
+            row, finite = _grpo_step(policy, reference, video_model, cfg, source, step, params, optimizer,
                                      sampling, video)
             if not finite:
                 state["nonfinite_steps"] += 1
             nonfinite.record(step, finite)
             row.update({f"{STAGE_GRPO}/lr": lr, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
                         f"{STAGE_GRPO}/seconds_per_step": time.perf_counter() - tick})
-            runlog.write(offset + step, row)
+            if runlog is not None:
+                runlog.write(offset + step, row)
             bar.update(1)
             bar.set_postfix(reward=f"{row[f'{STAGE_GRPO}/reward']:.3f}")
             if (g.eval_every_steps and step % g.eval_every_steps == 0) or step == g.steps:
                 metrics = evaluate(step)
             # the last step always finishes the stage, so the final validation is the one grpo/ records
-            stopping = step < g.steps and (stop.raised is not None or offset + step == stop_after)
+            stopping = step < g.steps and (dist.any_rank(stop.raised is not None) or offset + step == stop_after)
             if step % g.checkpoint_every_steps == 0 or step == g.steps or stopping:
                 save(step)
             if stopping:
                 bar.close()
-                runlog.close()
+                if runlog is not None:
+                    runlog.close()
                 warn_stopped(step, checkpoints)
                 return None
     bar.close()
-    runlog.close()
-    final, tmp = out / STAGE_GRPO, out / f".{STAGE_GRPO}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_toy(policy.eval(), tokenizer, tmp, {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model,
-                                            **metrics})
-    tmp.rename(final)
-    summary_file = out / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    summary.update({f"{STAGE_GRPO}/steps": g.steps, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"], **metrics})
-    summary_file.write_text(json.dumps(summary, indent=1) + "\n")
+    if runlog is not None:
+        runlog.close()
+    final = _save_stage(policy, out, STAGE_GRPO, {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model,
+                                                  **metrics}, source.shapeworld)
+    if dist.is_main():
+        summary_file = out / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        summary.update({f"{STAGE_GRPO}/steps": g.steps, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
+                        **metrics})
+        summary_file.write_text(json.dumps(summary, indent=1) + "\n")
     return final
 
 
-def _grpo_step(policy, reference, tokenizer, video_model, cfg: EnhanceConfig, step: int,
-               params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, sampling: SamplingConfig,
+def _rollout_generators(cfg: EnhanceConfig, step: int, groups: range) -> torch.Generator | list[torch.Generator]:
+    """The toy's one stream per step (kept so its runs reproduce), or an LM's stream per group shared by the
+    group's rows: a rewrite then does not depend on how the groups are split over ranks."""
+    g = cfg.grpo
+    if cfg.model.path is None:
+        return torch.Generator().manual_seed(derive_seed(g.seed, 1, step))
+    streams = [torch.Generator().manual_seed(derive_seed(g.seed, 1, step, p)) for p in groups]
+    return [stream for stream in streams for _ in range(g.group_size)]
+
+
+def _grpo_step(policy: EnhancerLM, reference: EnhancerLM | None, video_model, cfg: EnhanceConfig,
+               source: PairSource, step: int, params: dict[str, torch.nn.Parameter],
+               optimizer: torch.optim.Optimizer, sampling: SamplingConfig,
                video: VideoConfig) -> tuple[dict[str, float], bool]:
-    """GRPO step `step` (1-based): rewrites, videos, rewards, advantages, update(s); (its metrics, all finite)."""
+    """GRPO step `step` (1-based): rewrites, videos, rewards, advantages, update(s); (its metrics, all finite).
+    Under torchrun each rank takes whole groups, so the group advantages are those of one process."""
     g = cfg.grpo
     P, G = g.prompts_per_step, g.group_size
+    groups = range(P)[dist.local_slice(P)]
     first = cfg.sft.steps * cfg.sft.batch_size + (step - 1) * P  # the records after SFT's pairs: unseen prompts
-    users = [user_prompt(cfg.data.seed, i, world=cfg.data.world) for i in range(first, first + P)]
+    users = [source.request(first + p) for p in groups]
     prompts = [terse for terse, _ in users for _ in range(G)]  # group order
     intents = [intent for _, intent in users for _ in range(G)]
-    generator = torch.Generator().manual_seed(derive_seed(g.seed, 1, step))
-    rollout = sample(policy, tokenizer, prompts, cfg.max_new_tokens, g.temperature, g.top_p, generator)
-    scores, passed = rewrite_rewards(video_model, prompts, intents, rollout.texts, G, sampling, video,
-                                     derive_seed(g.seed, 2, step) & 0x7FFFFFFF, g.precision, list(g.reward_weights))
+    policy.model.eval()  # rollouts without dropout, as teacher forcing below is compared with them
+    with policy.autocast():
+        rollout = sample_rollout(policy.model, policy.rollout_fmt, prompts, cfg.max_new_tokens, g.temperature,
+                                 g.top_p, _rollout_generators(cfg, step, groups))
+    policy.model.train()
+    seed = (derive_seed(g.seed, 2, step) & 0x7FFFFFFF) + groups.start  # group p from seed + p on every rank
+    scores, passed = rewrite_rewards(video_model, prompts, intents, rollout.texts, G, sampling, video, seed,
+                                     g.precision, list(g.reward_weights), source.shapeworld)
     rewards = {name: torch.as_tensor(r, dtype=torch.float64) for name, r in scores.items()}
-    advantages = combine_advantages(rewards, g.reward_weights, G)  # (P·G,)
+    advantages = combine_advantages(rewards, g.reward_weights, G)  # (P·G / world size,): whole groups
 
-    pad = tokenizer.pad_token_id
-    old = torch.nn.utils.rnn.pad_sequence(rollout.logprobs, batch_first=True)  # (B, L): what the tokens were drawn with
-    with torch.no_grad():
-        ref, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)
+    pad = policy.rollout_fmt.pad_id
+    drawn = torch.nn.utils.rnn.pad_sequence(rollout.logprobs, batch_first=True).to(policy.device)  # (B, L)
+    with torch.no_grad(), policy.autocast():
+        with reference_model(policy, reference) as ref_model:
+            ref, _ = completion_logprobs(ref_model, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)
+        # PPO's old policy: the toy keeps the log-probs its tokens were drawn with (its runs reproduce); an LM
+        # takes the training forward's, so the first update's ratio is exactly 1 whatever the decoding kernels
+        old = drawn if cfg.model.path is None else completion_logprobs(
+            policy.model, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)[0]
     stats: dict[str, list[float]] = {"loss": [], "grad_norm": [], "clip_frac": [], "approx_kl": [], "kl": []}
     finite, gap = True, 0.0
+    share = len(prompts) / (P * G)  # this rank's rewrites: its mean times its share sums to the global mean
     for epoch in range(g.epochs):
-        logp, mask = completion_logprobs(policy, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)
+        with policy.autocast():
+            logp, mask = completion_logprobs(policy.model, rollout.prompt_ids, rollout.completion_ids, pad,
+                                             g.temperature)
         if epoch == 0:  # the same policy as the rollout's: teacher forcing must give its log-probs back (top_p = 1)
-            gap = float((logp.detach() - old).abs().max())
-        loss, terms = enhancer_grpo_loss(logp, old, mask, advantages, g.clip_range, ref, g.kl_beta)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), g.optim.grad_clip)
-        if bool(torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            optimizer.step()
-        else:
+            gap = float((logp.detach() - drawn).abs().max())
+        loss, terms = enhancer_grpo_loss(logp, old, mask, advantages.to(policy.device), g.clip_range, ref, g.kl_beta)
+        loss_value, grad_norm, ok = _update(loss * share, params, optimizer, g.optim.grad_clip)
+        if not ok:
             finite = False
             log.warning("GRPO step %d: non-finite loss or gradient; update skipped", step)
-        optimizer.zero_grad(set_to_none=True)
-        for key, value in {"loss": loss.item(), "grad_norm": grad_norm.item(), **terms}.items():
+        terms = {k: v * share for k, v in terms.items()}  # token means of this rank, weighted to a global mean
+        for key, value in {"loss": loss_value, "grad_norm": grad_norm,
+                           **{k: dist.sum_over_ranks(torch.tensor(v, dtype=torch.float64)).item() for k, v in terms.items()}}.items():
             stats[key].append(value)
-    row = {f"{STAGE_GRPO}/reward": float(weighted_sum(rewards, g.reward_weights).mean()),
-           **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in rewards.items()},
-           f"{STAGE_GRPO}/parse": float(passed.mean()),
+    everyone = {name: dist.all_gather_cat(r) for name, r in rewards.items()}  # (P·G,) in group order
+    row = {f"{STAGE_GRPO}/reward": float(weighted_sum(everyone, g.reward_weights).mean()),
+           **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in everyone.items()},
+           f"{STAGE_GRPO}/parse": float(dist.all_gather_cat(torch.as_tensor(passed, dtype=torch.float64)).mean()),
            **{f"{STAGE_GRPO}/{key}": float(np.mean(values)) for key, values in stats.items()},
-           f"{STAGE_GRPO}/tied_groups": advantage_stats(advantages, G)["tied_group_fraction"],
-           f"{STAGE_GRPO}/logprob_gap": gap}
+           f"{STAGE_GRPO}/tied_groups": advantage_stats(dist.all_gather_cat(advantages), G)["tied_group_fraction"],
+           f"{STAGE_GRPO}/logprob_gap": dist.all_gather_cat(torch.tensor([gap], dtype=torch.float64)).max().item()}
     return row, finite
 
 
-def _validate_grpo(policy, tokenizer, video_model, cfg: EnhanceConfig, prompts: list[str], intents: list[str],
-                   sampling: SamplingConfig, video: VideoConfig) -> dict[str, float]:
-    """Greedy rewrites of the validation prompts: rewrite_metrics, and the rewards of the first val_videos' videos
-    (video j from the noise of seed grpo.seed + j at every validation)."""
+def _validate_grpo(policy: EnhancerLM, video_model, cfg: EnhanceConfig, source: PairSource,
+                   held_out: list[tuple[str, str]], sampling: SamplingConfig, video: VideoConfig) -> dict[str, float]:
+    """Greedy rewrites of the validation prompts: rewrite_metrics (ShapeWorld), and the rewards of the first
+    val_videos' videos (video j from the noise of seed grpo.seed + j at every validation)."""
     g = cfg.grpo
-    rewrites = _greedy_rewrites(policy, tokenizer, prompts, cfg.max_new_tokens)
+    prompts, intents = [p for p, _ in held_out], [i for _, i in held_out]
+    if not source.shapeworld:  # a file's held-out requests are scored against themselves
+        intents = prompts
+    rewrites = _greedy_rewrites(policy, prompts, cfg.max_new_tokens)
     n = g.val_videos
-    rewards, _ = rewrite_rewards(video_model, prompts[:n], intents[:n], rewrites[:n], 1, sampling, video, g.seed,
-                                 g.precision, list(g.reward_weights))
-    metrics = {**rewrite_metrics(rewrites, intents), "reward": float(weighted_sum(rewards, g.reward_weights).mean()),
-               **{f"reward_{name}": float(r.mean()) for name, r in rewards.items()}}
+    rewards, passed = rewrite_rewards(video_model, prompts[:n], intents[:n], rewrites[:n], 1, sampling, video,
+                                      g.seed, g.precision, list(g.reward_weights), source.shapeworld)
+    metrics = rewrite_metrics(rewrites, intents) if source.shapeworld else {"parse": float(passed.mean())}
+    metrics.update({"reward": float(weighted_sum(rewards, g.reward_weights).mean()),
+                    **{f"reward_{name}": float(r.mean()) for name, r in rewards.items()}})
     return {f"{STAGE_GRPO}/val_{k}": v for k, v in metrics.items()}
