@@ -46,7 +46,7 @@ def test_check_rewrite(rewrite, shapeworld, reason):
 
 def test_rewrite_falls_back_per_prompt_counts_why_and_keeps_order(caplog):
     prompts = ["p0", "p1", "p2", "p3", "p4"]
-    enhancer = Scripted([CAPTION, None, "", "x " * 300, "Not a caption"], shapeworld=True)
+    enhancer = Scripted([CAPTION, None, "", "x " * 300, "Not a caption"], shapeworld=True, intent=False)
     with caplog.at_level(logging.WARNING, "vidpost"):
         out = enhancer.rewrite(prompts)
     assert out == [CAPTION, "p1", "p2", "p3", "p4"]
@@ -57,7 +57,8 @@ def test_rewrite_falls_back_per_prompt_counts_why_and_keeps_order(caplog):
     assert enhancer.rewrite(["again"]) == [CAPTION] and enhancer.counts.prompts == 6  # counts accumulate
     assert enhancer.counts.as_metrics() == {
         "enhance/prompts": 6, "enhance/rewritten": 2, "enhance/fallbacks": 4, "enhance/fallback_failed": 1,
-        "enhance/fallback_empty": 1, "enhance/fallback_too_long": 1, "enhance/fallback_unparsable": 1}
+        "enhance/fallback_empty": 1, "enhance/fallback_too_long": 1, "enhance/fallback_unparsable": 1,
+        "enhance/fallback_unsure": 0, "enhance/fallback_contradicts": 0}
     assert enhancer.rewrite([]) == []
 
 

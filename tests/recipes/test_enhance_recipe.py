@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vidpost.enhance.intent import states_intent
 from vidpost.enhance.pairs import training_pair
 from vidpost.enhance.resolve import load_enhancer
 from vidpost.enhance.toy import ToyEnhancer, build_toy_model, build_toy_tokenizer
@@ -15,7 +16,6 @@ from vidpost.recipes.enhance import (
     EnhanceConfig,
     rewrite_metrics,
     sft_loss,
-    states_intent,
     train,
 )
 from vidpost.runlog import read_metrics

@@ -6,7 +6,9 @@
 
 A backend only implements `generate`: raw texts, or None where it could not produce one (a server that is
 down, a timeout). `rewrite` then falls back to the original prompt for every missing, empty, over-long or (for
-ShapeWorld) unparsable rewrite, and counts why, so that a run logs how often its enhancer was overruled.
+ShapeWorld) unparsable rewrite, and (check.intent) for one that changes, adds to or drops what the prompt states
+or whose prompt has words the check cannot read, and counts why, so that a run logs how often its enhancer
+was overruled.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from vidpost.enhance.config import EnhancerConfig
+from vidpost.enhance.intent import keeps_prompt
 from vidpost.errors import CaptionError
 from vidpost.world.grammar import parse_caption
 
 log = logging.getLogger("vidpost")
 
-FALLBACK_REASONS = ("failed", "empty", "too_long", "unparsable")
+FALLBACK_REASONS = ("failed", "empty", "too_long", "unparsable", "unsure", "contradicts")
 
 
 @dataclass
@@ -35,6 +38,8 @@ class RewriteCounts:
     empty: int = 0        # only whitespace
     too_long: int = 0     # more words than check.max_words
     unparsable: int = 0   # not a canonical ShapeWorld caption (when check.shapeworld is on)
+    unsure: int = 0       # the prompt has words the check cannot read, so it cannot tell what they state (check.intent)
+    contradicts: int = 0  # an object added or missing, or a stated attribute changed (check.intent)
 
     @property
     def fallbacks(self) -> int:
@@ -103,6 +108,8 @@ class Enhancer(ABC):
         out = []
         for prompt, text in zip(prompts, raw, strict=True):
             reason = check_rewrite(text, self.cfg.check.max_words, self.cfg.checks_shapeworld)
+            if reason is None and self.cfg.checks_intent:
+                reason = keeps_prompt(prompt, normalise(text))
             if reason is None:
                 batch.rewritten += 1
                 out.append(normalise(text))

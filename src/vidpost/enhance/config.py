@@ -45,6 +45,10 @@ class CheckConfig(Config):
     shapeworld: bool | None = Field(
         None, description="a rewrite must parse as a canonical ShapeWorld caption; null: on for toy, off otherwise"
     )
+    intent: bool | None = Field(
+        None, description="a rewrite must keep everything the ShapeWorld prompt states (enhance/intent.py), and "
+        "the toy reads the prompt in its training words; null: on where shapeworld is"
+    )
 
 
 class OpenAIConfig(Config):
@@ -90,3 +94,8 @@ class EnhancerConfig(Config):
     def checks_shapeworld(self) -> bool:
         """Whether rewrites must be canonical ShapeWorld captions (check.shapeworld, defaulting per backend)."""
         return self.backend == "toy" if self.check.shapeworld is None else self.check.shapeworld
+
+    @property
+    def checks_intent(self) -> bool:
+        """Whether rewrites must keep what the prompt states (check.intent, defaulting to checks_shapeworld)."""
+        return self.checks_shapeworld if self.check.intent is None else self.check.intent

@@ -33,6 +33,7 @@ from transformers import (
 from vidpost.atomic import atomic_path
 from vidpost.enhance.base import Enhancer
 from vidpost.enhance.config import EnhancerConfig
+from vidpost.enhance.intent import normalised_prompt
 from vidpost.enhance.lm import Rollout, sample_rollout
 from vidpost.errors import VidpostError
 from vidpost.models.text import EOS, PAD, UNK, shapeworld_vocabulary
@@ -161,6 +162,8 @@ class ToyEnhancer(Enhancer):
     def generate(self, prompts: list[str]) -> list[str | None]:
         g = self.cfg.generation
         texts: list[str | None] = []
+        if self.cfg.checks_intent:  # synonyms it never saw in training, written in the words it knows
+            prompts = [normalised_prompt(p) for p in prompts]
         for start in range(0, len(prompts), g.batch_size):
             chunk = prompts[start: start + g.batch_size]
             texts += sample(self.model, self.tokenizer, chunk, g.max_new_tokens, g.temperature, g.top_p,

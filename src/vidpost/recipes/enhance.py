@@ -67,6 +67,7 @@ from vidpost.data.video_io import to_float
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.enhance.base import check_rewrite, normalise
 from vidpost.enhance.config import CheckConfig, InstructionConfig
+from vidpost.enhance.intent import rewrite_metrics
 from vidpost.enhance.lm import completion_logprobs, pairs_nll, sample_rollout
 from vidpost.enhance.pairs import PairsConfig, PairSource
 from vidpost.enhance.toy import CARD_NAME, ToyFormat
@@ -80,7 +81,7 @@ from vidpost.enhance.trainable import (
     save_lm,
     stage_lm,
 )
-from vidpost.errors import CaptionError, VidpostError
+from vidpost.errors import VidpostError
 from vidpost.generation import PRECISIONS, generate, recommended_sampling, recommended_video
 from vidpost.recipes.common import (
     CheckpointConfig,
@@ -99,8 +100,6 @@ from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss
 from vidpost.sample import load_model
-from vidpost.world.grammar import parse_caption
-from vidpost.world.spec import SceneSpec
 
 log = logging.getLogger("vidpost")
 
@@ -172,38 +171,6 @@ class EnhanceConfig(Config):
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-
-def states_intent(rewrite: SceneSpec, intent: SceneSpec) -> bool:
-    """Whether `rewrite` says everything `intent` says: the same objects (by colour) and every stated attribute."""
-    if len(rewrite.objects) != len(intent.objects):
-        return False
-    if intent.background is not None and rewrite.background != intent.background:
-        return False
-    by_colour = {o.colour: o for o in rewrite.objects}
-    for wanted in intent.objects:
-        got = by_colour.get(wanted.colour)
-        if got is None or got.shape != wanted.shape:
-            return False
-        for attribute in ("size", "motion", "speed"):
-            if getattr(wanted, attribute) is not None and getattr(got, attribute) != getattr(wanted, attribute):
-                return False
-    return True
-
-
-def rewrite_metrics(rewrites: list[str], intents: list[str]) -> dict[str, float]:
-    """Fractions of rewrites that parse as canonical captions, are complete, and state their prompt's intent."""
-    parsed, complete, stated = 0, 0, 0
-    for text, intent in zip(rewrites, intents, strict=True):
-        try:
-            spec = parse_caption(text)
-        except CaptionError:
-            continue
-        parsed += 1
-        complete += spec.is_complete
-        stated += states_intent(spec, parse_caption(intent))
-    n = len(rewrites)
-    return {"parse": parsed / n, "complete": complete / n, "intent": stated / n}
 
 
 def sft_loss(model, tokenizer, pairs: list[tuple[str, str]], max_prompt_tokens: int) -> tuple[torch.Tensor, int]:
