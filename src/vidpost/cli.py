@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     enhance = commands.add_parser("enhance", help="prompt enhancement: train, apply or serve a prompt rewriter")
     enhance_commands = enhance.add_subparsers(dest="enhance_command", required=True)
-    enhance_train = enhance_commands.add_parser("train", help="train the toy ShapeWorld enhancer (SFT, then GRPO on video rewards)")
+    enhance_train = enhance_commands.add_parser("train", help="train an enhancer, the toy or a local chat LM (SFT, then GRPO on video rewards)")
     _add_recipe_args(enhance_train)
     enhance_train.set_defaults(func=cmd_enhance_train)
     enhancer_help = ("shapeworld-enhancer, a toy or transformers model directory, an enhance run, "
