@@ -12,7 +12,13 @@ import safetensors.torch
 import torch
 
 from vidpost import checkpoint
-from vidpost.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, run_checkpoints, save_checkpoint
+from vidpost.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    run_checkpoints,
+    save_checkpoint,
+)
 
 TESTS = Path(__file__).resolve().parent
 
