@@ -48,8 +48,8 @@ def time_one(model, shape, embeds, uncond, steps: int, guidance: float, accelera
     """Seconds and NFE of one video's denoising loop (after a warm-up run) under `acceleration`."""
     from vidpost.diffusion.sampler import GuidedVelocity, run_steps
     from vidpost.diffusion.schedule import sampling_sigmas
-    from vidpost.generation import autocast
     from vidpost.inference.acceleration import accelerated
+    from vidpost.precision import autocast
 
     sigmas = sampling_sigmas(steps, 3.0)
     device = model.device

@@ -27,8 +27,8 @@ import torch  # noqa: E402
 
 from vidpost.config import load_config  # noqa: E402
 from vidpost.data.cache import EncodedDataset  # noqa: E402
-from vidpost.generation import native_bf16  # noqa: E402
 from vidpost.models.wan import WanVideoModel  # noqa: E402
+from vidpost.precision import native_bf16  # noqa: E402
 from vidpost.recipes.sft import SFTConfig, batch_indices, training_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

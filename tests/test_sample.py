@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vidpost.cli import main
+from vidpost.data.prompts import read_prompts
 from vidpost.errors import VidpostError
-from vidpost.generation import read_prompts
 from vidpost.models.resolve import resolve_model, write_card
 from vidpost.models.wan import WanVideoModel
 from vidpost.sample import sample_to_folder

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
     sample.add_argument("--seed", type=int, default=0, help="video j starts from noise seeded seed + j")
     sample.add_argument("--batch-size", type=int, default=16, help="videos per batch")
-    # generation.PRECISIONS, spelled out: importing it would import torch before --help
+    # precision.PRECISIONS, spelled out: importing it would import torch before --help
     sample.add_argument("--precision", choices=["auto", "float32", "bf16"], default="float32",
                         help="float32, bf16 autocast, or auto (bf16 where the hardware has it natively)")
     sample.add_argument("--format", choices=["npy", "gif", "mp4"], default="npy", help="clip file format (npy is lossless)")

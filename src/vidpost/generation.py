@@ -1,5 +1,6 @@
 """Text to video with a model: prompts in, frames out; the engine of `vidpost sample`, validation and benchmarks.
 
+    sampling, video = recommended_sampling(model), recommended_video(model)   # its card's, else Wan's defaults
     out = generate(model, prompts, sampling, video, seed=0)   # out.videos: uint8 (N, T, H, W, 3)
 
 Video j starts from noise drawn with seed `seed + j`, so a prompt's video does not depend on the batch it
@@ -9,12 +10,8 @@ ran in, and the same (model, prompt, seed) gives the same video in every stage a
 from __future__ import annotations
 
 import logging
-import sys
-import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,32 +19,16 @@ from tqdm import tqdm
 
 from vidpost.data.video_io import to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
-from vidpost.diffusion.sampler import GuidedVelocity, solve_ode
+from vidpost.diffusion.sampler import GuidedVelocity, initial_noise, solve_ode
 from vidpost.errors import VidpostError
 from vidpost.inference.acceleration import Acceleration, AccelerationConfig, accelerated
+from vidpost.precision import autocast
 
 log = logging.getLogger("vidpost")
-
-PRECISIONS = ("auto", "float32", "bf16")
 
 # WanPipeline's defaults, for a Wan checkpoint that has no vidpost model card
 WAN_VIDEO = VideoConfig(frames=81, height=480, width=832)
 WAN_SAMPLING = SamplingConfig(steps=50, shift=3.0, guidance=5.0, scheduler="unipc")
-
-
-def read_prompts(path: str) -> list[str]:
-    """One prompt per non-empty line of a text file, or of stdin for '-'."""
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise VidpostError(f"prompts file not found: {file}")
-        text = file.read_text(encoding="utf-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise VidpostError(f"{path}: no prompts (one per line expected)")
-    return prompts
 
 
 def recommended_sampling(model) -> SamplingConfig:
@@ -60,46 +41,6 @@ def recommended_video(model) -> VideoConfig:
     """The video geometry the model was trained on (its card), else Wan's defaults."""
     card = model.card.get("video")
     return VideoConfig.model_validate(card) if card else WAN_VIDEO
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes in bf16 in hardware: a CUDA GPU with bf16, or an x86 CPU with AVX512-BF16 or AMX.
-
-    Elsewhere bf16 autocast is emulated and slower than float32: on an AVX2-only AMD EPYC (2026-12-01) a
-    ShapeWorld forward pass took 4.3x and a training step about 15x as long, where AVX512-BF16 machines run
-    them about twice as fast as float32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """float32 or bf16: `auto` is bf16 where the hardware has it natively (see native_bf16), else float32."""
-    if precision not in PRECISIONS:
-        raise VidpostError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "float32"
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast, or nothing for float32; `auto` picks whichever is faster on `device` (resolve_precision)."""
-    if resolve_precision(precision, device) == "float32":
-        return nullcontext()
-    # Wan keeps its norms in float32 (diffusers' _keep_in_fp32_modules); torch then warns on every call that
-    # the fused RMSNorm kernel cannot take bf16 input. Expected, so not shown.
-    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def initial_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device) -> torch.Tensor:
-    """x at σ = 1: one float32 (C, T, H, W) draw per seed, stacked to (B, C, T, H, W)."""
-    return torch.stack(
-        [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    ).to(device)
 
 
 @dataclass

@@ -27,18 +27,14 @@ import torch
 
 from vidpost.atomic import atomic_path
 from vidpost.data.dataset import DatasetWriter
+from vidpost.data.prompts import read_prompts
 from vidpost.diffusion.config import SamplingConfig
-from vidpost.generation import (
-    generate,
-    read_prompts,
-    recommended_sampling,
-    recommended_video,
-    resolve_precision,
-)
+from vidpost.generation import generate, recommended_sampling, recommended_video
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import resolve_model
 from vidpost.models.wan import WanVideoModel
+from vidpost.precision import resolve_precision
 
 WAN_MAX_SEQUENCE_LENGTH = 512
 

@@ -105,6 +105,16 @@ class GuidedVelocity:
         return v_uncond + self.guidance_scale * (v - v_uncond)
 
 
+def initial_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device) -> torch.Tensor:
+    """x at σ = 1: one float32 (C, T, H, W) draw per seed, stacked to (B, C, T, H, W).
+
+    Each video's noise comes from its own seed, so a video does not depend on the batch it is drawn in.
+    """
+    return torch.stack(
+        [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    ).to(device)
+
+
 def branch(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """Repeat each row `group_size` times, consecutively: (B, ...) -> (B·G, ...); group j is rows j·G … j·G+G−1."""
     if group_size < 1:

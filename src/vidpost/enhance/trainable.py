@@ -35,7 +35,7 @@ from vidpost.enhance.lm import TextFormat
 from vidpost.enhance.resolve import enhancer_dir
 from vidpost.enhance.toy import CARD_NAME, ToyFormat, build_toy_model, build_toy_tokenizer, load_toy, save_toy
 from vidpost.errors import VidpostError
-from vidpost.generation import PRECISIONS, autocast
+from vidpost.precision import PRECISIONS, autocast
 
 LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Qwen2/Llama names
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

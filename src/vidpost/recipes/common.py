@@ -25,10 +25,11 @@ from vidpost.atomic import atomic_path
 from vidpost.checkpoint import latest_checkpoint, run_checkpoints
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
+from vidpost.data.prompts import read_prompts
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.errors import VidpostError
 from vidpost.evaluation import score_videos, shapeworld_requests
-from vidpost.generation import generate, read_prompts
+from vidpost.generation import generate
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card

@@ -62,20 +62,15 @@ from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save
 from vidpost.config import Config
 from vidpost.data.dataset import iter_clips
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
-from vidpost.diffusion.sampler import GuidedVelocity
+from vidpost.diffusion.sampler import GuidedVelocity, initial_noise
 from vidpost.diffusion.schedule import sampling_sigmas
 from vidpost.distill.losses import distillation_loss, teacher_targets
 from vidpost.errors import VidpostError
 from vidpost.evaluation import score_videos
-from vidpost.generation import (
-    PRECISIONS,
-    autocast,
-    initial_noise,
-    recommended_sampling,
-    recommended_video,
-)
+from vidpost.generation import recommended_sampling, recommended_video
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
+from vidpost.precision import PRECISIONS, autocast
 from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,

@@ -82,7 +82,8 @@ from vidpost.enhance.trainable import (
     stage_lm,
 )
 from vidpost.errors import VidpostError
-from vidpost.generation import PRECISIONS, generate, recommended_sampling, recommended_video
+from vidpost.generation import generate, recommended_sampling, recommended_video
+from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,

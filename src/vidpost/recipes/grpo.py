@@ -47,6 +47,7 @@ from tqdm import tqdm
 from vidpost import dist
 from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
+from vidpost.data.prompts import read_prompts
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.schedule import sampling_sigmas
@@ -59,9 +60,10 @@ from vidpost.diffusion.sde import (
     transition_kl,
 )
 from vidpost.evaluation import shapeworld_requests
-from vidpost.generation import PRECISIONS, read_prompts, recommended_video
+from vidpost.generation import recommended_video
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
+from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,

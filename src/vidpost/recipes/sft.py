@@ -50,9 +50,9 @@ from vidpost.diffusion.schedule import (
     sample_training_sigmas,
 )
 from vidpost.errors import VidpostError
-from vidpost.generation import PRECISIONS, autocast
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
+from vidpost.precision import PRECISIONS, autocast
 from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,

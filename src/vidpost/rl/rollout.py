@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpost.diffusion.sampler import GuidedVelocity, branch, run_steps
+from vidpost.diffusion.sampler import GuidedVelocity, branch, initial_noise, run_steps
 from vidpost.diffusion.sde import sde_mean_std, transition_log_prob
-from vidpost.generation import autocast, initial_noise
+from vidpost.precision import autocast
 from vidpost.rl.strategies import FlashConfig, StepPlan
 
 
