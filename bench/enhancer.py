@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from vidpost.enhance.resolve import load_enhancer  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_records  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
+from vidpost.models.load import load_model  # noqa: E402
 from vidpost.recipes.enhance import prompts_used, rewrite_metrics  # noqa: E402
-from vidpost.sample import load_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

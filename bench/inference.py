@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
 from vidpost.inference.acceleration import AccelerationConfig, CacheConfig  # noqa: E402
-from vidpost.sample import load_model  # noqa: E402
+from vidpost.models.load import load_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

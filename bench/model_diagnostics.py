@@ -44,8 +44,8 @@ from vidpost.diffusion.sampler import GuidedVelocity, run_steps  # noqa: E402
 from vidpost.diffusion.schedule import flow_matching_loss, noisy_sample  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
+from vidpost.models.load import load_model  # noqa: E402
 from vidpost.rewards.shapeworld import score_clip  # noqa: E402
-from vidpost.sample import load_model  # noqa: E402
 from vidpost.world.grammar import parse_caption  # noqa: E402
 from vidpost.world.render import render_scene  # noqa: E402
 

@@ -80,7 +80,7 @@ def test_bad_model_and_prompt_inputs_are_named(tmp_path, prompts_file, capsys):
 
 
 def test_loaded_model_matches_the_saved_one(model_dir):
-    from vidpost.sample import load_model
+    from vidpost.models.load import load_model
 
     model = load_model(str(model_dir))
     assert model.card["video"]["frames"] == 3 and model.max_sequence_length == 64

@@ -31,20 +31,8 @@ from vidpost.data.prompts import read_prompts
 from vidpost.diffusion.config import SamplingConfig
 from vidpost.generation import generate, recommended_sampling, recommended_video
 from vidpost.inference.acceleration import AccelerationConfig
-from vidpost.models.config import ModelConfig
-from vidpost.models.resolve import resolve_model
-from vidpost.models.wan import WanVideoModel
+from vidpost.models.load import load_model
 from vidpost.precision import resolve_precision
-
-WAN_MAX_SEQUENCE_LENGTH = 512
-
-
-def load_model(ref: str, dtype: str = "float32") -> WanVideoModel:
-    """A model for inference from a shipped name, model directory or run directory (its card sets the rest)."""
-    resolved = resolve_model(ref)
-    codec = resolved.card.get("codec", "vae" if (resolved.path / "vae").is_dir() else "pixel")
-    length = resolved.card.get("max_sequence_length", WAN_MAX_SEQUENCE_LENGTH)
-    return WanVideoModel.from_config(ModelConfig(path=ref, codec=codec, dtype=dtype, max_sequence_length=length))
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -94,7 +94,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     if done.is_file():
         return json.loads(done.read_text())
     from vidpost.generation import generate, recommended_sampling, recommended_video
-    from vidpost.sample import load_model
+    from vidpost.models.load import load_model
 
     prompts, references = heldout_prompts(cfg)
     if cfg.heldout.prompts == "canonical":

@@ -83,6 +83,7 @@ from vidpost.enhance.trainable import (
 )
 from vidpost.errors import VidpostError
 from vidpost.generation import generate, recommended_sampling, recommended_video
+from vidpost.models.load import load_model
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
@@ -100,7 +101,6 @@ from vidpost.rewards.registry import check_reward_names, compute_rewards, weight
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss
-from vidpost.sample import load_model
 
 log = logging.getLogger("vidpost")
 
