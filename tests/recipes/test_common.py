@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from vidpost.errors import VidpostError
-from vidpost.recipes.common import LOCK_NAME, NonfiniteStreak, lock_run_dir, rewrite_prompts
+from vidpost.recipes.common import LOCK_NAME, NonfiniteStreak, lock_run_dir
 
 
 def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
@@ -17,16 +17,6 @@ def test_one_bad_step_is_forgotten_and_a_streak_of_them_stops_the_run(tmp_path):
     assert streak.length == 2
     with pytest.raises(VidpostError, match=r"^step 6: 3 steps in a row .*no checkpoint was written before them;"):
         streak.record(6, False)
-
-
-def test_rewrite_prompts_uses_the_enhancer_and_falls_back_per_prompt(parrot_toy, parrot_caption):
-    prompts = ["red ball going left", "tiny teal disc"]
-    assert rewrite_prompts(prompts, None) == (prompts, {})
-    texts, metrics = rewrite_prompts(prompts, str(parrot_toy), "enhance/val/")
-    assert texts == [parrot_caption] * 2
-    assert metrics == {"enhance/val/prompts": 2, "enhance/val/rewritten": 2, "enhance/val/fallbacks": 0,
-                       "enhance/val/fallback_failed": 0, "enhance/val/fallback_empty": 0,
-                       "enhance/val/fallback_too_long": 0, "enhance/val/fallback_unparsable": 0}
 
 
 def test_a_run_directory_is_held_by_one_live_process(tmp_path):

@@ -17,8 +17,8 @@ from vidpost.diffusion.sde import noise_levels
 from vidpost.errors import ConfigError, VidpostError
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes import grpo
-from vidpost.recipes.common import validation_prompts
 from vidpost.recipes.grpo import GRPOConfig, train
+from vidpost.recipes.prompts import training_prompts, validation_prompts
 from vidpost.rl.rollout import rollout
 from vidpost.rl.strategies import FlashConfig, StrategyConfig, plan_steps
 from vidpost.runlog import read_metrics
@@ -202,7 +202,7 @@ def test_terse_prompts_are_what_the_model_is_asked_and_their_intents_what_is_rew
     encoded, rewarded = seen
     cfg = _config("train.steps=1", "prompts.prompts=terse", "prompts.n=8", "evaluation.prompts=terse")
     train(cfg, tmp_path / "run", progress=False)
-    terse, intents = grpo.training_prompts(cfg.prompts)
+    terse, intents = training_prompts(cfg.prompts)
     eval_terse, eval_intents, _ = validation_prompts(cfg.evaluation)
     assert terse != intents and len(terse) == len(intents) == 8
     assert rewarded and set(rewarded) <= set(intents)  # a partial caption of what was asked: the rewards parse it
@@ -224,7 +224,7 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
     cfg = _config("train.steps=1", "prompts.enhancer=rollouts", "evaluation.enhancer=evaluation")
     train(cfg, tmp_path / "run", progress=False)
     assert asked == ["rollouts", "evaluation"]
-    pool = grpo.training_prompts(cfg.prompts)[1]
+    pool = training_prompts(cfg.prompts)[1]
     assert rewarded and set(rewarded) <= set(pool) and parrot_caption not in rewarded
     assert set(encoded) - {""} == {parrot_caption}  # the model never saw a prompt, only rewrites (and "")
     clips = [json.loads(line) for line in (tmp_path / "run" / "samples" / "step_000000" / "metadata.jsonl").open()]

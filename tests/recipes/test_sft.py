@@ -282,23 +282,6 @@ def test_data_needs_exactly_one_source():
     assert load_config(SFTConfig, None, ["data.path=/some/folder"]).data.shapeworld is None
 
 
-def test_validation_prompts_come_from_a_file_or_a_shapeworld_split(tmp_path):
-    from vidpost.evaluation import shapeworld_records
-    from vidpost.recipes.common import ValidationConfig, validation_prompts
-
-    (tmp_path / "p.txt").write_text("a cat\n\na dog\na bird\n")
-    assert validation_prompts(ValidationConfig(prompts_file=str(tmp_path / "p.txt"), n=2)) == (
-        ["a cat", "a dog"], ["a cat", "a dog"], False)
-    asked, prompts, scorable = validation_prompts(ValidationConfig(n=3))
-    assert scorable and asked == prompts and len(prompts) == 3 and all(p.endswith("background") for p in prompts)
-    terse, intents, scorable = validation_prompts(ValidationConfig(n=3, prompts="terse"))
-    records = shapeworld_records("eval", 3)
-    assert scorable and terse == [r["terse"] for r in records] and intents == [r["intent"] for r in records]
-    assert all(len(t.split()) < len(c.split()) for t, c in zip(terse, prompts, strict=True))  # the same scenes, terser
-    with pytest.raises(VidpostError, match="prompts file not found"):
-        validation_prompts(ValidationConfig(prompts_file=str(tmp_path / "missing.txt")))
-
-
 def test_a_finished_run_is_extended_by_more_steps_exactly(finished_run, tmp_path):
     """Constant learning rate: a 4-step run extended to 6 equals a 6-step run; the change is logged."""
     constant = ["optim.schedule=constant", "checkpoint.every_steps=1"]

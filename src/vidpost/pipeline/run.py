@@ -29,7 +29,8 @@ from vidpost.data.dataset import DatasetWriter
 from vidpost.errors import VidpostError
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_requests
 from vidpost.pipeline.config import PipelineConfig, StageConfig, resolve_stage_config
-from vidpost.recipes.common import lock_run_dir, prepare_run_dir, rewrite_prompts
+from vidpost.recipes.common import lock_run_dir, prepare_run_dir
+from vidpost.recipes.prompts import rewrite_prompts
 
 log = logging.getLogger(__name__)
 HELDOUT_FILE = "heldout.json"

@@ -25,10 +25,9 @@ from vidpost.atomic import atomic_path
 from vidpost.checkpoint import latest_checkpoint, run_checkpoints
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
-from vidpost.data.prompts import read_prompts
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.errors import VidpostError
-from vidpost.evaluation import score_videos, shapeworld_requests
+from vidpost.evaluation import score_videos
 from vidpost.generation import generate
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
@@ -71,6 +70,15 @@ class ValidationConfig(Config):
     enhancer: str | None = Field(
         None, description="prompt enhancer that rewrites the prompts first; videos are still scored against the prompts"
     )
+
+
+class RemoteRewardConfig(Config):
+    url: str = Field(..., description="base URL of a reward server (docs/reward_protocol.md)")
+    rewards: list[str] = Field(..., min_length=1, description="reward names the server provides")
+    timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one request")
+    retries: int = Field(2, ge=0, description="retries after a failed request")
+    token_env: str | None = Field(
+        None, description="environment variable holding the server's bearer token (the token is never saved)")
 
 
 class CheckpointConfig(Config):
@@ -325,39 +333,6 @@ def open_run_log(out: Path, start: int, opening: dict[str, int]) -> RunLog | Non
 def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
     log.warning("stopped at %s %d; rerun the same command to resume from %s", unit, step,
                 latest_checkpoint(checkpoints) or "the start")
-
-
-def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[str], bool]:
-    """(the first n prompts as asked, what their videos are scored against, whether the rewards can score them).
-
-    A prompts file is asked and kept as it is (not scorable); ShapeWorld prompts are `shapeworld_requests`'.
-    """
-    if cfg.prompts_file is None:
-        return *shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts, cfg.world), True
-    prompts = read_prompts(cfg.prompts_file)[: cfg.n]
-    return prompts, prompts, False
-
-
-def rewrite_prompts(
-    prompts: list[str], enhancer: str | None, prefix: str = "enhance/"
-) -> tuple[list[str], dict[str, int]]:
-    """What the video model is given for each prompt (its rewrite by `enhancer`, enhance/, or the prompt itself),
-    and the enhancer's counts as run-log metrics under `prefix` (`RewriteCounts.as_metrics`: prompts, rewritten,
-    fallbacks by reason; {} without an enhancer and on ranks other than 0).
-
-    Rank 0 rewrites (a failed rewrite falls back to its prompt) and sends the texts to the other ranks, so every
-    rank uses the same ones even when the enhancer samples.
-    """
-    if enhancer is None:
-        return list(prompts), {}
-    rewrites, metrics = None, {}
-    if dist.is_main():
-        from vidpost.enhance.resolve import load_enhancer
-
-        loaded = load_enhancer(enhancer)
-        rewrites = loaded.rewrite(prompts)
-        metrics = loaded.counts.as_metrics(prefix)
-    return dist.broadcast_object(rewrites), metrics
 
 
 def validate(

@@ -80,15 +80,13 @@ from vidpost.recipes.common import (
     derive_seed,
     learning_rate,
     open_run_log,
-    rewrite_prompts,
     save_final,
     start_run,
     validate,
-    validation_prompts,
     warn_stopped,
     write_summary,
 )
-from vidpost.recipes.grpo import PromptsConfig, training_prompts
+from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
 
 log = logging.getLogger("vidpost")
 

@@ -89,6 +89,7 @@ from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,
     OptimConfig,
+    RemoteRewardConfig,
     StopFlag,
     derive_seed,
     learning_rate,
@@ -96,7 +97,6 @@ from vidpost.recipes.common import (
     start_run,
     warn_stopped,
 )
-from vidpost.recipes.grpo import RemoteRewardConfig
 from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import advantage_stats, combine_advantages

@@ -47,7 +47,6 @@ from tqdm import tqdm
 from vidpost import dist
 from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
-from vidpost.data.prompts import read_prompts
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.diffusion.schedule import sampling_sigmas
@@ -59,7 +58,6 @@ from vidpost.diffusion.sde import (
     step_kind,
     transition_kl,
 )
-from vidpost.evaluation import shapeworld_requests
 from vidpost.generation import recommended_video
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
@@ -67,6 +65,7 @@ from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
     NonfiniteStreak,
+    RemoteRewardConfig,
     StopFlag,
     ValidationConfig,
     derive_seed,
@@ -74,14 +73,13 @@ from vidpost.recipes.common import (
     ema_weights,
     make_ema,
     open_run_log,
-    rewrite_prompts,
     save_final,
     start_run,
     validate,
-    validation_prompts,
     warn_stopped,
     write_summary,
 )
+from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
 from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
@@ -89,7 +87,6 @@ from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.nft import nft_loss, renoise, velocity_kl
 from vidpost.rl.rollout import guided_velocity, rollout, transition_log_probs
 from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
-from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
 
@@ -98,23 +95,6 @@ CURVES = ("reward/weighted", "eval/total", "eval/quality", "train/approx_kl", "t
 
 
 # ------------------------------------------------------------------------------------------------ config
-
-
-class PromptsConfig(Config):
-    file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld prompts (`prompts`)")
-    split: Literal["train", "eval", "heldout"] = Field("train", description="ShapeWorld split of the training prompts")
-    prompts: Literal["canonical", "terse"] = Field(
-        "canonical", description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
-        "whose rollouts are rewarded against their intent",
-    )
-    n: int = Field(4096, ge=1, description="size of the training prompt pool")
-    seed: int = Field(0, description="seed of the ShapeWorld prompt pool")
-    world: WorldConfig = Field(
-        default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
-    )
-    enhancer: str | None = Field(
-        None, description="prompt enhancer: rollouts are generated from its rewrites, rewarded against the prompts"
-    )
 
 
 class NoiseConfig(Config):
@@ -131,15 +111,6 @@ class RolloutConfig(Config):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="noise level of the SDE steps")
     precision: Literal[PRECISIONS] = Field("auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32")  # type: ignore[valid-type]
-
-
-class RemoteRewardConfig(Config):
-    url: str = Field(..., description="base URL of a reward server (docs/reward_protocol.md)")
-    rewards: list[str] = Field(..., min_length=1, description="reward names the server provides")
-    timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one request")
-    retries: int = Field(2, ge=0, description="retries after a failed request")
-    token_env: str | None = Field(
-        None, description="environment variable holding the server's bearer token (the token is never saved)")
 
 
 class RewardConfig(Config):
@@ -214,17 +185,6 @@ class GRPOConfig(Config):
 
 
 # ------------------------------------------------------------------------------------------------ pieces
-
-
-def training_prompts(cfg: PromptsConfig) -> tuple[list[str], list[str]]:
-    """The pool: (what each prompt asks, what its rollouts are rewarded against), in the same order.
-
-    A file's prompts are both; ShapeWorld's are captions twice, or terse prompts and their intents (`shapeworld_requests`).
-    """
-    if cfg.file is not None:
-        prompts = read_prompts(cfg.file)
-        return prompts, prompts
-    return shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts, cfg.world)
 
 
 def _reference(model: WanVideoModel):
@@ -589,4 +549,4 @@ def minibatch_indices(num_transitions: int, num_groups: int, minibatches: int) -
     return [(offsets + part).flatten() for part in torch.arange(per_group).tensor_split(minibatches)]
 
 
-__all__ = ["GRPOConfig", "iteration", "micro_batches", "minibatch_indices", "train", "training_prompts"]
+__all__ = ["GRPOConfig", "iteration", "micro_batches", "minibatch_indices", "train"]

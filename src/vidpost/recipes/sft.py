@@ -65,14 +65,13 @@ from vidpost.recipes.common import (
     learning_rate,
     make_ema,
     open_run_log,
-    rewrite_prompts,
     save_final,
     start_run,
     validate,
-    validation_prompts,
     warn_stopped,
     write_summary,
 )
+from vidpost.recipes.prompts import rewrite_prompts, validation_prompts
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
 
