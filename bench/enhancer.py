@@ -27,11 +27,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from vidpost.enhance.intent import rewrite_metrics  # noqa: E402
 from vidpost.enhance.resolve import load_enhancer  # noqa: E402
+from vidpost.enhance.rewards import prompts_used  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_records  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
 from vidpost.models.load import load_model  # noqa: E402
-from vidpost.recipes.enhance import prompts_used, rewrite_metrics  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

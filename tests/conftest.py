@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from vidpost.enhance.losses import sft_loss
 from vidpost.enhance.toy import build_toy_model, build_toy_tokenizer, save_toy
-from vidpost.recipes.enhance import sft_loss
 
 PARROT_CAPTION = "a large red circle moving left slowly on a black background"
 PARROT_PROMPTS = ["red ball going left", "a green box dropping, red triangle", "tiny teal disc", "white background",

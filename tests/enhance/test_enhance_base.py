@@ -7,11 +7,11 @@ import pytest
 from vidpost.config import ConfigError
 from vidpost.enhance.base import Enhancer, RewriteCounts, check_rewrite
 from vidpost.enhance.config import EnhancerConfig
+from vidpost.enhance.intent import rewrite_metrics
 from vidpost.enhance.resolve import enhancer_config, enhancer_dir, load_enhancer
 from vidpost.enhance.toy import ToyEnhancer
 from vidpost.errors import VidpostError
 from vidpost.evaluation import shapeworld_records
-from vidpost.recipes.enhance import rewrite_metrics
 from vidpost.world.grammar import parse_caption
 
 CAPTION = "a small red circle moving left quickly on a black background"

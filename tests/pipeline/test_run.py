@@ -11,12 +11,12 @@ import yaml
 from vidpost.cli import main
 from vidpost.config import load_config
 from vidpost.enhance.resolve import load_enhancer
+from vidpost.enhance.trainable import init_dir
 from vidpost.errors import VidpostError
 from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
 from vidpost.pipeline.run import heldout_prompts, heldout_row, run_pipeline, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
-from vidpost.recipes.enhance import init_dir
 from vidpost.runlog import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"

@@ -3,96 +3,17 @@ example, rewards against the user's intent, and a tiny run on the shipped video 
 
 import json
 import math
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from vidpost.data.video_io import to_uint8
-from vidpost.diffusion.config import SamplingConfig, VideoConfig
 from vidpost.enhance.resolve import load_enhancer
-from vidpost.errors import CaptionError, VidpostError
-from vidpost.recipes import enhance
-from vidpost.recipes.enhance import EnhanceConfig, enhancer_grpo_loss, rewrite_rewards, train
+from vidpost.errors import VidpostError
+from vidpost.recipes.enhance import EnhanceConfig, train
 from vidpost.runlog import read_metrics
-from vidpost.world.grammar import parse_caption
-from vidpost.world.render import render_scene
 
 SFT_STEPS = 30
-
-
-def test_the_loss_on_a_hand_worked_example():
-    # rewrite 0: 2 tokens, A = +1; its second token has ratio e^0.2 = 1.2214 > 1 + 0.2, so it is clipped
-    # rewrite 1: 3 tokens, A = -0.5; ratios e^0.1 = 1.1052, 1, 1 (inside the clip range)
-    logprobs = torch.tensor([[-1.0, -0.5, 0.0], [-2.0, -0.1, -0.3]], dtype=torch.float64, requires_grad=True)
-    old = torch.tensor([[-1.0, -0.7, 0.0], [-2.1, -0.1, -0.3]], dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    advantages = torch.tensor([1.0, -0.5], dtype=torch.float64)
-    loss, metrics = enhancer_grpo_loss(logprobs, old, mask, advantages, clip_range=0.2)
-    # token terms max(-A·ρ, -A·clip(ρ, 0.8, 1.2)): rewrite 0: -1, max(-1.2214, -1.2) = -1.2; mean -1.1
-    # rewrite 1: 0.5 · 1.1052 = 0.55259, 0.5, 0.5; mean 1.55259 / 3 = 0.51753; over rewrites: (-1.1 + 0.51753) / 2
-    rewrite_0 = (-1.0 + -1.2) / 2
-    rewrite_1 = (0.5 * math.exp(0.1) + 0.5 + 0.5) / 3
-    assert loss.item() == pytest.approx((rewrite_0 + rewrite_1) / 2, abs=1e-12)
-    assert metrics["clip_frac"] == pytest.approx(1 / 5)
-    loss.backward()
-    # d loss / d log π = -A·ρ / (tokens of the rewrite · rewrites), and 0 for the clipped token and for padding:
-    # descending it raises the log-probs of the positive-advantage rewrite and lowers the negative one's
-    expected = torch.tensor([[-1.0 / (2 * 2), 0.0, 0.0],
-                             [0.5 * math.exp(0.1) / (3 * 2), 0.5 / (3 * 2), 0.5 / (3 * 2)]], dtype=torch.float64)
-    torch.testing.assert_close(logprobs.grad, expected)
-
-
-def test_the_kl_term_is_the_k3_estimate_per_token():
-    logprobs = torch.tensor([[-0.5, -1.0]], dtype=torch.float64)
-    ref = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
-    mask, zero = torch.tensor([[1, 1]]), torch.zeros(1, dtype=torch.float64)
-    loss, metrics = enhancer_grpo_loss(logprobs, logprobs, mask, zero, 0.2, ref_logprobs=ref, kl_beta=0.1)
-    k3 = math.exp(-0.5) + 0.5 - 1  # exp(r − l) − (r − l) − 1 with r − l = −0.5; the second token: 0
-    assert metrics["kl"] == pytest.approx(k3 / 2)
-    assert loss.item() == pytest.approx(0.1 * k3 / 2)  # A = 0: only β·KL, averaged over the 2 tokens
-
-
-def _parses(text: str) -> bool:
-    try:
-        return parse_caption(text).is_complete
-    except CaptionError:
-        return False
-
-
-def test_rewards_score_the_videos_against_the_intent_from_one_noise_per_group(monkeypatch):
-    calls = []
-
-    def render_exactly(model, prompts, sampling, video, seed=0, precision="float32", progress=True):
-        """A perfect video model: video j shows exactly what prompt j says (a black clip if it is no caption)."""
-        calls.append((list(prompts), seed))
-        videos = [render_scene(parse_caption(p), np.random.default_rng(seed + j)) if _parses(p)
-                  else np.zeros((8, 24, 24, 3), np.float32) for j, p in enumerate(prompts)]
-        return SimpleNamespace(videos=to_uint8(np.stack(videos)))
-
-    monkeypatch.setattr(enhance, "generate", render_exactly)
-    prompts = ["red ball going left"] * 3 + ["blue box"] * 3
-    intents = ["a red circle moving left"] * 3 + ["a blue square"] * 3
-    rewrites = ["a large red circle moving left slowly on a black background",
-                "a large green circle moving left slowly on a black background",  # another colour
-                "red red red",  # no caption: the terse prompt is used instead
-                "a small blue square staying still on a black background",
-                "a small blue triangle staying still on a black background",  # another shape
-                "a large blue square moving up quickly on a white background"]
-    args = (SamplingConfig(), VideoConfig(), 7, "float32", ["total"])
-    rewards, passed = rewrite_rewards(None, prompts, intents, rewrites, 3, *args)
-    assert passed.tolist() == [True, True, False, True, True, True]
-    # member j of each group in one call, from seed 7, so group p's videos all start from the noise of 7 + p
-    assert calls == [([rewrites[0], rewrites[3]], 7), ([rewrites[1], rewrites[4]], 7), (["red ball going left", rewrites[5]], 7)]
-    total = rewards["total"]
-    assert total[0] > 0.9 and total[3] > 0.9 and total[5] > 0.9  # kept what the user asked, filled in the rest
-    assert total[1] == 0 and total[4] == 0 and total[2] == 0
-    # scored against the rewrites instead, the changed ones would be paid as well as the faithful ones
-    stated = [r if _parses(r) else i for r, i in zip(rewrites, intents, strict=True)]
-    against_rewrites, _ = rewrite_rewards(None, prompts, stated, rewrites, 3, *args)
-    assert against_rewrites["total"][1] > 0.9 and against_rewrites["total"][4] > 0.9
 
 
 def _config(**grpo) -> EnhanceConfig:

@@ -51,7 +51,6 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -63,14 +62,14 @@ from tqdm import tqdm
 from vidpost import dist
 from vidpost.checkpoint import load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
-from vidpost.data.video_io import to_float
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
-from vidpost.enhance.base import check_rewrite, normalise
-from vidpost.enhance.config import CheckConfig, InstructionConfig
+from vidpost.enhance.config import InstructionConfig
 from vidpost.enhance.intent import rewrite_metrics
 from vidpost.enhance.lm import completion_logprobs, pairs_nll, sample_rollout
+from vidpost.enhance.losses import enhancer_grpo_loss
 from vidpost.enhance.pairs import PairsConfig, PairSource
-from vidpost.enhance.toy import CARD_NAME, ToyFormat
+from vidpost.enhance.rewards import rewrite_rewards
+from vidpost.enhance.toy import CARD_NAME
 from vidpost.enhance.trainable import (
     EnhancerLM,
     EnhancerModelConfig,
@@ -82,7 +81,7 @@ from vidpost.enhance.trainable import (
     stage_lm,
 )
 from vidpost.errors import VidpostError
-from vidpost.generation import generate, recommended_sampling, recommended_video
+from vidpost.generation import recommended_sampling, recommended_video
 from vidpost.models.load import load_model
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
@@ -97,10 +96,9 @@ from vidpost.recipes.common import (
     start_run,
     warn_stopped,
 )
-from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
+from vidpost.rewards.registry import check_reward_names, weighted_sum
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import advantage_stats, combine_advantages
-from vidpost.rl.losses import policy_loss
 
 log = logging.getLogger("vidpost")
 
@@ -169,90 +167,6 @@ class EnhanceConfig(Config):
             raise ValueError(f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
                              "(the videos are made from the first validation rewrites)")
         return self
-
-
-# ------------------------------------------------------------------------------------------ pure helpers
-
-
-def sft_loss(model, tokenizer, pairs: list[tuple[str, str]], max_prompt_tokens: int) -> tuple[torch.Tensor, int]:
-    """The toy's mean negative log-likelihood per target token of `canonical </s>` after `<s> terse <sep>`;
-    (loss, tokens)."""
-    nll, tokens = pairs_nll(model, ToyFormat(tokenizer, max_prompt_tokens), pairs)
-    return nll / tokens, tokens
-
-
-def enhancer_grpo_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    advantages: torch.Tensor,
-    clip_range: float,
-    ref_logprobs: torch.Tensor | None = None,
-    kl_beta: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """GRPO's loss on a batch of B rewrites of up to L tokens, and what the logs report about it.
-
-    Each token of rewrite i is one PPO-clip term (`rl.losses.policy_loss`, elementwise) with the rewrite's
-    advantage A_i, plus kl_beta·KL to the reference. The terms are averaged over the real tokens of each
-    rewrite, then over rewrites (GRPO's per-sequence token mean): every rewrite has the same say whatever its
-    length. The KL is the k3 estimate on the drawn tokens, exp(r − l) − (r − l) − 1 with l, r the policy's and
-    the reference's log-probabilities: >= 0, unbiased for KL(π ‖ π_ref) on tokens drawn from π, and needs no
-    full logits. logprobs (B, L) carry the gradient; old_logprobs, ref_logprobs (B, L); mask (B, L) is 1 on
-    real tokens; advantages (B,). Metrics (means over real tokens): clip_frac, approx_kl (to the old policy)
-    and, with a reference, kl.
-    """
-    real = mask.bool()
-    kl = None
-    if ref_logprobs is not None:
-        delta = (ref_logprobs.to(logprobs.dtype) - logprobs).masked_fill(~real, 0.0)
-        kl = torch.exp(delta) - delta - 1
-    terms = policy_loss(logprobs, old_logprobs.masked_fill(~real, 0.0), advantages[:, None].expand_as(logprobs),
-                        clip_range, kl=kl, kl_beta=kl_beta)
-    lengths = real.sum(1)
-    loss = (terms.loss.masked_fill(~real, 0.0).sum(1) / lengths).mean()
-
-    def token_mean(values: torch.Tensor) -> float:
-        return float(values.double()[real].mean())
-
-    metrics = {"clip_frac": token_mean(terms.clipped), "approx_kl": token_mean(terms.approx_kl)}
-    if terms.kl is not None:
-        metrics["kl"] = token_mean(terms.kl)
-    return loss, metrics
-
-
-def prompts_used(prompts: Sequence[str], rewrites: Sequence[str], shapeworld: bool = True) -> tuple[list[str], np.ndarray]:
-    """What the video model is given for each rewrite, and (B,) bool: which rewrites pass the enhancer's check.
-
-    A rewrite that fails the check (empty, too long, not a canonical ShapeWorld caption) is replaced by its
-    prompt, as `Enhancer.rewrite` does in use, so it is rewarded with what a user would get from it: the video
-    of the terse prompt. A fixed penalty instead would score an outcome no user ever sees.
-    """
-    max_words = CheckConfig().max_words
-    passed = np.array([check_rewrite(text, max_words, shapeworld=shapeworld) is None for text in rewrites])
-    used = [normalise(text) if ok else prompt for prompt, text, ok in zip(prompts, rewrites, passed, strict=True)]
-    return used, passed
-
-
-def rewrite_rewards(
-    video_model, prompts: Sequence[str], intents: Sequence[str], rewrites: Sequence[str], group_size: int,
-    sampling: SamplingConfig, video: VideoConfig, seed: int, precision: str, names: Sequence[str],
-    shapeworld: bool = True,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The rewards of the videos made from P·G rewrites (group order), scored against the user's intents.
-
-    A video is scored against the intent, what the user asked for, never against the rewrite: a rewrite that
-    changes the request (another colour) would otherwise be paid for a video that matches the change. The G
-    videos of group p all start from the noise of seed `seed + p`, so within a group the rewrite is the only
-    difference and the advantages compare rewrites, not noise draws. Returns ({name: (P·G,)}, passed (P·G,)).
-    `shapeworld`: rewrites must be canonical captions to be used (prompts_used).
-    """
-    used, passed = prompts_used(prompts, rewrites, shapeworld)
-    videos: list[np.ndarray | None] = [None] * len(used)
-    for member in range(group_size):  # member j of every group, group p from seed + p (generate's convention)
-        made = generate(video_model, used[member::group_size], sampling, video, seed=seed, precision=precision,
-                        progress=False).videos
-        videos[member::group_size] = list(made)
-    return compute_rewards(names, to_float(np.stack(videos)), intents), passed
 
 
 # ------------------------------------------------------------------------------------------ the recipe
