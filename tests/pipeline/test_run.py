@@ -15,7 +15,9 @@ from vidpost.enhance.trainable import init_dir
 from vidpost.errors import VidpostError
 from vidpost.evaluation import shapeworld_prompts
 from vidpost.pipeline.config import PipelineConfig
-from vidpost.pipeline.run import heldout_prompts, heldout_row, run_pipeline, stage_config, stage_recipe
+from vidpost.pipeline.heldout import heldout_prompts, heldout_row
+from vidpost.pipeline.run import run_pipeline
+from vidpost.pipeline.stages import stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
 from vidpost.runlog import read_metrics
 

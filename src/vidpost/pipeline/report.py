@@ -17,6 +17,8 @@ from PIL import Image
 
 from vidpost.atomic import atomic_path
 from vidpost.errors import VidpostError
+from vidpost.pipeline.heldout import HELDOUT_FILE, TABLE_KEYS, heldout_clips, table_cells
+from vidpost.pipeline.stages import stage_recipe
 from vidpost.runlog import read_metrics
 
 REPORT_NAME = "report.html"
@@ -59,8 +61,6 @@ def curves_png(rows: list[dict], keys: tuple[str, ...]) -> bytes | None:
 
 
 def _table(rows: dict[str, dict]) -> str:
-    from vidpost.pipeline.run import TABLE_KEYS, table_cells
-
     head = "".join(f"<th>{k}</th>" for k in ("stage", *TABLE_KEYS))
     body = []
     for stage, row in rows.items():
@@ -70,8 +70,6 @@ def _table(rows: dict[str, dict]) -> str:
 
 
 def _grid(run: Path, stages: list[str], n: int) -> str:
-    from vidpost.pipeline.run import heldout_clips
-
     clips = {s: heldout_clips(run / s, n) for s in stages}  # the same prompts and seeds in every stage
     captions = [caption for caption, _ in clips[stages[0]]]
     head = "<th>prompt</th>" + "".join(f"<th>{html.escape(s)}</th>" for s in stages)
@@ -89,7 +87,6 @@ def write_report(run: str | Path) -> Path:
     """Write RUN/report.html from the run's held-out rows, logs and videos; return its path."""
     from vidpost.config import load_config
     from vidpost.pipeline.config import PipelineConfig
-    from vidpost.pipeline.run import HELDOUT_FILE, stage_recipe
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
