@@ -109,7 +109,8 @@ def format_table(scores: Sequence[FolderScore]) -> str:
     return "\n".join(lines)
 
 
-SHAPEWORLD_SCORES = ("total", "instruction", "coherence", "quality", "success")
+# instruction_graded: partial credit, so a model whose strict total is still 0 shows where it moves
+SHAPEWORLD_SCORES = ("total", "instruction", "instruction_graded", "coherence", "quality", "success")
 
 
 def shapeworld_records(split: str, n: int, seed: int = 0, world: WorldConfig | None = None) -> list[dict]:
