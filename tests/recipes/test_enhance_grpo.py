@@ -1,5 +1,5 @@
-"""`vidpost enhance train`, stage 2 (GRPO of the toy enhancer on video rewards): the loss on a hand-worked
-example, rewards against the user's intent, and a tiny run on the shipped video model that resumes exactly."""
+"""`vidpost enhance train`, stage 2 (GRPO of the toy enhancer on video rewards): a tiny run on the shipped video
+model that logs its metrics and resumes exactly (its loss and rewards: tests/enhance/test_losses.py, test_rewards.py)."""
 
 import json
 import math

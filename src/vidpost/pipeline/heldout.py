@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +73,18 @@ def format_heldout_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def heldout_clips(stage_dir: Path, n: int) -> list[tuple[str, np.ndarray]]:
-    """The first n held-out (user prompt, uint8 video (T, H, W, 3)) a stage wrote, for the report's grid."""
+@dataclass(frozen=True)
+class HeldoutClip:
+    prompt: str  # what the user typed
+    video: np.ndarray  # uint8 (T, H, W, 3)
+    rewrite: str | None  # what the video was made from, when an enhancer rewrote the prompt
+
+
+def heldout_clips(stage_dir: Path, n: int) -> list[HeldoutClip]:
+    """The first n held-out clips a stage wrote, for the report's grid."""
     meta = stage_dir / "heldout" / "metadata.jsonl"
     if not meta.is_file():
         return []
     records = [json.loads(line) for line in meta.read_text().splitlines()[:n]]
-    return [(r.get("prompt", r["caption"]), np.load(stage_dir / "heldout" / r["file"])) for r in records]
+    return [HeldoutClip(r.get("prompt", r["caption"]), np.load(stage_dir / "heldout" / r["file"]), r.get("prompt_used"))
+            for r in records]

@@ -1,7 +1,8 @@
 """`vidpost report RUN`: one self-contained HTML page (no network) for a `vidpost run` directory.
 
-Per stage: the held-out table, training curves (PNG) and a grid of the same prompts and seeds across stages
-as animated GIFs; images are embedded as data URIs so the page is a single file.
+Per stage: the held-out table, training curves (PNG; the series metric_names.CURVES names for its recipe) and a
+grid of the same prompts and seeds across stages as animated GIFs, where a column made through an enhancer says
+so and shows each rewrite under its video; images are embedded as data URIs so the page is a single file.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from PIL import Image
 
 from vidpost.atomic import atomic_path
 from vidpost.errors import VidpostError
-from vidpost.pipeline.heldout import HELDOUT_FILE, TABLE_KEYS, heldout_clips, table_cells
-from vidpost.pipeline.stages import stage_recipe
+from vidpost.metric_names import CURVES
+from vidpost.pipeline.heldout import HELDOUT_FILE, TABLE_KEYS, HeldoutClip, heldout_clips, table_cells
 from vidpost.runlog import read_metrics
 
 REPORT_NAME = "report.html"
@@ -37,17 +38,20 @@ def gif(frames: np.ndarray, scale: int = GIF_SCALE, ms_per_frame: int = 150) -> 
     return buffer.getvalue()
 
 
-def curves_png(rows: list[dict], keys: tuple[str, ...]) -> bytes | None:
+def logged_curves(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
+    """The series of `keys` that the run log `rows` holds, in the order of `keys`."""
+    return [k for k in keys if any(k in r for r in rows)]
+
+
+def curves_png(rows: list[dict], keys: list[str]) -> bytes:
+    """One small plot per series against the step, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [k for k in keys if any(k in r for r in rows)]
-    if not present:
-        return None
-    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.4), squeeze=False)
-    for ax, key in zip(axes[0], present, strict=True):
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
         points = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
         ax.set_title(key, fontsize=9)
@@ -69,17 +73,29 @@ def _table(rows: dict[str, dict]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _grid(run: Path, stages: list[str], n: int) -> str:
+def _column_head(stage: str, row: dict) -> str:
+    """The stage's name; with an enhancer, which video model drew the videos and which enhancer wrote their prompts."""
+    if row.get("enhancer") is None:
+        return f"<th>{html.escape(stage)}</th>"
+    model, enhancer = Path(row["model"]).name, Path(row["enhancer"]).name
+    return (f"<th>{html.escape(stage)}<div class='sub'>{html.escape(model)}'s videos of "
+            f"{html.escape(enhancer)}'s rewrites</div></th>")
+
+
+def _cell(clip: HeldoutClip) -> str:
+    rewrite = "" if clip.rewrite is None else f"<div class='rw'>{html.escape(clip.rewrite)}</div>"
+    return f'<td><img src="{_data_uri(gif(clip.video), "image/gif")}">{rewrite}</td>'
+
+
+def _grid(run: Path, rows: dict[str, dict], n: int) -> str:
+    stages = list(rows)
     clips = {s: heldout_clips(run / s, n) for s in stages}  # the same prompts and seeds in every stage
-    captions = [caption for caption, _ in clips[stages[0]]]
-    head = "<th>prompt</th>" + "".join(f"<th>{html.escape(s)}</th>" for s in stages)
+    prompts = [clip.prompt for clip in clips[stages[0]]]
+    head = "<th>prompt</th>" + "".join(_column_head(s, rows[s]) for s in stages)
     body = []
-    for i, caption in enumerate(captions):
-        cells = "".join(
-            f'<td><img src="{_data_uri(gif(clips[s][i][1]), "image/gif")}"></td>' if i < len(clips[s]) else "<td></td>"
-            for s in stages
-        )
-        body.append(f"<tr><td class='cap'>{html.escape(caption)}</td>{cells}</tr>")
+    for i, prompt in enumerate(prompts):
+        cells = "".join(_cell(clips[s][i]) if i < len(clips[s]) else "<td></td>" for s in stages)
+        body.append(f"<tr><td class='cap'>{html.escape(prompt)}</td>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
@@ -104,15 +120,17 @@ def write_report(run: str | Path) -> Path:
              _table(rows) if rows else "<p>No stage has finished yet.</p>"]
     for stage in stages[1:]:
         metrics = read_metrics(run / stage) if (run / stage / "logs").is_dir() else []
-        png = curves_png(metrics, stage_recipe(stage).curves())  # the names the stage's recipe logs
-        if png is not None:
-            parts.append(f"<h2>{stage}: training curves</h2><img src=\"{_data_uri(png, 'image/png')}\">")
-    done = [s for s in stages if s in rows]
+        keys = logged_curves(metrics, CURVES[stage])
+        if keys:
+            png, names = _data_uri(curves_png(metrics, keys), "image/png"), html.escape(", ".join(keys))
+            parts.append(f"<h2>{stage}: training curves</h2><img src=\"{png}\" alt=\"{names}\" title=\"{names}\">")
+    done = {s: rows[s] for s in stages if s in rows}
     if cfg.heldout.grid and done:
         parts.append("<h2>The same prompts and seeds across stages</h2>" + _grid(run, done, cfg.heldout.grid))
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.cap{text-align:left;max-width:22em}"
-             "img{image-rendering:pixelated}")
+             "img{image-rendering:pixelated}div.sub{font-weight:normal;font-size:80%}"
+             "div.rw{font-size:75%;max-width:14em;text-align:left;color:#444}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>vidpost run {html.escape(run.name)}</title>" \
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
     target = run / REPORT_NAME

@@ -20,36 +20,31 @@ class Stage:
     train: Callable[[], Callable[..., Path | None]]
     model_key: str | None  # the config key that names the video model it starts from (None: it starts from none)
     produces: str  # "video" (a model directory that later stages start from) or "enhancer"
-    curves: Callable[[], tuple[str, ...]]  # the recipe's logged series worth plotting (its CURVES)
 
 
 def _sft() -> Stage:
     from vidpost.recipes import sft
 
-    return Stage(lambda: sft.SFTConfig, lambda: sft.train, "model.path", "video",
-                 lambda: sft.CURVES)
+    return Stage(lambda: sft.SFTConfig, lambda: sft.train, "model.path", "video")
 
 
 def _grpo() -> Stage:
     from vidpost.recipes import grpo
 
-    return Stage(lambda: grpo.GRPOConfig, lambda: grpo.train, "model.path", "video",
-                 lambda: grpo.CURVES)
+    return Stage(lambda: grpo.GRPOConfig, lambda: grpo.train, "model.path", "video")
 
 
 def _enhance() -> Stage:
     from vidpost.recipes import enhance
 
     # its GRPO stage scores rewrites with the pipeline's latest video model, the one it will serve
-    return Stage(lambda: enhance.EnhanceConfig, lambda: enhance.train, "grpo.video_model", "enhancer",
-                 lambda: enhance.CURVES)
+    return Stage(lambda: enhance.EnhanceConfig, lambda: enhance.train, "grpo.video_model", "enhancer")
 
 
 def _distill() -> Stage:
     from vidpost.recipes import distill
 
-    return Stage(lambda: distill.DistillConfig, lambda: distill.train, "model.path", "video",
-                 lambda: distill.CURVES)
+    return Stage(lambda: distill.DistillConfig, lambda: distill.train, "model.path", "video")
 
 
 STAGES: dict[str, Callable[[], Stage]] = {"sft": _sft, "grpo": _grpo, "enhance": _enhance, "distill": _distill}

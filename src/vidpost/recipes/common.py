@@ -30,6 +30,7 @@ from vidpost.errors import VidpostError
 from vidpost.evaluation import score_videos
 from vidpost.generation import generate
 from vidpost.inference.acceleration import AccelerationConfig
+from vidpost.metric_names import VAL
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
@@ -337,7 +338,7 @@ def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
 
 def validate(
     model, prompts: list[str], scorable: bool, sampling: SamplingConfig, video: VideoConfig, seed: int,
-    precision: str, out_dir: Path, prefix: str = "val", acceleration: AccelerationConfig | None = None,
+    precision: str, out_dir: Path, prefix: str = VAL, acceleration: AccelerationConfig | None = None,
     used: list[str] | None = None, progress: bool = False,
 ) -> dict[str, float]:
     """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's.

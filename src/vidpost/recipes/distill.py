@@ -68,6 +68,7 @@ from vidpost.distill.losses import distillation_loss, teacher_targets
 from vidpost.errors import VidpostError
 from vidpost.evaluation import score_videos
 from vidpost.generation import recommended_sampling, recommended_video
+from vidpost.metric_names import TRAIN_LOSS, VAL, VAL_MSE_TO_TEACHER
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS, autocast
@@ -90,8 +91,6 @@ from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_pro
 
 log = logging.getLogger("vidpost")
 
-# The logged series a report plots for this recipe (the names `train` writes).
-CURVES = ("train/loss", "val/total", "val/mse_to_teacher")
 
 MODES = ("cfg", "steps", "both")
 DEFAULT_STUDENT_STEPS = 4
@@ -368,7 +367,7 @@ def train(
         model.transformer.train()
         if not dist.is_main():
             return {}
-        return {**metrics, "val/mse_to_teacher": _mse_to_teacher(folder, teacher_videos)}
+        return {**metrics, VAL_MSE_TO_TEACHER: _mse_to_teacher(folder, teacher_videos)}
 
     metrics: dict[str, float] = {}
     if start == 0:
@@ -433,7 +432,7 @@ def train(
             if runlog is not None and (step % cfg.log_every_steps == 0 or step == total_steps):
                 means = {key: float(np.mean(values)) for key, values in window.items()}
                 runlog.write(step, {
-                    "train/loss": means["loss"], "train/grad_norm": means["grad_norm"], "train/lr": lr,
+                    TRAIN_LOSS: means["loss"], "train/grad_norm": means["grad_norm"], "train/lr": lr,
                     "train/round": index + 1, "train/seconds_per_step": means["seconds"],
                     "time/teacher_s": means["teacher"], "time/student_s": means["student"],
                     "nfe/teacher_per_prompt": rnd.teacher.steps * (2 if rnd.teacher.guidance > 1 else 1),
@@ -460,7 +459,7 @@ def train(
         runlog.close()
     final = save_final(model, cfg.model, rounds[-1].student, video, out)
     if dist.is_main():
-        write_summary(out, {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state}, "val/")
+        write_summary(out, {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state}, f"{VAL}/")
     return final
 
 

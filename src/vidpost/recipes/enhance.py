@@ -82,6 +82,7 @@ from vidpost.enhance.trainable import (
 )
 from vidpost.errors import VidpostError
 from vidpost.generation import recommended_sampling, recommended_video
+from vidpost.metric_names import ENHANCE_GRPO, ENHANCE_GRPO_REWARD, ENHANCE_SFT, ENHANCE_SFT_LOSS
 from vidpost.models.load import load_model
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
@@ -102,10 +103,8 @@ from vidpost.rl.advantages import advantage_stats, combine_advantages
 
 log = logging.getLogger("vidpost")
 
-STAGE_SFT = "sft"
-STAGE_GRPO = "grpo"
-# The logged series a report plots for this recipe (each stage's metrics carry the stage's prefix).
-CURVES = (f"{STAGE_SFT}/loss", f"{STAGE_SFT}/val_intent", f"{STAGE_GRPO}/reward", f"{STAGE_GRPO}/val_reward_total")
+STAGE_SFT = ENHANCE_SFT  # a stage's folders and the group of its logged series share its name
+STAGE_GRPO = ENHANCE_GRPO
 
 
 class SFTStageConfig(Config):
@@ -332,7 +331,7 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
             bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
             if (step % cfg.log_every_steps == 0 or step == s.steps) and runlog is not None:
                 runlog.write(step, {
-                    f"{STAGE_SFT}/loss": float(np.mean(window["loss"])),
+                    ENHANCE_SFT_LOSS: float(np.mean(window["loss"])),
                     f"{STAGE_SFT}/grad_norm": float(np.mean(window["grad_norm"])), f"{STAGE_SFT}/lr": lr,
                     f"{STAGE_SFT}/seconds_per_step": float(np.mean(window["seconds"])),
                     f"{STAGE_SFT}/nonfinite_steps": state["nonfinite_steps"],
@@ -423,7 +422,7 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
             if runlog is not None:
                 runlog.write(offset + step, row)
             bar.update(1)
-            bar.set_postfix(reward=f"{row[f'{STAGE_GRPO}/reward']:.3f}")
+            bar.set_postfix(reward=f"{row[ENHANCE_GRPO_REWARD]:.3f}")
             if (g.eval_every_steps and step % g.eval_every_steps == 0) or step == g.steps:
                 metrics = evaluate(step)
             # the last step always finishes the stage, so the final validation is the one grpo/ records
@@ -512,7 +511,7 @@ def _grpo_step(policy: EnhancerLM, reference: EnhancerLM | None, video_model, cf
                            **{k: dist.sum_over_ranks(torch.tensor(v, dtype=torch.float64)).item() for k, v in terms.items()}}.items():
             stats[key].append(value)
     everyone = {name: dist.all_gather_cat(r) for name, r in rewards.items()}  # (P·G,) in group order
-    row = {f"{STAGE_GRPO}/reward": float(weighted_sum(everyone, g.reward_weights).mean()),
+    row = {ENHANCE_GRPO_REWARD: float(weighted_sum(everyone, g.reward_weights).mean()),
            **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in everyone.items()},
            f"{STAGE_GRPO}/parse": float(dist.all_gather_cat(torch.as_tensor(passed, dtype=torch.float64)).mean()),
            **{f"{STAGE_GRPO}/{key}": float(np.mean(values)) for key, values in stats.items()},

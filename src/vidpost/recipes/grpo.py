@@ -59,6 +59,7 @@ from vidpost.diffusion.sde import (
     transition_kl,
 )
 from vidpost.generation import recommended_video
+from vidpost.metric_names import EVAL, REWARD_WEIGHTED, TRAIN, TRAIN_APPROX_KL, series
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS
@@ -90,8 +91,6 @@ from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
 
 log = logging.getLogger("vidpost")
 
-# The logged series a report plots for this recipe (the names `iteration` and `evaluate` write).
-CURVES = ("reward/weighted", "eval/total", "eval/quality", "train/approx_kl", "train/loss")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -278,7 +277,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     def evaluate(step: int) -> dict[str, float]:
         with ema_weights(ema, params):
             return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
-                            cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix="eval",
+                            cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix=EVAL,
                             acceleration=cfg.evaluation.acceleration, used=eval_used, progress=progress)
 
     metrics: dict[str, float] = {}
@@ -310,7 +309,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
             row["train/nonfinite_steps"] = state["nonfinite_steps"]
             del row["nonfinite"]
             bar.update(1)
-            bar.set_postfix(reward=f"{row.get('reward/weighted', float('nan')):.3f}")
+            bar.set_postfix(reward=f"{row.get(REWARD_WEIGHTED, float('nan')):.3f}")
             if runlog is not None and (step % cfg.log_every_steps == 0 or step == t.steps):
                 runlog.write(step, row)
             every = cfg.evaluation.every_steps
@@ -335,7 +334,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     with ema_weights(ema, params):
         final = save_final(model, cfg.model, sampling, video, out)
     if dist.is_main():
-        write_summary(out, {"iterations": t.steps, **state}, "eval/")
+        write_summary(out, {"iterations": t.steps, **state}, f"{EVAL}/")
     return final
 
 
@@ -489,7 +488,7 @@ def iteration(
     for name, values in rewards.items():
         row[f"reward/{name}"] = values.mean().item()
         row[f"reward/{name}_std"] = values.std(unbiased=False).item()
-    row["reward/weighted"] = float(weighted_sum(rewards, cfg.reward.weights).mean())
+    row[REWARD_WEIGHTED] = float(weighted_sum(rewards, cfg.reward.weights).mean())
     row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
     stats = {k: dist.all_gather_cat(torch.tensor(v, dtype=torch.float64)).numpy() for k, v in stats.items()}  # all ranks
     total, trained = dist.sum_over_ranks(torch.tensor([float(len(points)), float(keep.sum())], dtype=torch.float64)).tolist()
@@ -498,7 +497,7 @@ def iteration(
         row.update({
             "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()),
             "train/ratio_max": float(ratio.max()), "train/clip_fraction": float(np.mean(stats["clipped"])),
-            "train/approx_kl": float(np.mean(stats["approx_kl"])),
+            TRAIN_APPROX_KL: float(np.mean(stats["approx_kl"])),
         })
     row.update({
         "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "train/transitions": trained,
@@ -510,7 +509,7 @@ def iteration(
     })
     for key in ("kl", "loss", "nft_positive", "nft_negative"):
         if len(stats[key]):
-            row[f"train/{key}"] = float(np.mean(stats[key]))
+            row[series(TRAIN, key)] = float(np.mean(stats[key]))  # TRAIN_LOSS among them
     row.update({f"time/{name}_s": seconds for name, seconds in phase.seconds.items()})
     row["nonfinite"] = nonfinite
     return row

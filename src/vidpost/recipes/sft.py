@@ -50,6 +50,7 @@ from vidpost.diffusion.schedule import (
     sample_training_sigmas,
 )
 from vidpost.errors import VidpostError
+from vidpost.metric_names import TRAIN_LOSS, VAL
 from vidpost.models.config import ModelConfig
 from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS, autocast
@@ -77,8 +78,6 @@ from vidpost.world.dataset import make_dataset
 
 log = logging.getLogger("vidpost")
 
-# The logged series a report plots for this recipe (the names `train` writes).
-CURVES = ("train/loss", "val/total", "val/quality")
 
 
 class DataConfig(Config):
@@ -309,7 +308,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             if runlog is not None and (step % cfg.log_every_steps == 0 or step == cfg.train.steps):
                 seconds = float(np.mean(window["seconds"]))
                 runlog.write(step, {
-                    "train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(np.mean(window["grad_norm"])),
+                    TRAIN_LOSS: float(np.mean(window["loss"])), "train/grad_norm": float(np.mean(window["grad_norm"])),
                     "train/lr": lr, "train/seconds_per_step": seconds, "train/clips_per_second": cfg.train.batch_size / seconds,
                     "train/nonfinite_steps": state["nonfinite_steps"],
                 })
@@ -341,7 +340,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     with ema_weights(ema, params):
         final = save_final(model, cfg.model, cfg.sampling, video, out)
     if dist.is_main():
-        write_summary(out, {"steps": cfg.train.steps, **state}, "val/")
+        write_summary(out, {"steps": cfg.train.steps, **state}, f"{VAL}/")
     return final
 
 
