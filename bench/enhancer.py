@@ -40,8 +40,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video-model", default="shapeworld-sft")
-    parser.add_argument("--enhancers", nargs="*", default=[], metavar="NAME=ENHANCER",
-                        help="enhancers to compare (name, directory or run directory)")
+    parser.add_argument(
+        "--enhancers",
+        nargs="*",
+        default=[],
+        metavar="NAME=ENHANCER",
+        help="enhancers to compare (name, directory or run directory)",
+    )
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--n", type=int, default=128, help="prompts")
     parser.add_argument("--seed", type=int, default=0, help="prompt and noise seed")
@@ -59,8 +64,11 @@ def main() -> None:
         raw = [text or "" for text in load_enhancer(ref).generate(terse)]  # unchecked, for the intent share
         used, passed = prompts_used(terse, raw)  # a rewrite that fails the check falls back, as in use
         prompts[f"{name} enhancer"] = used
-        extra[f"{name} enhancer"] = {"ref": ref, "passed_check": float(passed.mean()),
-                                     **{f"rewrite_{k}": v for k, v in rewrite_metrics(raw, intents).items()}}
+        extra[f"{name} enhancer"] = {
+            "ref": ref,
+            "passed_check": float(passed.mean()),
+            **{f"rewrite_{k}": v for k, v in rewrite_metrics(raw, intents).items()},
+        }
     prompts["oracle caption"] = [r["canonical"] for r in records]
     extra["oracle caption"] = {}
 
@@ -76,11 +84,14 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "command": "python " + " ".join(sys.argv),
-        "video_model": args.video_model, "split": args.split, "n": args.n, "seed": args.seed,
+        "video_model": args.video_model,
+        "split": args.split,
+        "n": args.n,
+        "seed": args.seed,
         "sampling": sampling.model_dump(),
         "rows": rows,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}",
+        f"torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -88,8 +99,12 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(rows)
     for j, row in enumerate(rows):
-        ax.bar([i + j * width for i in range(len(SHAPEWORLD_SCORES))], [row[k] for k in SHAPEWORLD_SCORES], width,
-               label=row["prompts"])
+        ax.bar(
+            [i + j * width for i in range(len(SHAPEWORLD_SCORES))],
+            [row[k] for k in SHAPEWORLD_SCORES],
+            width,
+            label=row["prompts"],
+        )
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(SHAPEWORLD_SCORES))], SHAPEWORLD_SCORES)
     ax.set_ylim(0, 1)
     ax.set_title(f"{args.video_model}, {args.split} terse prompts (n={args.n}), scored against the intent")

@@ -35,8 +35,12 @@ from vidpost.world.spec import SceneSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # words in no list: not in training, not in the reader's synonyms (replace the training word of that attribute)
-UNREAD = {"colour": ["vermilion", "cerulean", "chartreuse"], "shape": ["rhomboid", "lozenge", "spheroid"],
-          "size": ["colossal", "itty-bitty"], "speed": ["dawdling", "hurtling"]}
+UNREAD = {
+    "colour": ["vermilion", "cerulean", "chartreuse"],
+    "shape": ["rhomboid", "lozenge", "spheroid"],
+    "size": ["colossal", "itty-bitty"],
+    "speed": ["dawdling", "hurtling"],
+}
 
 
 def synonym_prompt(intent: SceneSpec, rng: np.random.Generator) -> str:
@@ -63,7 +67,8 @@ def unread_prompt(intent: SceneSpec, rng: np.random.Generator) -> str:
     choices = {"colour": obj.colour, "shape": obj.shape, "size": obj.size, "speed": obj.speed}
     attribute = rng.choice([a for a, v in choices.items() if v is not None])
     said = {"colour": COLOUR_WORDS, "shape": SHAPE_WORDS, "size": SIZE_WORDS, "speed": SPEED_WORDS}[attribute][
-        choices[attribute]]
+        choices[attribute]
+    ]
     words = text.split()
     at = next((i for i, w in enumerate(words) if w.strip(",") in said), None)
     if at is None:  # the word sits in a phrase (never for these attributes); keep the prompt as it is
@@ -101,13 +106,26 @@ def main() -> None:
         for name, prompts in sets.items():
             enhancer = load_enhancer(args.enhancer, overrides)
             outputs = enhancer.rewrite(prompts)
-            rows[f"{name}/{mode}"] = {**judge(outputs, prompts, intents),
-                                      "fallback_reasons": enhancer.counts.as_metrics("")}
-            examples[f"{name}/{mode}"] = [{"prompt": p, "output": o} for p, o in list(zip(prompts, outputs, strict=True))[:5]]
-            print(f"{name:9s} {mode:6s} " + "  ".join(f"{k} {v:.3f}" for k, v in rows[f"{name}/{mode}"].items()
-                                                          if isinstance(v, float)))
-    result = {"enhancer": args.enhancer, "n": args.n, "seed": args.seed, "rows": rows, "examples": examples,
-              "machine": platform.processor() or platform.machine(), "date": datetime.date.today().isoformat()}
+            rows[f"{name}/{mode}"] = {
+                **judge(outputs, prompts, intents),
+                "fallback_reasons": enhancer.counts.as_metrics(""),
+            }
+            examples[f"{name}/{mode}"] = [
+                {"prompt": p, "output": o} for p, o in list(zip(prompts, outputs, strict=True))[:5]
+            ]
+            print(
+                f"{name:9s} {mode:6s} "
+                + "  ".join(f"{k} {v:.3f}" for k, v in rows[f"{name}/{mode}"].items() if isinstance(v, float))
+            )
+    result = {
+        "enhancer": args.enhancer,
+        "n": args.n,
+        "seed": args.seed,
+        "rows": rows,
+        "examples": examples,
+        "machine": platform.processor() or platform.machine(),
+        "date": datetime.date.today().isoformat(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

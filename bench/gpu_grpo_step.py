@@ -28,9 +28,20 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6)
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+)
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per the vendors' datasheets
 
 
@@ -66,10 +77,15 @@ class Setup:
 
 WAN_1_3B_480P = Setup(WAN_1_3B, frames=33, height=480, width=832, text_tokens=512, device="cuda")
 # The same classes at toy size (diffusers' own Wan test config and tiny VAE), for the CPU smoke run.
-SMOKE = Setup(dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=8, text_dim=32, freq_dim=32, ffn_dim=32,
-                   num_layers=2), frames=5, height=32, width=32, text_tokens=16, device="cpu",
-              vae=dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                       temperal_downsample=[False, True, True]))
+SMOKE = Setup(
+    dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=8, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2),
+    frames=5,
+    height=32,
+    width=32,
+    text_tokens=16,
+    device="cpu",
+    vae=dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
+)
 
 
 def choose_setup(smoke: bool, out: Path) -> tuple[Setup, Path] | None:
@@ -115,8 +131,9 @@ def transformer_flops(params: int, tokens: int, dim: int, layers: int, text_toke
 
 def flops_per_pass(model, setup: Setup, latent_shape: Sequence[int]) -> float:
     params = sum(p.numel() for p in model.transformer.parameters())
-    return transformer_flops(params, setup.tokens(latent_shape), setup.dim, setup.transformer["num_layers"],
-                             setup.text_tokens)
+    return transformer_flops(
+        params, setup.tokens(latent_shape), setup.dim, setup.transformer["num_layers"], setup.text_tokens
+    )
 
 
 def build(mode: str, setup: Setup):
@@ -131,11 +148,17 @@ def build(mode: str, setup: Setup):
     transformer = WanTransformer3DModel(**setup.transformer).to(setup.device)
     cast_like_from_pretrained(transformer, torch.bfloat16)  # norms, time embedding and modulation stay float32
     # A one-layer stand-in with the text encoder's width: only its d_model is read (embeddings are random).
-    text = UMT5EncoderModel(UMT5Config(vocab_size=256, d_model=setup.text_dim, d_kv=8, d_ff=32, num_layers=1,
-                                       num_heads=2))
-    model = WanVideoModel(transformer, text, build_shapeworld_tokenizer(), FlowMatchEulerDiscreteScheduler(shift=3.0),
-                          WanVAECodec(AutoencoderKLWan(**setup.vae).to(setup.device)),
-                          max_sequence_length=setup.text_tokens)
+    text = UMT5EncoderModel(
+        UMT5Config(vocab_size=256, d_model=setup.text_dim, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    )
+    model = WanVideoModel(
+        transformer,
+        text,
+        build_shapeworld_tokenizer(),
+        FlowMatchEulerDiscreteScheduler(shift=3.0),
+        WanVAECodec(AutoencoderKLWan(**setup.vae).to(setup.device)),
+        max_sequence_length=setup.text_tokens,
+    )
     if mode == "lora":
         model.enable_lora(32, 64.0, ["to_q", "to_k", "to_v", "to_out.0"])
     model.enable_gradient_checkpointing()
@@ -166,8 +189,19 @@ def run(mode: str, group: int, steps: int, guidance: float, setup: Setup) -> dic
 
     synchronize(device)
     tick = time.perf_counter()
-    batch = rollout(model, shape, embeds, uncond, plan, sigmas, g, guidance, torch.arange(group),
-                    torch.Generator(device=device).manual_seed(0), "bf16")
+    batch = rollout(
+        model,
+        shape,
+        embeds,
+        uncond,
+        plan,
+        sigmas,
+        g,
+        guidance,
+        torch.arange(group),
+        torch.Generator(device=device).manual_seed(0),
+        "bf16",
+    )
     synchronize(device)
     seconds["rollout"] = time.perf_counter() - tick
     tick = time.perf_counter()
@@ -194,14 +228,27 @@ def run(mode: str, group: int, steps: int, guidance: float, setup: Setup) -> dic
     rollout_flops = per_pass * passes * steps * group
     train_flops = per_pass * passes * len(tr) * (1 + 3 + 1)  # old fwd + fwd/bwd (bwd = 2 fwd) + recompute (ckpt)
     peak = peak_tflops(device)
-    mfu = None if peak is None else {
-        "rollout": rollout_flops / seconds["rollout"] / (peak * 1e12),
-        "train_step": train_flops / seconds["train_step"] / (peak * 1e12),
+    mfu = (
+        None
+        if peak is None
+        else {
+            "rollout": rollout_flops / seconds["rollout"] / (peak * 1e12),
+            "train_step": train_flops / seconds["train_step"] / (peak * 1e12),
+        }
+    )
+    return {
+        "mode": mode,
+        "group": group,
+        "steps": steps,
+        "guidance": guidance,
+        "tokens": setup.tokens(shape),
+        "params": sum(p.numel() for p in model.transformer.parameters()),
+        "seconds": seconds,
+        "peak_memory_gb": peak_memory_gb(device),
+        "tflops_per_pass": per_pass / 1e12,
+        "mfu": mfu,
+        "gpu": device_name(device),
     }
-    return {"mode": mode, "group": group, "steps": steps, "guidance": guidance, "tokens": setup.tokens(shape),
-            "params": sum(p.numel() for p in model.transformer.parameters()), "seconds": seconds,
-            "peak_memory_gb": peak_memory_gb(device), "tflops_per_pass": per_pass / 1e12, "mfu": mfu,
-            "gpu": device_name(device)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -210,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.5)
     parser.add_argument("--modes", nargs="+", default=["lora", "full"])
-    parser.add_argument("--smoke", action="store_true", help="a tiny Wan on the CPU: checks the code, times nothing real")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny Wan on the CPU: checks the code, times nothing real"
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     chosen = choose_setup(args.smoke, RESULTS / "gpu_grpo_step.json")
@@ -223,8 +272,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
         if setup.device == "cuda":
             torch.cuda.empty_cache()
-    out.write_text(json.dumps({"rows": rows, "smoke": args.smoke, "date": datetime.date.today().isoformat(),
-                               "torch": torch.__version__}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {"rows": rows, "smoke": args.smoke, "date": datetime.date.today().isoformat(), "torch": torch.__version__},
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,7 @@ from gpu_grpo_step import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (name, steps, guidance): the teacher, then the students bench/inference.py measures on ShapeWorld
-CONFIGURATIONS = [("teacher", 20, 5.0), ("cfg", 20, 1.0), ("8-step", 8, 1.0), ("4-step", 4, 1.0),
-                  ("2-step", 2, 1.0)]
+CONFIGURATIONS = [("teacher", 20, 5.0), ("cfg", 20, 1.0), ("8-step", 8, 1.0), ("4-step", 4, 1.0), ("2-step", 2, 1.0)]
 
 
 def time_one(model, shape, embeds, uncond, steps: int, guidance: float, acceleration) -> tuple[float, int]:
@@ -72,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache", default="first_block")
     parser.add_argument("--cache-threshold", type=float, default=0.05)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="a tiny Wan on the CPU: checks the code, times nothing real")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny Wan on the CPU: checks the code, times nothing real"
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     chosen = choose_setup(args.smoke, RESULTS / "gpu_inference.json")
@@ -99,18 +100,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         for acc_name, acceleration in accelerations.items():
             reset_peak_memory(setup.device)
             seconds, nfe = time_one(model, shape, embeds, uncond, steps, guidance, acceleration)
-            row = {"model": config, "acceleration": acc_name, "steps": steps, "guidance": guidance, "nfe": nfe,
-                   "seconds_per_video": seconds, "peak_memory_gb": peak_memory_gb(setup.device),
-                   # a cache's skipped blocks still count here: its MFU is of the uncached work
-                   "mfu": None if peak is None else per_pass * nfe / seconds / (peak * 1e12)}
+            row = {
+                "model": config,
+                "acceleration": acc_name,
+                "steps": steps,
+                "guidance": guidance,
+                "nfe": nfe,
+                "seconds_per_video": seconds,
+                "peak_memory_gb": peak_memory_gb(setup.device),
+                # a cache's skipped blocks still count here: its MFU is of the uncached work
+                "mfu": None if peak is None else per_pass * nfe / seconds / (peak * 1e12),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     for row in rows:
         row["speedup"] = rows[0]["seconds_per_video"] / row["seconds_per_video"]
-    out.write_text(json.dumps({"rows": rows, "gpu": device_name(setup.device), "tokens": setup.tokens(shape),
-                               "tflops_per_pass": per_pass / 1e12, "smoke": args.smoke,
-                               "date": datetime.date.today().isoformat(), "torch": torch.__version__},
-                              indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "gpu": device_name(setup.device),
+                "tokens": setup.tokens(shape),
+                "tflops_per_pass": per_pass / 1e12,
+                "smoke": args.smoke,
+                "date": datetime.date.today().isoformat(),
+                "torch": torch.__version__,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

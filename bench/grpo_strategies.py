@@ -2,7 +2,8 @@
 coefficient-preserving SDE step (flash-cps) on ShapeWorld: held-out reward versus time.
 
 Runs `vidpost grpo` with each shipped strategy config (configs/shapeworld/grpo_{flash,full,window,nft}.yaml;
-flash-cps is grpo_flash.yaml with rollout.noise.schedule=cps) for the same number of updates, evaluating on held-out captions every few iterations (deterministic ODE, fixed
+flash-cps is grpo_flash.yaml with rollout.noise.schedule=cps) for the same number of updates, evaluating on held-out
+captions every few iterations (deterministic ODE, fixed
 seeds). From each run's log it reads the training wall-clock (the sum of the timed phases; evaluation
 excluded) at every evaluation, and reports:
 - at an equal number of updates: each strategy's final held-out total and success rate, and its time;
@@ -16,7 +17,8 @@ excluded) at every evaluation, and reports:
 `--reward brightness` trains on the mean pixel value of each video (a bench-only reward, registered here),
 a check that each strategy's loop learns while the ShapeWorld reward is still out of the model's reach.
 
-Writes bench/results/grpo_strategies{,_brightness}.{json,png}; the runs stay in runs/bench-grpo-<strategy>[-brightness]/.
+Writes bench/results/grpo_strategies{,_brightness}.{json,png}; the runs stay in
+runs/bench-grpo-<strategy>[-brightness]/.
 """
 
 from __future__ import annotations
@@ -70,10 +72,18 @@ def curve(run_dir: Path) -> list[dict]:
         if "reward/weighted" in row:
             trained.append(row["reward/weighted"])
         if "eval/total" in row:
-            points.append({"iteration": row["step"], "seconds": seconds, "total": row["eval/total"],
-                           "success": row["eval/success"], "coherence": row.get("eval/coherence"),
-                           "quality": row.get("eval/quality"), "brightness": heldout_brightness(run_dir, row["step"]),
-                           "training_reward": sum(trained) / len(trained) if trained else None})
+            points.append(
+                {
+                    "iteration": row["step"],
+                    "seconds": seconds,
+                    "total": row["eval/total"],
+                    "success": row["eval/success"],
+                    "coherence": row.get("eval/coherence"),
+                    "quality": row.get("eval/quality"),
+                    "brightness": heldout_brightness(run_dir, row["step"]),
+                    "training_reward": sum(trained) / len(trained) if trained else None,
+                }
+            )
             trained = []
     return points
 
@@ -91,8 +101,12 @@ def time_to_reach(points: list[dict], target: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument("--reward", choices=["config", "brightness"], default="config",
-                        help="the configs' reward (ShapeWorld total), or the mean brightness")
+    parser.add_argument(
+        "--reward",
+        choices=["config", "brightness"],
+        default="config",
+        help="the configs' reward (ShapeWorld total), or the mean brightness",
+    )
     parser.add_argument("--updates", type=int, default=40, help="iterations per strategy (equal updates)")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-n", type=int, default=32, help="held-out prompts per evaluation")
@@ -107,46 +121,86 @@ def main() -> None:
     runs = {}
     for name in args.strategies:
         config, variant = VARIANTS.get(name, (name, []))
-        overrides = [f"train.steps={args.updates}", f"evaluation.every_steps={args.eval_every}",
-                     f"evaluation.n={args.eval_n}", "checkpoint.every_steps=1000", *variant, *rewards, *args.set]
+        overrides = [
+            f"train.steps={args.updates}",
+            f"evaluation.every_steps={args.eval_every}",
+            f"evaluation.n={args.eval_n}",
+            "checkpoint.every_steps=1000",
+            *variant,
+            *rewards,
+            *args.set,
+        ]
         cfg = load_config(GRPOConfig, ROOT / "configs" / "shapeworld" / f"grpo_{config}.yaml", overrides)
-        out = Path(args.runs) / (f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}")
+        out = Path(args.runs) / (
+            f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}"
+        )
         train(cfg, out)
         runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out)}
-        print(f"{name}: " + ", ".join(f"it {p['iteration']} {p['seconds']:.0f}s total {p['total']:.3f}"
-                                      for p in runs[name]["curve"]), flush=True)
+        print(
+            f"{name}: "
+            + ", ".join(f"it {p['iteration']} {p['seconds']:.0f}s total {p['total']:.3f}" for p in runs[name]["curve"]),
+            flush=True,
+        )
 
     budget = min(r["curve"][-1]["seconds"] for r in runs.values())
     table = []
     for name, r in runs.items():
         points = r["curve"]
         updates = points[-1]["iteration"]
-        table.append({"strategy": name, "updates": updates, "seconds": points[-1]["seconds"],
-                      "seconds_per_update": points[-1]["seconds"] / max(updates, 1),
-                      "start_total": points[0]["total"], "final_total": points[-1]["total"],
-                      "final_success": points[-1]["success"], "total_at_equal_time": reward_at(points, budget),
-                      "start_quality": points[0]["quality"], "final_quality": points[-1]["quality"],
-                      "start_coherence": points[0]["coherence"], "final_coherence": points[-1]["coherence"],
-                      "start_brightness": points[0]["brightness"], "final_brightness": points[-1]["brightness"],
-                      "brightness_at_equal_time": reward_at(points, budget, "brightness"),
-                      "final_training_reward": points[-1]["training_reward"]})
+        table.append(
+            {
+                "strategy": name,
+                "updates": updates,
+                "seconds": points[-1]["seconds"],
+                "seconds_per_update": points[-1]["seconds"] / max(updates, 1),
+                "start_total": points[0]["total"],
+                "final_total": points[-1]["total"],
+                "final_success": points[-1]["success"],
+                "total_at_equal_time": reward_at(points, budget),
+                "start_quality": points[0]["quality"],
+                "final_quality": points[-1]["quality"],
+                "start_coherence": points[0]["coherence"],
+                "final_coherence": points[-1]["coherence"],
+                "start_brightness": points[0]["brightness"],
+                "final_brightness": points[-1]["brightness"],
+                "brightness_at_equal_time": reward_at(points, budget, "brightness"),
+                "final_training_reward": points[-1]["training_reward"],
+            }
+        )
     summary = {"equal_time_budget_s": budget}
     if "flash" in runs and "full" in runs:
         target = runs["full"]["curve"][-1]["total"]
         reach = time_to_reach(runs["flash"]["curve"], target)
-        summary.update({"full_final_total": target, "flash_seconds_to_full_final": reach,
-                        "full_seconds": runs["full"]["curve"][-1]["seconds"],
-                        "flash_time_fraction": None if reach is None else reach / runs["full"]["curve"][-1]["seconds"]})
+        summary.update(
+            {
+                "full_final_total": target,
+                "flash_seconds_to_full_final": reach,
+                "full_seconds": runs["full"]["curve"][-1]["seconds"],
+                "flash_time_fraction": None if reach is None else reach / runs["full"]["curve"][-1]["seconds"],
+            }
+        )
 
     RESULTS.mkdir(exist_ok=True)
-    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "table": table, "summary": summary,
-               "runs": runs, "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                         "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "date": datetime.date.today().isoformat()}
+    payload = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "table": table,
+        "summary": summary,
+        "runs": runs,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "date": datetime.date.today().isoformat(),
+    }
     stem = "grpo_strategies" if args.reward == "config" else f"grpo_strategies_{args.reward}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    panels = [("total", "held-out total reward"), ("quality", "held-out quality"),
-              ("training_reward", "training reward (reward.weights)")]
+    panels = [
+        ("total", "held-out total reward"),
+        ("quality", "held-out quality"),
+        ("training_reward", "training reward (reward.weights)"),
+    ]
     if args.reward == "brightness":
         panels[0] = ("brightness", "held-out brightness")
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
@@ -157,7 +211,9 @@ def main() -> None:
         ax.set_xlabel("training wall-clock (min, evaluation excluded)")
         ax.set_ylabel(label)
         ax.legend()
-    fig.suptitle(f"RL strategies on ShapeWorld ({'reward: ' + args.reward if args.reward != 'config' else 'config rewards'})")
+    fig.suptitle(
+        f"RL strategies on ShapeWorld ({'reward: ' + args.reward if args.reward != 'config' else 'config rewards'})"
+    )
     fig.tight_layout()
     fig.savefig(RESULTS / f"{stem}.png", dpi=120)
     for row in table:

@@ -3,7 +3,8 @@ each with and without a feature cache and with and without torch.compile.
 
 For every configuration, one video per held-out canonical caption from fixed seeds (the same seeds for every
 configuration, so videos are comparable pixel for pixel), scored with the ShapeWorld rewards. Reported per
-configuration: transformer forward passes per video (NFE), the fraction of them in which the last block really ran (a cache skips
+configuration: transformer forward passes per video (NFE), the fraction of them in which the last block really ran
+(a cache skips
 blocks inside a pass that NFE still counts), wall-clock seconds per video (after one untimed
 warm-up batch, which pays torch.compile's compilation; that first call is reported separately), total,
 success, coherence, quality, and the mean squared pixel difference to the teacher's videos (how faithfully
@@ -43,12 +44,21 @@ from vidpost.models.load import load_model  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(model, prompts: list[str], sampling, video, acceleration: AccelerationConfig | None, seed: int,
-            batch_size: int) -> dict:
+def measure(
+    model, prompts: list[str], sampling, video, acceleration: AccelerationConfig | None, seed: int, batch_size: int
+) -> dict:
     """Generate (warm-up batch first, untimed), time and score; returns the row without its name."""
     tick = time.perf_counter()
-    generate(model, prompts[:batch_size], sampling, video, seed=seed, batch_size=batch_size, progress=False,
-             acceleration=acceleration)
+    generate(
+        model,
+        prompts[:batch_size],
+        sampling,
+        video,
+        seed=seed,
+        batch_size=batch_size,
+        progress=False,
+        acceleration=acceleration,
+    )
     first_call = time.perf_counter() - tick
     # A cache skips blocks inside a transformer call that NFE still counts: count the calls that reached
     # the last block's feed-forward to see how much of the work was really done.
@@ -60,18 +70,25 @@ def measure(model, prompts: list[str], sampling, video, acceleration: Accelerati
     hook = model.transformer.blocks[-1].ffn.register_forward_pre_hook(count)
     tick = time.perf_counter()
     try:
-        out = generate(model, prompts, sampling, video, seed=seed, batch_size=batch_size, progress=False,
-                       acceleration=acceleration)
+        out = generate(
+            model, prompts, sampling, video, seed=seed, batch_size=batch_size, progress=False, acceleration=acceleration
+        )
     finally:
         hook.remove()
     seconds = (time.perf_counter() - tick) / len(prompts)
     batches = -(-len(prompts) // batch_size)
-    return {"videos": out.videos, "nfe": out.nfe_per_video, "seconds_per_video": seconds,
-            # compiled blocks run their feed-forward inside the graph, where the hook does not fire: unknown
-            "blocks_computed": None if acceleration is not None and acceleration.compile
-            else last_block_runs[0] / (out.nfe_per_video * batches),
-            "first_call_seconds": first_call, "sampling": sampling.model_dump(),
-            **score_videos(out.videos, prompts, SHAPEWORLD_SCORES)}
+    return {
+        "videos": out.videos,
+        "nfe": out.nfe_per_video,
+        "seconds_per_video": seconds,
+        # compiled blocks run their feed-forward inside the graph, where the hook does not fire: unknown
+        "blocks_computed": None
+        if acceleration is not None and acceleration.compile
+        else last_block_runs[0] / (out.nfe_per_video * batches),
+        "first_call_seconds": first_call,
+        "sampling": sampling.model_dump(),
+        **score_videos(out.videos, prompts, SHAPEWORLD_SCORES),
+    }
 
 
 def main() -> None:
@@ -83,8 +100,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="prompt and noise seed")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cache", default="first_block", help="the cache measured against none")
-    parser.add_argument("--cache-threshold", type=float, default=0.1,
-                        help="first_block: 0.05 (diffusers' default) never skips on shapeworld-sft; 0.1 skips 1 in 4")
+    parser.add_argument(
+        "--cache-threshold",
+        type=float,
+        default=0.1,
+        help="first_block: 0.05 (diffusers' default) never skips on shapeworld-sft; 0.1 skips 1 in 4",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled configurations")
     parser.add_argument("--name", default="inference", help="results file stem")
     args = parser.parse_args()
@@ -96,12 +117,15 @@ def main() -> None:
             parser.error(f"--students takes NAME=MODEL, got {spec!r}")
         models[name] = ref
     prompts = shapeworld_prompts(args.split, args.n, args.seed)
-    accelerations = {"none": None,
-                     args.cache: AccelerationConfig(cache=CacheConfig(name=args.cache, threshold=args.cache_threshold))}
+    accelerations = {
+        "none": None,
+        args.cache: AccelerationConfig(cache=CacheConfig(name=args.cache, threshold=args.cache_threshold)),
+    }
     if not args.no_compile:
         accelerations["compile"] = AccelerationConfig(compile=True)
         accelerations[f"{args.cache}+compile"] = AccelerationConfig(
-            cache=CacheConfig(name=args.cache, threshold=args.cache_threshold), compile=True)
+            cache=CacheConfig(name=args.cache, threshold=args.cache_threshold), compile=True
+        )
 
     rows, teacher_videos = [], None
     for name, ref in models.items():
@@ -112,13 +136,21 @@ def main() -> None:
             videos = row.pop("videos").astype(np.float32) / 255
             if teacher_videos is None:
                 teacher_videos = videos
-            row = {"model": name, "ref": ref, "acceleration": acc_name,
-                   "pixel_mse_to_teacher": float(np.mean((videos - teacher_videos) ** 2)), **row}
+            row = {
+                "model": name,
+                "ref": ref,
+                "acceleration": acc_name,
+                "pixel_mse_to_teacher": float(np.mean((videos - teacher_videos) ** 2)),
+                **row,
+            }
             rows.append(row)
-            print(f"{name:<10} {acc_name:<22} nfe {row['nfe']:>3}  blocks {row['blocks_computed'] or float('nan'):.2f}  "
-                  f"{row['seconds_per_video']:.3f} s/video  "
-                  + " ".join(f"{k} {row[k]:.3f}" for k in SHAPEWORLD_SCORES)
-                  + f"  mse {row['pixel_mse_to_teacher']:.4f}", flush=True)
+            print(
+                f"{name:<10} {acc_name:<22} nfe {row['nfe']:>3}  blocks {row['blocks_computed'] or float('nan'):.2f}  "
+                f"{row['seconds_per_video']:.3f} s/video  "
+                + " ".join(f"{k} {row[k]:.3f}" for k in SHAPEWORLD_SCORES)
+                + f"  mse {row['pixel_mse_to_teacher']:.4f}",
+                flush=True,
+            )
         del model
 
     base = rows[0]
@@ -128,10 +160,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "command": "python " + " ".join(sys.argv),
-        "split": args.split, "n": args.n, "seed": args.seed,
+        "split": args.split,
+        "n": args.n,
+        "seed": args.seed,
         "rows": rows,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}",
+        f"torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")

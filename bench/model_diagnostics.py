@@ -86,8 +86,9 @@ def denoising_by_sigma(model, x0: torch.Tensor, embeds: torch.Tensor, batch: int
 
 
 @torch.no_grad()
-def denoising_horizon(model, captions: list[str], x0: torch.Tensor, embeds: torch.Tensor,
-                      batch: int = 16) -> dict[str, dict]:
+def denoising_horizon(
+    model, captions: list[str], x0: torch.Tensor, embeds: torch.Tensor, batch: int = 16
+) -> dict[str, dict]:
     """Per σ0: the mean ShapeWorld scores of the clips noised to σ0 and integrated back to σ = 0."""
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
     out = {}
@@ -126,10 +127,12 @@ def attention_locality(model, captions: list[str], frames: torch.Tensor) -> list
     x0 = model.codec.encode(frames)
     _, _, t, h, w = x0.shape
     pt, ph, pw = transformer.config.patch_size
-    grid = torch.stack(torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph), torch.arange(w // pw),
-                                      indexing="ij"), -1).reshape(-1, 3)  # (L, 3) token (t, h, w)
-    near = ((grid[:, None, 0] == grid[None, :, 0])
-            & ((grid[:, None, 1:] - grid[None, :, 1:]).abs().amax(-1) <= 1)).float()  # (L, L)
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph), torch.arange(w // pw), indexing="ij"), -1
+    ).reshape(-1, 3)  # (L, 3) token (t, h, w)
+    near = (
+        (grid[:, None, 0] == grid[None, :, 0]) & ((grid[:, None, 1:] - grid[None, :, 1:]).abs().amax(-1) <= 1)
+    ).float()  # (L, L)
     near_if_uniform = near.sum(1).mean().item() / near.shape[1]
     rows = []
     try:
@@ -141,10 +144,15 @@ def attention_locality(model, captions: list[str], frames: torch.Tensor) -> list
             model.velocity(noisy_sample(x0, noise, s), s, embeds)
             for block, a in enumerate(weights):  # a: (B, heads, L, L)
                 entropy = -(a * a.clamp_min(1e-12).log()).sum(-1).mean((0, 2)) / np.log(a.shape[-1])
-                rows.append({"sigma": sigma, "block": block,
-                             "entropy_vs_uniform": entropy.tolist(),
-                             "near_mass": (a * near).sum(-1).mean((0, 2)).tolist(),
-                             "near_mass_if_uniform": near_if_uniform})
+                rows.append(
+                    {
+                        "sigma": sigma,
+                        "block": block,
+                        "entropy_vs_uniform": entropy.tolist(),
+                        "near_mass": (a * near).sum(-1).mean((0, 2)).tolist(),
+                        "near_mass_if_uniform": near_if_uniform,
+                    }
+                )
     finally:
         for hook in hooks:
             hook.remove()
@@ -154,14 +162,17 @@ def attention_locality(model, captions: list[str], frames: torch.Tensor) -> list
 def blobs_from_noise(model, n: int, seed: int) -> tuple[dict[str, float], np.ndarray]:
     """Blob and reward figures of n videos sampled from noise, and the videos (n, T, H, W, 3) uint8."""
     prompts = shapeworld_prompts("eval", n, seed)
-    videos = generate(model, prompts, recommended_sampling(model), recommended_video(model), seed=seed,
-                      progress=False).videos
+    videos = generate(
+        model, prompts, recommended_sampling(model), recommended_video(model), seed=seed, progress=False
+    ).videos
     specs = [parse_caption(p) for p in prompts]
     parts = [score_clip(v, spec) for v, spec in zip(to_float(videos), specs, strict=True)]  # rewards and their parts
-    return {"blobs_per_frame": float(np.mean([p["blobs_per_frame"] for p in parts])),
-            "asked_per_frame": float(np.mean([len(spec.objects) for spec in specs])),
-            "frames_with_the_right_count": float(np.mean([p["count"] for p in parts])),
-            **{key: float(np.mean([p[key] for p in parts])) for key in SHAPEWORLD_SCORES}}, videos
+    return {
+        "blobs_per_frame": float(np.mean([p["blobs_per_frame"] for p in parts])),
+        "asked_per_frame": float(np.mean([len(spec.objects) for spec in specs])),
+        "frames_with_the_right_count": float(np.mean([p["count"] for p in parts])),
+        **{key: float(np.mean([p[key] for p in parts])) for key in SHAPEWORLD_SCORES},
+    }, videos
 
 
 def video_grid(videos: np.ndarray, border: int = 1) -> np.ndarray:
@@ -190,26 +201,43 @@ def main() -> None:
         denoising = denoising_by_sigma(model, loss_x0, loss_embeds)
         horizon = denoising_horizon(model, loss_captions, loss_x0, loss_embeds)
         from_noise, videos = blobs_from_noise(model, args.n, args.seed)
-        row = {"model": ref, "loss_by_sigma": denoising["loss"], "noise_left_by_sigma": denoising["noise_left"],
-               "horizon_by_sigma": horizon,
-               "attention": attention_locality(model, attention_captions, attention_frames),
-               "from_noise": from_noise}
+        row = {
+            "model": ref,
+            "loss_by_sigma": denoising["loss"],
+            "noise_left_by_sigma": denoising["noise_left"],
+            "horizon_by_sigma": horizon,
+            "attention": attention_locality(model, attention_captions, attention_frames),
+            "from_noise": from_noise,
+        }
         rows.append(row)
         grids.append(video_grid(videos[:GRID_VIDEOS]))
-        print(f"{ref}: loss " + " ".join(f"σ{s} {v:.4f}" for s, v in row["loss_by_sigma"].items())
-              + "; noise left " + " ".join(f"σ{s} {v:.3f}" for s, v in row["noise_left_by_sigma"].items())
-              + "; total from noised clips " + " ".join(f"σ{s} {v['total']:.3f}" for s, v in horizon.items())
-              + f"; blobs/frame {from_noise['blobs_per_frame']:.2f} (asked {from_noise['asked_per_frame']:.2f}),"
-              f" right count {from_noise['frames_with_the_right_count']:.3f}, total {from_noise['total']:.3f}", flush=True)
+        print(
+            f"{ref}: loss "
+            + " ".join(f"σ{s} {v:.4f}" for s, v in row["loss_by_sigma"].items())
+            + "; noise left "
+            + " ".join(f"σ{s} {v:.3f}" for s, v in row["noise_left_by_sigma"].items())
+            + "; total from noised clips "
+            + " ".join(f"σ{s} {v['total']:.3f}" for s, v in horizon.items())
+            + f"; blobs/frame {from_noise['blobs_per_frame']:.2f} (asked {from_noise['asked_per_frame']:.2f}),"
+            f" right count {from_noise['frames_with_the_right_count']:.3f}, total {from_noise['total']:.3f}",
+            flush=True,
+        )
         for a in row["attention"]:
-            print(f"  σ {a['sigma']} block {a['block']}: near mass {np.round(a['near_mass'], 3).tolist()}"
-                  f" (uniform {a['near_mass_if_uniform']:.3f}), entropy/uniform {np.round(a['entropy_vs_uniform'], 2).tolist()}")
+            print(
+                f"  σ {a['sigma']} block {a['block']}: near mass {np.round(a['near_mass'], 3).tolist()}"
+                f" (uniform {a['near_mass_if_uniform']:.3f}),"
+                f" entropy/uniform {np.round(a['entropy_vs_uniform'], 2).tolist()}"
+            )
 
     RESULTS.mkdir(exist_ok=True)
-    payload = {"command": " ".join(["python"] + sys.argv), "date": datetime.date.today().isoformat(),
-               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-               "loss_sigmas": LOSS_SIGMAS,
-               "horizon": {"sigmas": HORIZON_SIGMAS, "euler_steps": HORIZON_STEPS, "guidance": 1.0}, "rows": rows}
+    payload = {
+        "command": " ".join(["python"] + sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "loss_sigmas": LOSS_SIGMAS,
+        "horizon": {"sigmas": HORIZON_SIGMAS, "euler_steps": HORIZON_STEPS, "guidance": 1.0},
+        "rows": rows,
+    }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for row in rows:

@@ -105,8 +105,13 @@ def plot(ms: dict[str, float], info: dict, path: Path) -> None:
     frames, height, width, _ = info["clip_shape"]
     ax.set_title(f"Reward cost on {info['n_clips']} ShapeWorld clips ({frames}x{height}x{width})")
     ax.legend(loc="upper right")
-    fig.text(0.01, 0.01, f"{info['machine']['cpu']}, Python {info['machine']['python']}, {info['date']}",
-             fontsize=7, color="gray")
+    fig.text(
+        0.01,
+        0.01,
+        f"{info['machine']['cpu']}, Python {info['machine']['python']}, {info['date']}",
+        fontsize=7,
+        color="gray",
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
     plt.close(fig)

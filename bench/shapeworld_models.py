@@ -51,8 +51,9 @@ def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
         return {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in (*SHAPEWORLD_SCORES, *CHECKS)}}
 
     counts = sorted({len(spec.objects) for spec in specs})
-    by_objects = {str(c): mean([r for r, spec in zip(clips, specs, strict=True) if len(spec.objects) == c])
-                  for c in counts}
+    by_objects = {
+        str(c): mean([r for r, spec in zip(clips, specs, strict=True) if len(spec.objects) == c]) for c in counts
+    }
     return {**mean(clips), "by_objects": by_objects}
 
 
@@ -75,17 +76,29 @@ def main() -> None:
             out = generate(model, prompts, sampling, video, seed=args.seed, progress=False)
             seconds = (time.perf_counter() - tick) / len(prompts)
             scores = scores_by_objects(out.videos, prompts)
-            rows.append({"model": ref, "split": split, **scores, "nfe": out.nfe_per_video,
-                         "seconds_per_video": seconds, "sampling": sampling.model_dump()})
+            rows.append(
+                {
+                    "model": ref,
+                    "split": split,
+                    **scores,
+                    "nfe": out.nfe_per_video,
+                    "seconds_per_video": seconds,
+                    "sampling": sampling.model_dump(),
+                }
+            )
             for group, part in [("all", scores), *scores["by_objects"].items()]:
-                print(f"{ref:<24} {split:<8} {group:>3} (n={part['n']:>3}) "
-                      + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS)), flush=True)
+                print(
+                    f"{ref:<24} {split:<8} {group:>3} (n={part['n']:>3}) "
+                    + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS)),
+                    flush=True,
+                )
 
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "command": "python " + " ".join(sys.argv),
         "rows": rows,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -96,8 +109,9 @@ def main() -> None:
         split_rows = [r for r in rows if r["split"] == split]
         width = 0.8 / len(split_rows)
         for j, row in enumerate(split_rows):
-            ax.bar([i + j * width for i in range(len(keys))], [row[k] for k in keys], width,
-                   label=Path(row["model"]).name)
+            ax.bar(
+                [i + j * width for i in range(len(keys))], [row[k] for k in keys], width, label=Path(row["model"]).name
+            )
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys, rotation=30)
         ax.set_ylim(0, 1)
         ax.set_title(f"{split} prompts (n={args.n}); right: the instruction checks' shares")

@@ -37,8 +37,12 @@ PRETRAIN = ROOT / "configs" / "shapeworld" / "pretrain.yaml"
 DESIGNS = {
     "pretrain.yaml (2x4x4, 8 heads x 32, batch 32)": [],
     "10x2x2, 4 heads x 64, ffn 1024, batch 16": [
-        "model.tiny.num_attention_heads=4", "model.tiny.attention_head_dim=64", "model.tiny.ffn_dim=1024",
-        "model.tiny.patch_size=[10,2,2]", "model.tiny.identity_init=true", "train.batch_size=16",
+        "model.tiny.num_attention_heads=4",
+        "model.tiny.attention_head_dim=64",
+        "model.tiny.ffn_dim=1024",
+        "model.tiny.patch_size=[10,2,2]",
+        "model.tiny.identity_init=true",
+        "train.batch_size=16",
     ],
 }
 N_CLIPS, N_CAPTIONS = 256, 64
@@ -49,14 +53,19 @@ def synthetic_data(model: WanVideoModel, cfg: SFTConfig) -> EncodedDataset:
     frames = torch.rand(1, world.frames, world.height, world.width, 3)
     latent_shape = model.encode(frames).shape[1:]
     generator = torch.Generator().manual_seed(0)
-    embeds = torch.randn(N_CAPTIONS, cfg.model.max_sequence_length, model.transformer.config.text_dim,
-                         generator=generator)
+    embeds = torch.randn(
+        N_CAPTIONS, cfg.model.max_sequence_length, model.transformer.config.text_dim, generator=generator
+    )
     embeds[0] = 0  # row 0 is the empty prompt of caption dropout
     return EncodedDataset(
         latents=(torch.rand(N_CLIPS, *latent_shape, generator=generator) * 2 - 1).to(torch.bfloat16),
         caption_ids=torch.randint(1, N_CAPTIONS, (N_CLIPS,), generator=generator),
-        embeds=embeds, captions=[""] * N_CAPTIONS,
-        frames=world.frames, height=world.height, width=world.width, skipped=0,
+        embeds=embeds,
+        captions=[""] * N_CAPTIONS,
+        frames=world.frames,
+        height=world.height,
+        width=world.width,
+        skipped=0,
     )
 
 
@@ -93,22 +102,30 @@ def main() -> None:
         for precision in precisions:
             for compile_blocks in (False, True):
                 seconds = seconds_per_step(overrides, precision, compile_blocks, args.steps, args.warmup)
-                rows.append({"design": design, "precision": precision, "compile": compile_blocks,
-                             "seconds_per_step": round(seconds, 4)})
+                rows.append(
+                    {
+                        "design": design,
+                        "precision": precision,
+                        "compile": compile_blocks,
+                        "seconds_per_step": round(seconds, 4),
+                    }
+                )
                 print(f"{design:48s} {precision:8s} compile={compile_blocks!s:5s} {seconds:.3f} s/step", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
         "command": "bench/training_speed.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
         "rows": rows,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"native bf16: {native_bf16(torch.device('cpu'))}, torch {torch.__version__}",
+        f"native bf16: {native_bf16(torch.device('cpu'))}, torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
     }
     (RESULTS / "training_speed.json").write_text(json.dumps(result, indent=2) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    labels = [f"{r['design'].split(',')[0].split(' (')[0]}\n{r['precision']}{' +compile' if r['compile'] else ''}"
-              for r in rows]
+    labels = [
+        f"{r['design'].split(',')[0].split(' (')[0]}\n{r['precision']}{' +compile' if r['compile'] else ''}"
+        for r in rows
+    ]
     ax.bar(range(len(rows)), [r["seconds_per_step"] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("seconds per training step")

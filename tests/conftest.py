@@ -1,4 +1,5 @@
-"""Shared across test folders: a random toy enhancer, and a "parrot" toy trained to write one fixed canonical caption."""
+"""Shared across test folders: a random toy enhancer, and a "parrot" toy trained to write one fixed canonical
+caption."""
 
 import logging
 import queue
@@ -12,8 +13,13 @@ from vidpost.enhance.losses import sft_loss
 from vidpost.enhance.toy import build_toy_model, build_toy_tokenizer, save_toy
 
 PARROT_CAPTION = "a large red circle moving left slowly on a black background"
-PARROT_PROMPTS = ["red ball going left", "a green box dropping, red triangle", "tiny teal disc", "white background",
-                  "big blue wedge rising fast and a pink dot still"]
+PARROT_PROMPTS = [
+    "red ball going left",
+    "a green box dropping, red triangle",
+    "tiny teal disc",
+    "white background",
+    "big blue wedge rising fast and a pink dot still",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +53,12 @@ def parrot_toy(tmp_path_factory):
         optimizer.zero_grad()
     # it says one scene whatever it is asked, which the intent check would overrule for most prompts: these
     # tests drive the plumbing, so its card turns the check off (tests/enhance/test_intent.py tests the check)
-    return save_toy(model.eval(), tokenizer, tmp_path_factory.mktemp("parrot_toy"),
-                    {"stage": "test", "enhancer": {"check": {"intent": False}}})
+    return save_toy(
+        model.eval(),
+        tokenizer,
+        tmp_path_factory.mktemp("parrot_toy"),
+        {"stage": "test", "enhancer": {"check": {"intent": False}}},
+    )
 
 
 def _run_ranks(target, *args, world_size: int = 2, timeout_s: float = 600) -> dict:

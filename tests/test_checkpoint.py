@@ -38,7 +38,10 @@ sys.exit("the save was not killed")
 
 def dummy_state(fill: float) -> tuple[dict[str, torch.nn.Parameter], torch.optim.Optimizer]:
     """4 MB of weights equal to `fill` and the AdamW state of one step (lr 0 keeps the weights at `fill`)."""
-    params = {"w": torch.nn.Parameter(torch.full((1024, 1024), fill)), "b": torch.nn.Parameter(torch.full((1024,), fill))}
+    params = {
+        "w": torch.nn.Parameter(torch.full((1024, 1024), fill)),
+        "b": torch.nn.Parameter(torch.full((1024,), fill)),
+    }
     optimizer = torch.optim.AdamW(params.values(), lr=0.0)
     for p in params.values():
         p.grad = torch.full_like(p, fill)
@@ -68,6 +71,7 @@ def die_during_save(point: str) -> None:
     elif point == "publish":  # every file is written, the rename into place is not done
         checkpoint.os.replace = lambda *args: _kill_self()
     elif point == "prune":  # checkpoint 2 is in place; deleting checkpoint 1 has removed one file of it
+
         def remove_one_file_then_die(path, ignore_errors=False):
             os.remove(Path(path) / "trainable.safetensors")
             _kill_self()
@@ -92,8 +96,9 @@ def _assert_holds(path: Path, fill: float) -> None:
 def test_a_kill_during_a_save_leaves_the_latest_checkpoint_intact(point, tmp_path):
     root = tmp_path / "checkpoints"
     save_checkpoint(root, 1, *dummy_state(1.0), {"mark": 1.0}, keep_last=1)
-    child = subprocess.run([sys.executable, "-c", CHILD, str(TESTS), str(root), point],
-                           capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(TESTS), str(root), point], capture_output=True, text=True, timeout=600
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert any(p.name.startswith(".") for p in root.iterdir())  # the kill struck mid-save and left debris
 
@@ -163,5 +168,9 @@ def test_run_checkpoints_finds_recipe_stage_and_pipeline_checkpoints_but_not_oth
     (tmp_path / "data" / "clips" / "step_000009").mkdir(parents=True)
     (tmp_path / "data" / "clips" / "step_000009" / "state.json").write_text("{}")
     found = {str(p.relative_to(tmp_path)) for p in run_checkpoints(tmp_path)}
-    assert found == {"checkpoints/step_000003", "checkpoints/sft/step_000003", "grpo/checkpoints/step_000003",
-                     "enhance/checkpoints/grpo/step_000003"}
+    assert found == {
+        "checkpoints/step_000003",
+        "checkpoints/sft/step_000003",
+        "grpo/checkpoints/step_000003",
+        "enhance/checkpoints/grpo/step_000003",
+    }

@@ -26,8 +26,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def make(capsys: pytest.CaptureFixture[str], out: Path, *extra: str, n: int = 4, seed: int = 3,
-         split: str = "eval") -> Path:
+def make(
+    capsys: pytest.CaptureFixture[str], out: Path, *extra: str, n: int = 4, seed: int = 3, split: str = "eval"
+) -> Path:
     code, _, err = run(capsys, "world", "make", "--out", out, "--n", n, "--seed", seed, "--split", split, *extra)
     assert code == 0, err
     return out
@@ -53,8 +54,23 @@ def assert_one_line_error(err: str, *needles: str) -> None:
 
 def test_world_make_writes_dataset_and_reloadable_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
-    code, stdout, err = run(capsys, "world", "make", "--out", out, "--n", 5, "--seed", 7, "--split", "heldout",
-                            "--style", "web", "world.frames=12", "web.p_defect=1.0")
+    code, stdout, err = run(
+        capsys,
+        "world",
+        "make",
+        "--out",
+        out,
+        "--n",
+        5,
+        "--seed",
+        7,
+        "--split",
+        "heldout",
+        "--style",
+        "web",
+        "world.frames=12",
+        "web.p_defect=1.0",
+    )
     assert code == 0, err
     assert "wrote 5 web clips" in stdout
     recs = records(out)
@@ -65,8 +81,9 @@ def test_world_make_writes_dataset_and_reloadable_config(tmp_path: Path, capsys:
         frames = read_video(out / rec["file"])
         assert frames.shape == (12, 24, 24, 3) and frames.dtype == np.uint8
     saved = load_config(DatasetConfig, out / "config.yaml")
-    expected = DatasetConfig(n=5, seed=7, style="web", split="heldout", world=WorldConfig(frames=12),
-                             web={"p_defect": 1.0})
+    expected = DatasetConfig(
+        n=5, seed=7, style="web", split="heldout", world=WorldConfig(frames=12), web={"p_defect": 1.0}
+    )
     assert saved == expected
     assert saved != DatasetConfig()
 
@@ -93,8 +110,7 @@ def test_world_make_refuses_existing_dataset_without_overwrite(
     assert_one_line_error(err, "metadata.jsonl")
     assert (out / "metadata.jsonl").read_bytes() == before  # untouched
 
-    code, _, err = run(capsys, "world", "make", "--out", out, "--n", 2, "--seed", 4, "--split", "eval",
-                       "--overwrite")
+    code, _, err = run(capsys, "world", "make", "--out", out, "--n", 2, "--seed", 4, "--split", "eval", "--overwrite")
     assert code == 0, err
     assert len(records(out)) == 2
     assert sorted(p.name for p in (out / "clips").iterdir()) == ["000000.npy", "000001.npy"]
@@ -216,8 +232,16 @@ def test_score_curated_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert data["success_rate"] == 1.0
     assert len(data["per_clip"]) == 6
     assert {c["file"] for c in data["per_clip"]} == {r["file"] for r in records(out)}
-    for name in ("total", "instruction", "coherence", "quality", "success", "flicker", "dynamic_degree",
-                 "frame_consistency"):
+    for name in (
+        "total",
+        "instruction",
+        "coherence",
+        "quality",
+        "success",
+        "flicker",
+        "dynamic_degree",
+        "frame_consistency",
+    ):
         assert name in data["mean"]
         assert 0.0 <= data["mean"][name] <= 1.0
 
@@ -240,8 +264,9 @@ def test_score_two_folders_side_by_side(tmp_path: Path, capsys: pytest.CaptureFi
     cur = make(capsys, tmp_path / "curated_set", n=3)
     web = make(capsys, tmp_path / "web_set", "--style", "web", n=3)
     report = tmp_path / "both.json"
-    code, stdout, err = run(capsys, "score", cur, web, "--rewards", "total,success", "--caption-key", "canonical",
-                            "--json", report)
+    code, stdout, err = run(
+        capsys, "score", cur, web, "--rewards", "total,success", "--caption-key", "canonical", "--json", report
+    )
     assert code == 0, err
     header = stdout.splitlines()[0]
     assert "curated_set" in header and "web_set" in header
@@ -337,11 +362,19 @@ def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 def test_console_script_runs(tmp_path: Path) -> None:
     exe = shutil.which("vidpost") or str(Path(sys.executable).with_name("vidpost"))
     command = [exe] if Path(exe).exists() else [sys.executable, "-m", "vidpost.cli"]
-    ok = subprocess.run([*command, "world", "prompts", "--n", "3", "--seed", "3", "--split", "eval"],
-                        capture_output=True, text=True, timeout=600)
+    ok = subprocess.run(
+        [*command, "world", "prompts", "--n", "3", "--seed", "3", "--split", "eval"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ok.returncode == 0, ok.stderr
     assert len(ok.stdout.splitlines()) == 3
-    bad = subprocess.run([*command, "world", "make", "--out", str(tmp_path / "ds"), "world.framez=3"],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [*command, "world", "make", "--out", str(tmp_path / "ds"), "world.framez=3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2
     assert_one_line_error(bad.stderr, "world.framez")

@@ -54,9 +54,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_values_as_yaml() -> None:
-    cfg = load_config(
-        Top, None, ["seed=5", "world.noisy=true", "world.styles=[x, y]", "name=hello", "scale=2"]
-    )
+    cfg = load_config(Top, None, ["seed=5", "world.noisy=true", "world.styles=[x, y]", "name=hello", "scale=2"])
     assert cfg.seed == 5 and cfg.world.noisy is True and cfg.world.styles == ["x", "y"]
     assert cfg.name == "hello" and cfg.scale == 2.0
 
@@ -93,8 +91,7 @@ def test_bad_override_value_yaml() -> None:
 def test_section_must_be_a_mapping(tmp_path: Path) -> None:
     assert error_of(tmp_path, "world: 3\n").endswith("cfg.yaml: world: expected a section of keys (got 3)")
     assert (
-        error_of(tmp_path, "seed: 1\n", ["world=3"])
-        == "override 'world=3': world: expected a section of keys (got 3)"
+        error_of(tmp_path, "seed: 1\n", ["world=3"]) == "override 'world=3': world: expected a section of keys (got 3)"
     )
 
 
@@ -131,9 +128,7 @@ def test_unknown_top_level_key_in_file(tmp_path: Path) -> None:
 
 def test_unknown_key_in_override(tmp_path: Path) -> None:
     message = error_of(tmp_path, "seed: 1\n", ["world.framez=3"])
-    assert message.startswith(
-        "override 'world.framez=3': unknown key 'world.framez' (known keys in 'world': "
-    )
+    assert message.startswith("override 'world.framez=3': unknown key 'world.framez' (known keys in 'world': ")
 
 
 def test_unknown_key_inside_section_override() -> None:

@@ -7,7 +7,6 @@ The optimizer moments are compared, not only the weights: Adam's first update is
 gradient off by the world size; its first moment (1 - β1)·g does not (gradient clipping is off for that reason).
 """
 
-
 import time
 
 import numpy as np
@@ -99,8 +98,15 @@ def tiny_teacher(tmp_path_factory):
     """The tiny model with a card (4 steps at guidance 2, 3x16x16 videos): what distillation reads its teacher from."""
     path = tmp_path_factory.mktemp("teacher")
     WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(path)
-    write_card(path, {"codec": "pixel", "max_sequence_length": 64, "video": {"frames": 3, "height": 16, "width": 16},
-                      "sampling": {"steps": 4, "shift": 3.0, "guidance": 2.0}})
+    write_card(
+        path,
+        {
+            "codec": "pixel",
+            "max_sequence_length": 64,
+            "video": {"frames": 3, "height": 16, "width": 16},
+            "sampling": {"steps": 4, "shift": 3.0, "guidance": 2.0},
+        },
+    )
     return path
 
 
@@ -129,7 +135,8 @@ def _worker(rank, store, job, overrides, out, results):
 
 
 def _world_size_2(run_ranks, job, overrides, out, store, timeout_s: float = 600) -> None:
-    """Run job(overrides, out) on 2 ranks; fail at once if a rank dies, else wait generously (a busy machine is slow)."""
+    """Run job(overrides, out) on 2 ranks; fail at once if a rank dies, else wait generously (a busy machine is
+    slow)."""
     run_ranks(_worker, store, job, overrides, out, timeout_s=timeout_s)
 
 
@@ -197,7 +204,9 @@ def test_grpo_iteration_at_world_size_2_is_world_size_1(lora, tmp_path, tiny_bas
     _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
     _assert_same_metrics(two, one, step=1)
     _assert_same_videos(two / "samples" / "step_000001", one / "samples" / "step_000001")
-    weights = "lora/pytorch_lora_weights.safetensors" if lora else "model/transformer/diffusion_pytorch_model.safetensors"
+    weights = (
+        "lora/pytorch_lora_weights.safetensors" if lora else "model/transformer/diffusion_pytorch_model.safetensors"
+    )
     _assert_same_tensors(load_file(two / weights), load_file(one / weights), "final weights (EMA)")
 
 
@@ -245,8 +254,10 @@ def _resume_worker(rank, store, root, unreadable_on_rank_1, results):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     with dist.leave_at_end():
         if rank == 1 and unreadable_on_rank_1:
+
             def unreadable(path, *args):
                 raise checkpoint.UnreadableCheckpoint(f"{path}: unreadable checkpoint (only on rank 1)")
+
             checkpoint.load_checkpoint = unreadable
         params = {"w": torch.nn.Parameter(torch.zeros(3))}
         try:
@@ -290,13 +301,17 @@ def test_distill_step_at_world_size_2_is_world_size_1_and_its_checkpoint_resumes
     _world_size_2(run_ranks, _run_distill, overrides, two, tmp_path / "store")  # stops after step 1 of 2
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step_000001"]
     _assert_same_checkpoint(two / "checkpoints" / "step_000001", one / "checkpoints" / "step_000001")
-    assert any(k.startswith("teacher.") for k in load_file(two / "checkpoints" / "step_000001" / "trainable.safetensors"))
+    assert any(
+        k.startswith("teacher.") for k in load_file(two / "checkpoints" / "step_000001" / "trainable.safetensors")
+    )
     _assert_same_metrics(two, one, step=1)
     _assert_same_videos(two / "samples" / "teacher", one / "samples" / "teacher")
     _assert_same_videos(two / "samples" / "step_000001", one / "samples" / "step_000001")
 
     assert distill.train(config, two, progress=False) == two / final  # resumed at step 1, in one process
-    weights = "lora/pytorch_lora_weights.safetensors" if lora else "model/transformer/diffusion_pytorch_model.safetensors"
+    weights = (
+        "lora/pytorch_lora_weights.safetensors" if lora else "model/transformer/diffusion_pytorch_model.safetensors"
+    )
     _assert_same_tensors(load_file(two / weights), load_file(one / weights), "final weights")
 
 

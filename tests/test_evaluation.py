@@ -17,8 +17,10 @@ from vidpost.world.dataset import make_dataset
 
 def folder(name: str, totals: list[float], successes: list[float], skipped: int = 0) -> FolderScore:
     score = FolderScore(dataset=f"/data/{name}", caption_key="caption")
-    score.per_clip = [{"file": f"clips/{i:06d}.npy", "caption": "c", "total": t, "success": s}
-                      for i, (t, s) in enumerate(zip(totals, successes, strict=True))]
+    score.per_clip = [
+        {"file": f"clips/{i:06d}.npy", "caption": "c", "total": t, "success": s}
+        for i, (t, s) in enumerate(zip(totals, successes, strict=True))
+    ]
     score.skipped = [{"file": f"clips/bad{i}.npy", "reason": "broken"} for i in range(skipped)]
     score.n = len(score.per_clip)
     return score
@@ -55,8 +57,7 @@ def test_format_table_long_folder_name_stays_aligned() -> None:
 
 def test_format_table_reward_missing_in_one_folder_is_nan() -> None:
     a = folder("a", [1.0], [1.0])
-    b = FolderScore(dataset="b", caption_key="caption", n=1,
-                    per_clip=[{"file": "f", "caption": "c", "flicker": 0.9}])
+    b = FolderScore(dataset="b", caption_key="caption", n=1, per_clip=[{"file": "f", "caption": "c", "flicker": 0.9}])
     rows = {line[:20].strip(): line[20:].split() for line in format_table([a, b]).splitlines()[2:]}
     assert rows["total"] == ["1.000", "nan"]
     assert rows["flicker"] == ["nan", "0.900"]

@@ -15,7 +15,12 @@ def test_a_non_finite_video_is_written_black_and_counted(monkeypatch):
         return frames
 
     monkeypatch.setattr(model, "decode", decode)
-    out = generate(model, ["a red circle", "a blue square", "a green triangle"], SamplingConfig(steps=2, guidance=1.0),
-                   VideoConfig(frames=3, height=16, width=16), progress=False)
+    out = generate(
+        model,
+        ["a red circle", "a blue square", "a green triangle"],
+        SamplingConfig(steps=2, guidance=1.0),
+        VideoConfig(frames=3, height=16, width=16),
+        progress=False,
+    )
     assert out.nonfinite == 1 and out.videos.shape[0] == 3
     assert (out.videos[1] == 0).all() and out.videos[0].any()

@@ -47,7 +47,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node], _ = "open", path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[node], _ = "done", path.pop()
@@ -62,7 +62,12 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_recipe_imports_another_recipe():
     graph = _graph()
     recipes = {name for name in graph if _is_recipe(name)}
-    assert {"vidpost.recipes.sft", "vidpost.recipes.grpo", "vidpost.recipes.enhance", "vidpost.recipes.distill"} <= recipes
+    assert {
+        "vidpost.recipes.sft",
+        "vidpost.recipes.grpo",
+        "vidpost.recipes.enhance",
+        "vidpost.recipes.distill",
+    } <= recipes
     crossing = sorted((name, other) for name in recipes for other in graph[name] & recipes)
     assert not crossing, f"recipes importing recipes: {crossing}"
 

@@ -19,9 +19,15 @@ PROMPTS = ["a red circle moving left", "a large blue square staying still on a w
 def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("model")
     WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
-    write_card(directory, {"codec": "pixel", "max_sequence_length": 64,
-                           "video": {"frames": 3, "height": 16, "width": 16},
-                           "sampling": {"steps": 3, "shift": 2.0, "guidance": 3.0}})
+    write_card(
+        directory,
+        {
+            "codec": "pixel",
+            "max_sequence_length": 64,
+            "video": {"frames": 3, "height": 16, "width": 16},
+            "sampling": {"steps": 3, "shift": 2.0, "guidance": 3.0},
+        },
+    )
     return directory
 
 
@@ -46,11 +52,18 @@ def test_sample_writes_a_scorable_dataset_with_the_models_defaults(model_dir, pr
 
 
 def test_flags_override_the_card_and_seeds_fix_the_videos(model_dir, prompts_file, tmp_path):
-    a = sample_to_folder(str(model_dir), str(prompts_file), tmp_path / "a", sampling_overrides={"guidance": 1.0},
-                         progress=False)
+    a = sample_to_folder(
+        str(model_dir), str(prompts_file), tmp_path / "a", sampling_overrides={"guidance": 1.0}, progress=False
+    )
     assert a["nfe_per_video"] == 3
-    sample_to_folder(str(model_dir), str(prompts_file), tmp_path / "b", sampling_overrides={"guidance": 1.0},
-                     batch_size=1, progress=False)
+    sample_to_folder(
+        str(model_dir),
+        str(prompts_file),
+        tmp_path / "b",
+        sampling_overrides={"guidance": 1.0},
+        batch_size=1,
+        progress=False,
+    )
     # video j depends on (prompt, seed + j) only, not on the batch it was generated in
     for name in ("000000.npy", "000001.npy"):
         assert (tmp_path / "a" / "clips" / name).read_bytes() == (tmp_path / "b" / "clips" / name).read_bytes()
@@ -85,8 +98,9 @@ def test_loaded_model_matches_the_saved_one(model_dir):
     model = load_model(str(model_dir))
     assert model.card["video"]["frames"] == 3 and model.max_sequence_length == 64
     fresh = WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2)
-    for (name, a), b in zip(model.transformer.state_dict().items(), fresh.transformer.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(
+        model.transformer.state_dict().items(), fresh.transformer.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -95,8 +109,11 @@ def test_sample_with_a_feature_cache_records_it(model_dir, prompts_file, tmp_pat
     args = ["sample", "--model", str(model_dir), "--prompts", str(prompts_file), "--out", str(out)]
     assert main([*args, "--cache", "first_block", "--cache-threshold", "0.2"]) == 0
     report = json.loads((out / "sample.json").read_text())
-    assert report["acceleration"] == {"cache": {"name": "first_block", "threshold": 0.2}, "compile": False,
-                                      "attention_backend": None}
+    assert report["acceleration"] == {
+        "cache": {"name": "first_block", "threshold": 0.2},
+        "compile": False,
+        "attention_backend": None,
+    }
     assert report["nfe_per_video"] == 6  # transformer calls, however much of each the cache skipped
     assert main([*args, "--cache", "mag", "--overwrite"]) == 0  # calibrates on one extra video
     cache = json.loads((out / "sample.json").read_text())["acceleration"]["cache"]
@@ -105,9 +122,12 @@ def test_sample_with_a_feature_cache_records_it(model_dir, prompts_file, tmp_pat
     assert main([*args, "--cache", "pab", "--cache-threshold", "0.2", "--overwrite"]) == 2
     assert capsys.readouterr().err == (
         "error: --cache pab: threshold: not a key of cache 'pab' (its keys: spatial_attention_block_skip_range, "
-        "spatial_attention_timestep_skip_range)\n")
+        "spatial_attention_timestep_skip_range)\n"
+    )
     assert main([*args, "--attention-backend", "sage", "--overwrite"]) == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith("error: attention backend 'sage' is not available here: ")
+    assert (
+        capsys.readouterr().err.splitlines()[-1].startswith("error: attention backend 'sage' is not available here: ")
+    )
 
 
 def test_an_acceleration_file_sets_every_cache_key_and_excludes_the_flags(model_dir, prompts_file, tmp_path, capsys):
@@ -124,7 +144,8 @@ def test_an_acceleration_file_sets_every_cache_key_and_excludes_the_flags(model_
     capsys.readouterr()
     assert main([*args, "--acceleration", str(accel), "--compile", "--overwrite"]) == 2
     assert capsys.readouterr().err == (
-        f"error: --acceleration {accel} sets the cache, compile and attention backend; drop --compile\n")
+        f"error: --acceleration {accel} sets the cache, compile and attention backend; drop --compile\n"
+    )
     accel.write_text("cache:\n  name: mag\n  treshold: 0.5\n")
     assert main([*args, "--acceleration", str(accel), "--overwrite"]) == 2
     error = capsys.readouterr().err

@@ -31,10 +31,21 @@ SCHEMAS = {
     "shapeworld/enhance.yaml": EnhanceConfig,
     "shapeworld/enhance_hf.yaml": EnhanceConfig,
     "shapeworld/pipeline.yaml": PipelineConfig,
-    **{f"shapeworld-large/{name}.yaml": schema for name, schema in {
-        "world": DatasetConfig, "pretrain": SFTConfig, "sft": SFTConfig, "grpo_flash": GRPOConfig,
-        "grpo_full": GRPOConfig, "grpo_window": GRPOConfig, "grpo_nft": GRPOConfig, "distill": DistillConfig, "enhance": EnhanceConfig,
-        "pipeline": PipelineConfig}.items()},
+    **{
+        f"shapeworld-large/{name}.yaml": schema
+        for name, schema in {
+            "world": DatasetConfig,
+            "pretrain": SFTConfig,
+            "sft": SFTConfig,
+            "grpo_flash": GRPOConfig,
+            "grpo_full": GRPOConfig,
+            "grpo_window": GRPOConfig,
+            "grpo_nft": GRPOConfig,
+            "distill": DistillConfig,
+            "enhance": EnhanceConfig,
+            "pipeline": PipelineConfig,
+        }.items()
+    },
     "wan2.1-t2v-1.3b/model.yaml": ModelConfig,
     "wan2.1-t2v-1.3b/distill_4step_lora.yaml": DistillConfig,
     "wan2.1-t2v-1.3b/enhance_qwen.yaml": EnhanceConfig,

@@ -11,7 +11,8 @@ reads like the model's parameters, so a run resumes at another world size.
 
 A checkpoint is written into a hidden temporary folder, flushed to disk (files and folder) and renamed into
 place, the rename flushed too, so neither a kill nor a power loss during a save leaves no whole checkpoint,
-and the previous ones stay intact until then; resume skips a newest checkpoint that does not read; an old checkpoint is renamed
+and the previous ones stay intact until then; resume skips a newest checkpoint that does not read; an old checkpoint
+is renamed
 away before it is deleted, for the same reason. The next save removes what a kill left behind. One process
 writes a run's checkpoints (rank 0). Randomness needs no saving: recipes draw every step's randomness from
 (seed, step).
@@ -41,6 +42,7 @@ log = logging.getLogger("vidpost")
 class UnreadableCheckpoint(VidpostError):
     """A checkpoint whose files cannot be read (truncated, empty, corrupt): an older one may still load."""
 
+
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-"  # folders being written or deleted; never listed as checkpoints
 
@@ -62,10 +64,15 @@ def run_checkpoints(out: str | Path) -> list[Path]:
     """Every complete checkpoint of a run directory: checkpoints/ and its stage folders (checkpoints/sft/), and
     a pipeline's stages (NAME/checkpoints/...); the data and sample folders, thousands of files, are not walked."""
     out = Path(out)
-    roots = [out / "checkpoints", *(out / "checkpoints").glob("*"), *out.glob("*/checkpoints"),
-             *out.glob("*/checkpoints/*")]
-    return [path for root in roots if root.is_dir() and not _STEP_DIR.match(root.name)
-            for path in list_checkpoints(root)]
+    roots = [
+        out / "checkpoints",
+        *(out / "checkpoints").glob("*"),
+        *out.glob("*/checkpoints"),
+        *out.glob("*/checkpoints/*"),
+    ]
+    return [
+        path for root in roots if root.is_dir() and not _STEP_DIR.match(root.name) for path in list_checkpoints(root)
+    ]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -213,9 +220,12 @@ def load_latest_checkpoint(
             failed = str(error)
             log.error("rank %d: %s", dist.rank(), error)
     if dist.any_rank(failed is not None):
-        raise VidpostError(f"not every rank could read {root / name}, the checkpoint rank 0 resumes from "
-                           "(see the errors above)")
+        raise VidpostError(
+            f"not every rank could read {root / name}, the checkpoint rank 0 resumes from (see the errors above)"
+        )
     if name is None and dist.any_rank(bool(found)):
-        raise VidpostError(f"no checkpoint under {root} could be read (see the warnings above); move them away "
-                           "to start again from the beginning")
+        raise VidpostError(
+            f"no checkpoint under {root} could be read (see the warnings above); move them away "
+            "to start again from the beginning"
+        )
     return chosen

@@ -70,8 +70,13 @@ def cmd_rewards(args: argparse.Namespace) -> None:
 def cmd_reward_serve(args: argparse.Namespace) -> None:
     from vidpost.rewards.remote import serve
 
-    serve(args.host, args.port, args.rewards.split(",") if args.rewards else None, args.max_request_mb,
-          _server_token(args))
+    serve(
+        args.host,
+        args.port,
+        args.rewards.split(",") if args.rewards else None,
+        args.max_request_mb,
+        _server_token(args),
+    )
 
 
 def _train(args: argparse.Namespace, recipe, schema) -> None:
@@ -142,16 +147,25 @@ def _acceleration(args: argparse.Namespace):
     from vidpost.inference.acceleration import AccelerationConfig
 
     if args.acceleration is not None:
-        flags = {"--cache": args.cache != "none", "--cache-threshold": args.cache_threshold is not None,
-                 "--compile": args.compile, "--attention-backend": args.attention_backend is not None}
+        flags = {
+            "--cache": args.cache != "none",
+            "--cache-threshold": args.cache_threshold is not None,
+            "--compile": args.compile,
+            "--attention-backend": args.attention_backend is not None,
+        }
         if any(flags.values()):
             given = ", ".join(flag for flag, set_ in flags.items() if set_)
-            raise VidpostError(f"--acceleration {args.acceleration} sets the cache, compile and attention backend; "
-                               f"drop {given}")
+            raise VidpostError(
+                f"--acceleration {args.acceleration} sets the cache, compile and attention backend; drop {given}"
+            )
         return load_config(AccelerationConfig, args.acceleration)
     cache = None
     if args.cache != "none":
-        cache = {"name": args.cache, "threshold": args.cache_threshold, "calibrate": True if args.cache == "mag" else None}
+        cache = {
+            "name": args.cache,
+            "threshold": args.cache_threshold,
+            "calibrate": True if args.cache == "mag" else None,
+        }
     elif args.cache_threshold is not None:
         raise VidpostError("--cache-threshold needs --cache first_block or mag")
     try:
@@ -169,12 +183,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     flags = {"steps": args.steps, "guidance": args.guidance, "shift": args.shift}
     report = sample_to_folder(
-        args.model, args.prompts, args.out, seed=args.seed, sampling_overrides={k: v for k, v in flags.items() if v is not None},
-        batch_size=args.batch_size, precision=args.precision, fmt=args.format, overwrite=args.overwrite,
-        acceleration=_acceleration(args), enhancer=args.enhancer,
+        args.model,
+        args.prompts,
+        args.out,
+        seed=args.seed,
+        sampling_overrides={k: v for k, v in flags.items() if v is not None},
+        batch_size=args.batch_size,
+        precision=args.precision,
+        fmt=args.format,
+        overwrite=args.overwrite,
+        acceleration=_acceleration(args),
+        enhancer=args.enhancer,
     )
-    print(f"wrote {report['videos']} videos to {args.out} ({report['nfe_per_video']} forward passes and "
-          f"{report['seconds_per_video']:.2f} s per video)")
+    print(
+        f"wrote {report['videos']} videos to {args.out} ({report['nfe_per_video']} forward passes and "
+        f"{report['seconds_per_video']:.2f} s per video)"
+    )
     if args.enhancer:
         print(f"enhancer {args.enhancer}: {report['enhancer']['summary']}")
 
@@ -204,8 +228,13 @@ def cmd_enhance_serve(args: argparse.Namespace) -> None:
     from vidpost.enhance.resolve import load_enhancer
     from vidpost.enhance.server import serve
 
-    serve(load_enhancer(args.enhancer, args.overrides), args.host, args.port, max_request_mb=args.max_request_mb,
-          token=_server_token(args))
+    serve(
+        load_enhancer(args.enhancer, args.overrides),
+        args.host,
+        args.port,
+        max_request_mb=args.max_request_mb,
+        token=_server_token(args),
+    )
 
 
 def _server_token(args: argparse.Namespace) -> str | None:
@@ -216,15 +245,24 @@ def _server_token(args: argparse.Namespace) -> str | None:
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("vidpost").warning(
             "serving on %s without a token: anyone who reaches it can use it (set $%s to require one)",
-            args.host, args.token_env)
+            args.host,
+            args.token_env,
+        )
     return token
 
 
 def _add_server_args(parser: argparse.ArgumentParser, max_mb: float) -> None:
-    parser.add_argument("--max-request-mb", type=float, default=max_mb,
-                        help=f"larger requests are refused with 413 (default {max_mb:g})")
-    parser.add_argument("--token-env", default="VIDPOST_SERVER_TOKEN",
-                        help="environment variable holding a bearer token every request must carry (unset: none)")
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=max_mb,
+        help=f"larger requests are refused with 413 (default {max_mb:g})",
+    )
+    parser.add_argument(
+        "--token-env",
+        default="VIDPOST_SERVER_TOKEN",
+        help="environment variable holding a bearer token every request must carry (unset: none)",
+    )
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -270,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("pretrain", cmd_pretrain, "train a video diffusion model from scratch (flow matching)"),
         ("sft", cmd_sft, "fine-tune a video diffusion model on a captioned dataset (flow matching)"),
         ("grpo", cmd_grpo, "reinforce a video diffusion model on rewards (Flash-GRPO, or full / window GRPO)"),
-        ("distill", cmd_distill, "distil a model into a few-step, one-pass-per-step student (CFG and step distillation)"),
+        (
+            "distill",
+            cmd_distill,
+            "distil a model into a few-step, one-pass-per-step student (CFG and step distillation)",
+        ),
     ):
         recipe = commands.add_parser(name, help=text)
         _add_recipe_args(recipe)
@@ -284,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     sample = commands.add_parser("sample", help="generate one video per prompt into a dataset folder")
-    sample.add_argument("--model", required=True, help="model directory, run directory, or shapeworld-base / shapeworld-sft")
+    sample.add_argument(
+        "--model", required=True, help="model directory, run directory, or shapeworld-base / shapeworld-sft"
+    )
     sample.add_argument("--prompts", required=True, help="text file, one prompt per line ('-' reads stdin)")
     sample.add_argument("--out", required=True, help="dataset folder to write (metadata.jsonl, clips/, sample.json)")
     sample.add_argument("--steps", type=int, help="denoising steps (default: the model's recommendation)")
@@ -293,28 +337,50 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="video j starts from noise seeded seed + j")
     sample.add_argument("--batch-size", type=int, default=16, help="videos per batch")
     # precision.PRECISIONS, spelled out: importing it would import torch before --help
-    sample.add_argument("--precision", choices=["auto", "float32", "bf16"], default="float32",
-                        help="float32, bf16 autocast, or auto (bf16 where the hardware has it natively)")
-    sample.add_argument("--format", choices=["npy", "gif", "mp4"], default="npy", help="clip file format (npy is lossless)")
+    sample.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bf16"],
+        default="float32",
+        help="float32, bf16 autocast, or auto (bf16 where the hardware has it natively)",
+    )
+    sample.add_argument(
+        "--format", choices=["npy", "gif", "mp4"], default="npy", help="clip file format (npy is lossless)"
+    )
     sample.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    sample.add_argument("--cache", choices=["none", "first_block", "mag", "taylorseer", "pab"], default="none",
-                        help="feature cache that reuses work across steps (mag calibrates on one extra video)")
+    sample.add_argument(
+        "--cache",
+        choices=["none", "first_block", "mag", "taylorseer", "pab"],
+        default="none",
+        help="feature cache that reuses work across steps (mag calibrates on one extra video)",
+    )
     sample.add_argument("--cache-threshold", type=float, help="first_block (default 0.05) or mag (0.06) threshold")
     sample.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     sample.add_argument("--attention-backend", metavar="NAME", help="diffusers attention backend, e.g. flash, sage")
-    sample.add_argument("--acceleration", metavar="FILE", help="YAML with cache:, compile: and attention_backend: "
-                        "(every cache key, e.g. configs/shapeworld/acceleration.yaml), instead of the four flags above")
-    sample.add_argument("--enhancer", metavar="NAME_OR_DIR", help="rewrite each prompt first (see `vidpost enhance`); "
-                        "metadata keeps the prompt as caption and the rewrite as prompt_used")
+    sample.add_argument(
+        "--acceleration",
+        metavar="FILE",
+        help="YAML with cache:, compile: and attention_backend: "
+        "(every cache key, e.g. configs/shapeworld/acceleration.yaml), instead of the four flags above",
+    )
+    sample.add_argument(
+        "--enhancer",
+        metavar="NAME_OR_DIR",
+        help="rewrite each prompt first (see `vidpost enhance`); "
+        "metadata keeps the prompt as caption and the rewrite as prompt_used",
+    )
     sample.set_defaults(func=cmd_sample)
 
     enhance = commands.add_parser("enhance", help="prompt enhancement: train, apply or serve a prompt rewriter")
     enhance_commands = enhance.add_subparsers(dest="enhance_command", required=True)
-    enhance_train = enhance_commands.add_parser("train", help="train an enhancer, the toy or a local chat LM (SFT, then GRPO on video rewards)")
+    enhance_train = enhance_commands.add_parser(
+        "train", help="train an enhancer, the toy or a local chat LM (SFT, then GRPO on video rewards)"
+    )
     _add_recipe_args(enhance_train)
     enhance_train.set_defaults(func=cmd_enhance_train)
-    enhancer_help = ("shapeworld-enhancer, a toy or transformers model directory, an enhance run, "
-                     "an enhancer YAML config or an http(s):// OpenAI-compatible endpoint")
+    enhancer_help = (
+        "shapeworld-enhancer, a toy or transformers model directory, an enhance run, "
+        "an enhancer YAML config or an http(s):// OpenAI-compatible endpoint"
+    )
     enhance_apply = enhance_commands.add_parser("apply", help="rewrite the prompts on stdin, one per line, in order")
     enhance_apply.add_argument("--enhancer", required=True, metavar="NAME_OR_DIR", help=enhancer_help)
     enhance_apply.add_argument("overrides", nargs="*", metavar="key=value", help="enhancer config overrides")

@@ -30,9 +30,7 @@ class Config(pydantic.BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         for name, field in cls.model_fields.items():
             if not field.description or "\n" in field.description.strip():
-                raise TypeError(
-                    f"{cls.__name__}.{name} needs a one-line description: use Field(..., description=...)"
-                )
+                raise TypeError(f"{cls.__name__}.{name} needs a one-line description: use Field(..., description=...)")
 
 
 C = TypeVar("C", bound=Config)
@@ -95,9 +93,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw_value)
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError(
-            f"bad override '{text}': invalid YAML value: {_one_line(str(exc.problem))}"
-        ) from exc
+        raise ConfigError(f"bad override '{text}': invalid YAML value: {_one_line(str(exc.problem))}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"bad override '{text}': invalid YAML value: {_one_line(str(exc))}") from exc
     return parts, value
@@ -192,9 +188,7 @@ def _describe_lines(schema: type[Config], prefix: str) -> list[str]:
         if section is not None:
             lines.extend(_describe_lines(section, f"{prefix}{name}."))
             continue
-        default = (
-            "(required)" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
-        )
+        default = "(required)" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
         lines.append(f"{prefix}{name}: {_type_name(field.annotation)} {default}  # {field.description}")
     return lines
 

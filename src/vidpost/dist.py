@@ -1,6 +1,7 @@
 """torch.distributed in one place: the process group, FSDP2 sharding, and the collectives the recipes need.
 
-    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # see docs/guide/training-and-sampling.md, "Training on several GPUs"
+    # see docs/guide/training-and-sampling.md, "Training on several GPUs"
+    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN
 
 `init_from_env` joins the process group torchrun describes (NCCL with one GPU per process, gloo on CPUs);
 `shard_model` applies FSDP2 (`fully_shard`) to each transformer block and then to the root, with gradients
@@ -268,7 +269,8 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip gradients to a global norm of `max_norm` over all ranks' shards; return the norm before clipping (a plain tensor)."""
+    """Clip gradients to a global norm of `max_norm` over all ranks' shards; return the norm before clipping (a
+    plain tensor)."""
     norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 

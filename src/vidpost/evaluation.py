@@ -20,8 +20,16 @@ log = logging.getLogger("vidpost")
 
 CAPTION_FREE_FAMILIES = ("video",)  # reward families that read only the frames
 
-DEFAULT_REWARDS = ("total", "instruction", "coherence", "quality", "success", "flicker", "dynamic_degree",
-                   "frame_consistency")
+DEFAULT_REWARDS = (
+    "total",
+    "instruction",
+    "coherence",
+    "quality",
+    "success",
+    "flicker",
+    "dynamic_degree",
+    "frame_consistency",
+)
 
 
 @dataclass
@@ -55,8 +63,9 @@ class FolderScore:
         }
 
 
-def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequence[str] = DEFAULT_REWARDS,
-                 progress: bool = True) -> FolderScore:
+def score_folder(
+    root: str | Path, caption_key: str = "caption", rewards: Sequence[str] = DEFAULT_REWARDS, progress: bool = True
+) -> FolderScore:
     """Score every readable clip; unreadable clips and unparsable captions are skipped and counted."""
     check_reward_names(rewards)
     reader = iter_clips(root, caption_key)
@@ -73,23 +82,35 @@ def score_folder(root: str | Path, caption_key: str = "caption", rewards: Sequen
             result.skipped.append({"file": clip.file, "reason": f"{err}{scored}"})
             if free:
                 scores = compute_rewards(free, to_float(clip.frames)[None], [clip.caption])
-                result.per_clip.append({"file": clip.file, "caption": clip.caption,
-                                        **{k: float(v[0]) for k, v in scores.items()}})
+                result.per_clip.append(
+                    {"file": clip.file, "caption": clip.caption, **{k: float(v[0]) for k, v in scores.items()}}
+                )
             continue
-        result.per_clip.append({"file": clip.file, "caption": clip.caption,
-                                **{k: float(v[0]) for k, v in scores.items()}})
+        result.per_clip.append(
+            {"file": clip.file, "caption": clip.caption, **{k: float(v[0]) for k, v in scores.items()}}
+        )
     bar.update(len(reader) - bar.n)
     bar.close()
     unparsable = len(result.skipped)
     result.skipped = [{"file": what, "reason": why} for what, why in reader.problems + reader.skipped] + result.skipped
     result.n = len(result.per_clip)
     if reader.n_read and unparsable == reader.n_read:
-        fields = sorted({k for r in reader.records for k, v in r.items()
-                         if isinstance(v, str) and k not in ("file", caption_key)})
-        hint = (" e.g. --caption-key canonical" if "canonical" in fields else
-                f" its string fields: {', '.join(fields)}" if fields else " it has none besides file")
-        log.warning("no caption in %s parsed as a ShapeWorld caption (web-style captions never do); score "
-                    "against another metadata field (--caption-key):%s", root, hint)
+        fields = sorted(
+            {k for r in reader.records for k, v in r.items() if isinstance(v, str) and k not in ("file", caption_key)}
+        )
+        hint = (
+            " e.g. --caption-key canonical"
+            if "canonical" in fields
+            else f" its string fields: {', '.join(fields)}"
+            if fields
+            else " it has none besides file"
+        )
+        log.warning(
+            "no caption in %s parsed as a ShapeWorld caption (web-style captions never do); score "
+            "against another metadata field (--caption-key):%s",
+            root,
+            hint,
+        )
     return result
 
 

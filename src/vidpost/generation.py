@@ -77,8 +77,9 @@ def generate(
 
     def denoise(batch: list[str], first_seed: int, acc: Acceleration) -> tuple[torch.Tensor, int]:
         acc.new_run()  # a cache's features and step counters belong to one pass over the grid
-        velocity = GuidedVelocity(model, model.encode_prompts(batch), uncond, sampling.guidance,
-                                  contexts=acc.context, batch_cfg=acc.batch_cfg)
+        velocity = GuidedVelocity(
+            model, model.encode_prompts(batch), uncond, sampling.guidance, contexts=acc.context, batch_cfg=acc.batch_cfg
+        )
         noise = initial_noise(shape, range(first_seed, first_seed + len(batch)), model.device)
         with autocast(precision, model.device):
             return solve_ode(velocity, noise, sampling.steps, sampling.shift, sampling.scheduler), velocity.nfe

@@ -51,8 +51,11 @@ class JSONHandler(BaseHTTPRequestHandler):
         if length is None or not length.strip().isdigit():
             raise RequestError(400, f"Content-Length must be a whole number of bytes, got {length!r}")
         if int(length) > self.max_body:
-            raise RequestError(413, f"the request has {int(length)} bytes; this server takes at most {self.max_body} bytes "
-                                    "(send fewer videos per request)")
+            raise RequestError(
+                413,
+                f"the request has {int(length)} bytes; this server takes at most {self.max_body} bytes "
+                "(send fewer videos per request)",
+            )
         try:
             return json.loads(self.rfile.read(int(length)))
         except ValueError as err:
@@ -62,8 +65,9 @@ class JSONHandler(BaseHTTPRequestHandler):
         try:
             super().handle()
         except (ConnectionError, TimeoutError) as err:  # the client hung up or went quiet: not the server's fault
-            logging.getLogger("vidpost").warning("%s: connection closed (%s)", self.client_address[0],
-                                                 type(err).__name__)
+            logging.getLogger("vidpost").warning(
+                "%s: connection closed (%s)", self.client_address[0], type(err).__name__
+            )
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # send_json logs one line per request, with what was done

@@ -1,7 +1,7 @@
 """Numeric precision of sampling and training: float32, bf16 autocast, or `auto` (bf16 where it is native).
 
-    with autocast(cfg.precision, model.device):
-        velocity = model(...)
+with autocast(cfg.precision, model.device):
+    velocity = model(...)
 """
 
 from __future__ import annotations

@@ -67,8 +67,12 @@ def sample_to_folder(
 
         rewriter = load_enhancer(enhancer)
         used = rewriter.rewrite(prompts)
-        enhanced = {"ref": enhancer, "config": rewriter.cfg.model_dump(mode="json"),
-                    "summary": rewriter.counts.summary(), **rewriter.counts.as_metrics(prefix="")}
+        enhanced = {
+            "ref": enhancer,
+            "config": rewriter.cfg.model_dump(mode="json"),
+            "summary": rewriter.counts.summary(),
+            **rewriter.counts.as_metrics(prefix=""),
+        }
         del rewriter
     model = load_model(model_ref)
     sampling = SamplingConfig.model_validate({**recommended_sampling(model).model_dump(), **(sampling_overrides or {})})
@@ -76,8 +80,17 @@ def sample_to_folder(
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
     tick = time.perf_counter()
-    generated = generate(model, used, sampling, video, seed=seed, batch_size=batch_size, precision=precision,
-                         progress=progress, acceleration=acceleration)
+    generated = generate(
+        model,
+        used,
+        sampling,
+        video,
+        seed=seed,
+        batch_size=batch_size,
+        precision=precision,
+        progress=progress,
+        acceleration=acceleration,
+    )
     seconds = time.perf_counter() - tick
     out = Path(out)
     with DatasetWriter(out, overwrite=overwrite) as writer:

@@ -155,4 +155,5 @@ def test_files_outside_the_dataset_folder_are_never_read(tmp_path: Path) -> None
     reader = iter_clips(root)
     assert [c.file for c in reader] == ["clips/000000.npy", "clips/../clips/000000.npy"]  # inside, however written
     assert [reason for _, reason in reader.problems] == [
-        f"file {f!r} is outside the dataset folder" for f in ("../secret.npy", str(outside), "clips/link.npy")]
+        f"file {f!r} is outside the dataset folder" for f in ("../secret.npy", str(outside), "clips/link.npy")
+    ]

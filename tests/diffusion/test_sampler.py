@@ -26,12 +26,26 @@ def _noise(batch, seed=0):
 @pytest.mark.parametrize("steps,shift", [(4, 1.0), (6, 3.0)])
 def test_ode_path_reproduces_stock_wan_pipeline(model, guidance, steps, shift):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
-    pipe = WanPipeline(tokenizer=model.tokenizer, text_encoder=model.text_encoder, vae=None,
-                       scheduler=scheduler, transformer=model.transformer)
+    pipe = WanPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=None,
+        scheduler=scheduler,
+        transformer=model.transformer,
+    )
     noise = _noise(len(PROMPTS))
-    expected = pipe(prompt=PROMPTS, negative_prompt="", height=16, width=16, num_frames=9,
-                    num_inference_steps=steps, guidance_scale=guidance, latents=noise.clone(),
-                    max_sequence_length=model.max_sequence_length, output_type="latent").frames
+    expected = pipe(
+        prompt=PROMPTS,
+        negative_prompt="",
+        height=16,
+        width=16,
+        num_frames=9,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=noise.clone(),
+        max_sequence_length=model.max_sequence_length,
+        output_type="latent",
+    ).frames
 
     velocity = GuidedVelocity(model, model.encode_prompts(PROMPTS), model.encode_prompts([""]), guidance)
     with torch.no_grad():
@@ -43,12 +57,26 @@ def test_ode_path_reproduces_stock_wan_pipeline(model, guidance, steps, shift):
 
 @pytest.mark.parametrize("scheduler,steps,shift", [("unipc", 5, 3.0), ("unipc", 8, 5.0), ("flow_match_euler", 6, 3.0)])
 def test_solve_ode_reproduces_stock_wan_pipeline_with_its_scheduler(model, scheduler, steps, shift):
-    pipe = WanPipeline(tokenizer=model.tokenizer, text_encoder=model.text_encoder, vae=None,
-                       scheduler=make_scheduler(scheduler, shift), transformer=model.transformer)
+    pipe = WanPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=None,
+        scheduler=make_scheduler(scheduler, shift),
+        transformer=model.transformer,
+    )
     noise = _noise(len(PROMPTS), seed=3)
-    expected = pipe(prompt=PROMPTS, negative_prompt="", height=16, width=16, num_frames=9,
-                    num_inference_steps=steps, guidance_scale=3.0, latents=noise.clone(),
-                    max_sequence_length=model.max_sequence_length, output_type="latent").frames
+    expected = pipe(
+        prompt=PROMPTS,
+        negative_prompt="",
+        height=16,
+        width=16,
+        num_frames=9,
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        latents=noise.clone(),
+        max_sequence_length=model.max_sequence_length,
+        output_type="latent",
+    ).frames
     velocity = GuidedVelocity(model, model.encode_prompts(PROMPTS), model.encode_prompts([""]), 3.0)
     with torch.no_grad():
         final = solve_ode(velocity, noise, steps, shift, scheduler)
@@ -112,8 +140,14 @@ def test_recomputed_log_prob_equals_the_recorded_one(model):
     g = noise_levels(sigmas, "flow_grpo")
     embeds = model.encode_prompts(PROMPTS)
     with torch.no_grad():
-        out = run_steps(GuidedVelocity(model, embeds), _noise(2), sigmas, sde=torch.ones(steps, dtype=torch.bool),
-                        g=g, generator=torch.Generator().manual_seed(0))
+        out = run_steps(
+            GuidedVelocity(model, embeds),
+            _noise(2),
+            sigmas,
+            sde=torch.ones(steps, dtype=torch.bool),
+            g=g,
+            generator=torch.Generator().manual_seed(0),
+        )
         for i in range(steps):
             v = model.velocity(out.states[i], sigmas[i].float().expand(2), embeds)
             mean, std = sde_mean_std(out.states[i], v, sigmas[i].item(), sigmas[i + 1].item(), g[i].item())
@@ -132,10 +166,23 @@ def test_branching_from_a_shared_prefix_equals_a_full_run(model):
     with torch.no_grad():
         prefix_velocity, suffix_velocity = GuidedVelocity(model, embeds), GuidedVelocity(model, branch(embeds, group))
         prefix = run_steps(prefix_velocity, noise, sigmas, stop=k)
-        suffix = run_steps(suffix_velocity, branch(prefix.final, group), sigmas,
-                           sde=flags, g=g, generator=torch.Generator().manual_seed(3), start=k)
-        full = run_steps(GuidedVelocity(model, branch(embeds, group)), branch(noise, group), sigmas,
-                         sde=flags, g=g, generator=torch.Generator().manual_seed(3))
+        suffix = run_steps(
+            suffix_velocity,
+            branch(prefix.final, group),
+            sigmas,
+            sde=flags,
+            g=g,
+            generator=torch.Generator().manual_seed(3),
+            start=k,
+        )
+        full = run_steps(
+            GuidedVelocity(model, branch(embeds, group)),
+            branch(noise, group),
+            sigmas,
+            sde=flags,
+            g=g,
+            generator=torch.Generator().manual_seed(3),
+        )
     assert prefix_velocity.nfe == k and suffix_velocity.nfe == steps - k  # the prefix runs once per group
     torch.testing.assert_close(suffix.final, full.final, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(suffix.log_probs, full.log_probs)
@@ -175,6 +222,15 @@ def test_per_row_generators_give_a_row_the_same_noise_in_any_batch(model):
     embeds, noise = model.encode_prompts(PROMPTS), _noise(2)
     with torch.no_grad():
         both = run_steps(GuidedVelocity(model, embeds), noise, sigmas, sde=flags, g=g, generator=generators())
-        alone = [run_steps(GuidedVelocity(model, embeds[r : r + 1]), noise[r : r + 1], sigmas, sde=flags[r : r + 1],
-                           g=g, generator=generators()[r : r + 1]) for r in range(2)]
+        alone = [
+            run_steps(
+                GuidedVelocity(model, embeds[r : r + 1]),
+                noise[r : r + 1],
+                sigmas,
+                sde=flags[r : r + 1],
+                g=g,
+                generator=generators()[r : r + 1],
+            )
+            for r in range(2)
+        ]
     torch.testing.assert_close(both.final, torch.cat([a.final for a in alone]), rtol=1e-5, atol=1e-6)

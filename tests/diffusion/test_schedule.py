@@ -53,9 +53,7 @@ def test_sampling_sigmas_match_diffusers_and_formula(name, n, shift):
         sched = FlowMatchEulerDiscreteScheduler(shift=shift)
         ref = _euler_reference(n, shift)
     else:
-        sched = UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
-        )
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
         ref = _unipc_reference(n, shift)
     sched.set_timesteps(n)
     torch.testing.assert_close(sig, sched.sigmas.double(), rtol=0, atol=0)
@@ -143,9 +141,7 @@ def test_training_draws_are_shifted(mode):
 
 
 def test_shifted_logit_normal_median():
-    sig = sample_training_sigmas(
-        100_000, "logit_normal", shift=3.0, generator=torch.Generator().manual_seed(4)
-    )
+    sig = sample_training_sigmas(100_000, "logit_normal", shift=3.0, generator=torch.Generator().manual_seed(4))
     assert abs(sig.median().item() - 0.75) < 0.01  # median of sigmoid(N(0, 1)) is 0.5 -> shift(0.5) = 0.75
 
 

@@ -77,9 +77,7 @@ def test_mean_std_match_float64_reference(sigma, sigma_next, g):
     assert mean.dtype == torch.float64
     np.testing.assert_allclose(mean.numpy(), ref_mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(std.numpy(), ref_std, rtol=1e-12)
-    mean32, std32 = sde_mean_std(
-        torch.from_numpy(x).float(), torch.from_numpy(v).float(), sigma, sigma_next, g
-    )
+    mean32, std32 = sde_mean_std(torch.from_numpy(x).float(), torch.from_numpy(v).float(), sigma, sigma_next, g)
     assert mean32.dtype == torch.float32 and std32.dtype == torch.float32
     np.testing.assert_allclose(mean32.numpy(), ref_mean, rtol=1e-5, atol=1e-5)
 
@@ -93,9 +91,7 @@ def test_per_sample_sigmas_equal_scalar_calls():
     mean, std = sde_mean_std(x, v, sigma, sigma_next, noise_g)
     assert std.shape == (4, 1, 1, 1)
     for b in range(4):
-        m, s = sde_mean_std(
-            x[b : b + 1], v[b : b + 1], sigma[b].item(), sigma_next[b].item(), noise_g[b].item()
-        )
+        m, s = sde_mean_std(x[b : b + 1], v[b : b + 1], sigma[b].item(), sigma_next[b].item(), noise_g[b].item())
         torch.testing.assert_close(mean[b : b + 1], m, rtol=0, atol=0)
         torch.testing.assert_close(std[b].flatten(), s.flatten(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="batch has 4"):
@@ -157,9 +153,7 @@ def test_empirical_moments_of_many_draws():
     v = torch.tensor([-0.5, 0.2]).view(2, 1).expand(2, n).contiguous()
     x_next, _ = sde_step(x, v, sigma, sigma_next, g, generator=torch.Generator().manual_seed(5))
     for b in range(2):
-        mu, s = _np_mean_std(
-            x[b, 0].item(), v[b, 0].item(), sigma[b].item(), sigma_next[b].item(), g[b].item()
-        )
+        mu, s = _np_mean_std(x[b, 0].item(), v[b, 0].item(), sigma[b].item(), sigma_next[b].item(), g[b].item())
         row = x_next[b].double()
         assert abs(row.mean().item() - mu) < 5 * s / n**0.5
         assert abs(row.std().item() - s) < 5 * s / (2 * n) ** 0.5
@@ -179,15 +173,11 @@ def test_kl_closed_form_monte_carlo_and_torch():
     xi = torch.randn(m, b, d, generator=gen, dtype=torch.float64)
     x = (mean_a + std.view(-1, 1) * xi).reshape(m * b, d)
     rep = lambda t: t.expand(m, *t.shape).reshape(m * b, *t.shape[1:])  # noqa: E731
-    diff = (
-        transition_log_prob(x, rep(mean_a), rep(std)) - transition_log_prob(x, rep(mean_b), rep(std))
-    ).view(m, b)
+    diff = (transition_log_prob(x, rep(mean_a), rep(std)) - transition_log_prob(x, rep(mean_b), rep(std))).view(m, b)
     se = diff.std(dim=0) / m**0.5
     assert bool(((diff.mean(dim=0) - kl).abs() < 5 * se).all())
     # at x = μ_a exactly the log-prob difference is the KL
-    torch.testing.assert_close(
-        transition_log_prob(mean_a, mean_a, std) - transition_log_prob(mean_a, mean_b, std), kl
-    )
+    torch.testing.assert_close(transition_log_prob(mean_a, mean_a, std) - transition_log_prob(mean_a, mean_b, std), kl)
 
 
 # ---- noise schedules and the gradient scale ----
@@ -216,9 +206,7 @@ def test_flash_and_dance_noise_levels():
     torch.testing.assert_close(noise_levels(sig, "flash"), sig[1] * sig[:-1])  # σ_min = σ_N = 0
     torch.testing.assert_close(noise_levels(sig, "flash", sigma_max=0.5, sigma_min=0.1), 0.1 + 0.4 * sig[:-1])
     torch.testing.assert_close(noise_levels(sig, "dance"), torch.full((20,), 0.3, dtype=torch.float64))
-    torch.testing.assert_close(
-        noise_levels(sig, "dance", eta=0.25), torch.full((20,), 0.25, dtype=torch.float64)
-    )
+    torch.testing.assert_close(noise_levels(sig, "dance", eta=0.25), torch.full((20,), 0.25, dtype=torch.float64))
 
 
 def test_noise_level_errors():
@@ -320,7 +308,9 @@ def _np_cps_mean_std(x, v, sigma, sigma_next, eta):
     return x0_hat * (1 - sigma_next) + eps_hat * math.sqrt(sigma_next**2 - std**2), std
 
 
-@pytest.mark.parametrize("sigma, sigma_next, eta", [(1.0, 0.98, 0.8), (0.75, 0.6, 0.3), (0.3, 0.25, 0.95), (0.5, 0.2, 0.0)])
+@pytest.mark.parametrize(
+    "sigma, sigma_next, eta", [(1.0, 0.98, 0.8), (0.75, 0.6, 0.3), (0.3, 0.25, 0.95), (0.5, 0.2, 0.0)]
+)
 def test_cps_mean_std_match_float64_reference(sigma, sigma_next, eta):
     rng = np.random.default_rng(10)
     x, v = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))

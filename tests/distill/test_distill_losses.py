@@ -42,7 +42,8 @@ def test_targets_of_a_hand_worked_euler_path():
     x0 = torch.ones(1, 1)
     states, targets = teacher_targets(velocity, x0, [1.0, 0.5, 0.0], [1.0, 0.0])
     assert states.flatten().tolist() == [1.0] and targets.flatten().tolist() == [0.75]  # (.25 − 1) / (0 − 1)
-    # student [1, .25, 0]: x(.25) = x_1 + (.25 − .5)·v_1 = .375; ū_0 = (.375 − 1)/(.25 − 1) = 5/6, ū_1 = (.25 − .375)/(−.25)
+    # student [1, .25, 0]: x(.25) = x_1 + (.25 − .5)·v_1 = .375; ū_0 = (.375 − 1)/(.25 − 1) = 5/6,
+    # ū_1 = (.25 − .375)/(−.25)
     states, targets = teacher_targets(velocity, x0, [1.0, 0.5, 0.0], [1.0, 0.25, 0.0])
     torch.testing.assert_close(states.flatten(), torch.tensor([1.0, 0.375]))
     torch.testing.assert_close(targets.flatten(), torch.tensor([5 / 6, 0.5]))

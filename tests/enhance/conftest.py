@@ -1,5 +1,6 @@
 """A tiny Hugging Face chat LM to train as an enhancer: a random 2-layer Qwen2 with a real byte-level BPE tokenizer
-trained offline on ShapeWorld sentences and a ChatML chat template (as Qwen's), and the tiny video model its rewrites are made into."""
+trained offline on ShapeWorld sentences and a ChatML chat template (as Qwen's), and the tiny video model its
+rewrites are made into."""
 
 import pytest
 import torch
@@ -22,17 +23,35 @@ def build_chat_lm(directory, sentences: list[str], seed: int = 0):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(sentences, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        additional_special_tokens=["<|im_start|>"], model_max_length=512)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=512,
+    )
     tokenizer.chat_template = CHATML
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     Qwen2ForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -50,6 +69,13 @@ def video_model(tmp_path_factory):
     """A tiny random video model with a card (2 steps, 3 frames of 16x16): what enhanced prompts are made into."""
     directory = tmp_path_factory.mktemp("video_model")
     WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
-    write_card(directory, {"codec": "pixel", "max_sequence_length": 64, "video": {"frames": 3, "height": 16, "width": 16},
-                           "sampling": {"steps": 2, "shift": 2.0, "guidance": 1.0}})
+    write_card(
+        directory,
+        {
+            "codec": "pixel",
+            "max_sequence_length": 64,
+            "video": {"frames": 3, "height": 16, "width": 16},
+            "sampling": {"steps": 2, "shift": 2.0, "guidance": 1.0},
+        },
+    )
     return directory

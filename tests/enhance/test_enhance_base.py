@@ -28,18 +28,21 @@ class Scripted(Enhancer):
         return self.texts[: len(prompts)]
 
 
-@pytest.mark.parametrize("rewrite, shapeworld, reason", [
-    (None, False, "failed"),
-    ("", False, "empty"),
-    (" \n\t ", False, "empty"),
-    ("word " * 13, False, "too_long"),
-    ("word " * 12, False, None),
-    ("A red circle.", True, "unparsable"),
-    ("a red circle and a red square", True, "unparsable"),  # two red objects: parses word by word, but no scene
-    (CAPTION, True, None),
-    (f"  {CAPTION}\n", True, None),  # whitespace is normalised before the grammar sees it
-    ("anything at all", False, None),
-])
+@pytest.mark.parametrize(
+    "rewrite, shapeworld, reason",
+    [
+        (None, False, "failed"),
+        ("", False, "empty"),
+        (" \n\t ", False, "empty"),
+        ("word " * 13, False, "too_long"),
+        ("word " * 12, False, None),
+        ("A red circle.", True, "unparsable"),
+        ("a red circle and a red square", True, "unparsable"),  # two red objects: parses word by word, but no scene
+        (CAPTION, True, None),
+        (f"  {CAPTION}\n", True, None),  # whitespace is normalised before the grammar sees it
+        ("anything at all", False, None),
+    ],
+)
 def test_check_rewrite(rewrite, shapeworld, reason):
     assert check_rewrite(rewrite, max_words=12, shapeworld=shapeworld) == reason
 
@@ -56,9 +59,16 @@ def test_rewrite_falls_back_per_prompt_counts_why_and_keeps_order(caplog):
     enhancer.texts = [CAPTION]
     assert enhancer.rewrite(["again"]) == [CAPTION] and enhancer.counts.prompts == 6  # counts accumulate
     assert enhancer.counts.as_metrics() == {
-        "enhance/prompts": 6, "enhance/rewritten": 2, "enhance/fallbacks": 4, "enhance/fallback_failed": 1,
-        "enhance/fallback_empty": 1, "enhance/fallback_too_long": 1, "enhance/fallback_unparsable": 1,
-        "enhance/fallback_unsure": 0, "enhance/fallback_contradicts": 0}
+        "enhance/prompts": 6,
+        "enhance/rewritten": 2,
+        "enhance/fallbacks": 4,
+        "enhance/fallback_failed": 1,
+        "enhance/fallback_empty": 1,
+        "enhance/fallback_too_long": 1,
+        "enhance/fallback_unparsable": 1,
+        "enhance/fallback_unsure": 0,
+        "enhance/fallback_contradicts": 0,
+    }
     assert enhancer.rewrite([]) == []
 
 
@@ -72,14 +82,17 @@ def test_a_backend_returning_the_wrong_number_of_rewrites_is_a_bug():
         Scripted(["one"]).rewrite(["a", "b"])
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"backend": "toy"}, "needs path"),
-    ({"backend": "hf", "path": "x", "openai": {"base_url": "http://h/v1"}}, "takes no openai section"),
-    ({"backend": "openai"}, "needs an openai section"),
-    ({"backend": "openai", "path": "x", "openai": {"base_url": "http://h/v1"}}, "no path"),
-    ({"backend": "openai", "openai": {"base_url": "h:8000/v1"}}, "must start with http"),
-    ({"backend": "gpt"}, "backend"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"backend": "toy"}, "needs path"),
+        ({"backend": "hf", "path": "x", "openai": {"base_url": "http://h/v1"}}, "takes no openai section"),
+        ({"backend": "openai"}, "needs an openai section"),
+        ({"backend": "openai", "path": "x", "openai": {"base_url": "http://h/v1"}}, "no path"),
+        ({"backend": "openai", "openai": {"base_url": "h:8000/v1"}}, "must start with http"),
+        ({"backend": "gpt"}, "backend"),
+    ],
+)
 def test_config_rules(data, message):
     with pytest.raises(ValueError, match=message):
         EnhancerConfig.model_validate(data)

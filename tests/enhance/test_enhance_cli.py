@@ -39,7 +39,9 @@ def test_apply_reports_bad_references_and_overrides_in_one_line(monkeypatch, cap
 def test_serve_then_apply_through_the_endpoint(monkeypatch, capsys, parrot_toy, parrot_caption):
     server = subprocess.Popen(
         [sys.executable, "-m", "vidpost.cli", "enhance", "serve", "--enhancer", str(parrot_toy), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         first = server.stdout.readline()  # printed once the socket listens: the readiness signal
@@ -52,13 +54,28 @@ def test_serve_then_apply_through_the_endpoint(monkeypatch, capsys, parrot_toy, 
     assert "stopped" in server.stdout.read()
 
 
-def test_sample_keeps_the_prompt_as_caption_and_the_rewrite_as_prompt_used(video_model, parrot_toy, parrot_caption,
-                                                                           tmp_path, capsys):
+def test_sample_keeps_the_prompt_as_caption_and_the_rewrite_as_prompt_used(
+    video_model, parrot_toy, parrot_caption, tmp_path, capsys
+):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("red ball going left\nblue box\n")
     out = tmp_path / "out"
-    assert main(["sample", "--model", str(video_model), "--prompts", str(prompts), "--out", str(out),
-                 "--enhancer", str(parrot_toy)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(video_model),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(out),
+                "--enhancer",
+                str(parrot_toy),
+            ]
+        )
+        == 0
+    )
     assert "2 prompts rewritten" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["caption"] for r in records] == ["red ball going left", "blue box"]
@@ -74,8 +91,19 @@ def test_sample_keeps_the_prompt_as_caption_and_the_rewrite_as_prompt_used(video
 
 def test_enhance_train_runs_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["enhance", "train", str(CONFIG), "--out", str(out), "sft.steps=2", "grpo.steps=0",
-            "sft.batch_size=4", "data.eval_n=2", "max_new_tokens=4", "log_every_steps=1"]
+    args = [
+        "enhance",
+        "train",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "sft.steps=2",
+        "grpo.steps=0",
+        "sft.batch_size=4",
+        "data.eval_n=2",
+        "max_new_tokens=4",
+        "log_every_steps=1",
+    ]
     assert main(args) == 0
     assert f"final model: {out / 'sft'}" in capsys.readouterr().out
     assert (out / "sft" / "enhancer.json").is_file()

@@ -31,24 +31,46 @@ from vidpost.runlog import read_metrics
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
 CONFIG = CONFIGS / "enhance_hf.yaml"
 SYSTEM_PROMPT = "Rewrite the prompt as one exact caption."  # in the fixture's BPE corpus (conftest.py)
-SMALL = ["model.dtype=float32", "model.precision=float32", f"instruction.system_prompt='{SYSTEM_PROMPT}'",
-         "data.eval_n=4", "max_new_tokens=12", "log_every_steps=1", "checkpoint.every_steps=1"]
+SMALL = [
+    "model.dtype=float32",
+    "model.precision=float32",
+    f"instruction.system_prompt='{SYSTEM_PROMPT}'",
+    "data.eval_n=4",
+    "max_new_tokens=12",
+    "log_every_steps=1",
+    "checkpoint.every_steps=1",
+]
 
 
 def _pairs_file(tmp_path, n: int = 40):
     """A user's pairs file: ShapeWorld pairs, so the rewrites are used as written (no caption check)."""
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p, "rewrite": r}) + "\n" for p, r in map(lambda i: training_pair(5, i), range(n))))
+    path.write_text(
+        "".join(json.dumps({"prompt": p, "rewrite": r}) + "\n" for p, r in map(lambda i: training_pair(5, i), range(n)))
+    )
     return path
 
 
 def _grpo(chat_lm, video_model, pairs, *more):
     """SFT then GRPO on dense video metrics (rewrites differ, so do their videos and rewards: no tied groups)."""
-    return [f"model.path={chat_lm}", *SMALL, f"data.pairs_file={pairs}", "sft.steps=2", "sft.batch_size=4",
-            "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=3", "grpo.temperature=1.5",
-            f"grpo.video_model={video_model}", "grpo.val_videos=2", "grpo.precision=float32",
-            "grpo.reward_weights={frame_consistency: 1.0, flicker: 1.0}", "grpo.checkpoint_every_steps=1",
-            "grpo.optim.learning_rate=1e-2", *more]
+    return [
+        f"model.path={chat_lm}",
+        *SMALL,
+        f"data.pairs_file={pairs}",
+        "sft.steps=2",
+        "sft.batch_size=4",
+        "grpo.steps=2",
+        "grpo.prompts_per_step=2",
+        "grpo.group_size=3",
+        "grpo.temperature=1.5",
+        f"grpo.video_model={video_model}",
+        "grpo.val_videos=2",
+        "grpo.precision=float32",
+        "grpo.reward_weights={frame_consistency: 1.0, flicker: 1.0}",
+        "grpo.checkpoint_every_steps=1",
+        "grpo.optim.learning_rate=1e-2",
+        *more,
+    ]
 
 
 def _train(overrides, out, **kw):
@@ -60,19 +82,31 @@ def test_the_prompt_is_context_only_and_the_rewrite_ends_its_turn(chat_lm):
     fmt = ChatFormat(tokenizer, InstructionConfig(few_shot=False, system_prompt=SYSTEM_PROMPT), 64)
     prompt, target = fmt.prompt("red ball going left"), fmt.target("a large red circle moving left")
     assert tokenizer.decode(prompt).endswith("<|im_start|>user\nred ball going left<|im_end|>\n<|im_start|>assistant\n")
-    assert target[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>") and fmt.decode(target) == "a large red circle moving left"
+    assert (
+        target[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+        and fmt.decode(target) == "a large red circle moving left"
+    )
     # the loss is the rewrite's tokens' alone: the NLL of the whole sequence's last len(target) predictions
     nll, tokens = pairs_nll(model, fmt, [("red ball going left", "a large red circle moving left")])
     ids = torch.tensor([prompt + target])
     logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
     assert tokens == len(target)
-    torch.testing.assert_close(nll, -logp[-len(target):].sum())
+    torch.testing.assert_close(nll, -logp[-len(target) :].sum())
     assert not torch.allclose(nll, -logp.sum())  # a loss over the prompt as well would differ
 
 
 def test_sft_lowers_the_loss(chat_lm, tmp_path):
-    overrides = [f"model.path={chat_lm}", *SMALL, "model.lora.enabled=false", "sft.steps=10", "sft.batch_size=8",
-                 "sft.eval_every_steps=10", "sft.optim.learning_rate=1e-2", "sft.optim.warmup_steps=0", "grpo.steps=0"]
+    overrides = [
+        f"model.path={chat_lm}",
+        *SMALL,
+        "model.lora.enabled=false",
+        "sft.steps=10",
+        "sft.batch_size=8",
+        "sft.eval_every_steps=10",
+        "sft.optim.learning_rate=1e-2",
+        "sft.optim.warmup_steps=0",
+        "grpo.steps=0",
+    ]
     assert _train(overrides, tmp_path) == tmp_path / "sft"
     losses = [m["sft/loss"] for m in read_metrics(tmp_path) if "sft/loss" in m]
     assert len(losses) == 10 and losses[-1] < losses[0] - 1.0
@@ -80,8 +114,15 @@ def test_sft_lowers_the_loss(chat_lm, tmp_path):
 
 
 def test_a_lora_run_saves_a_plain_transformers_folder_that_enhancer_applies(chat_lm, tmp_path, monkeypatch, capsys):
-    overrides = [f"model.path={chat_lm}", *SMALL, "sft.steps=3", "sft.batch_size=4", "sft.optim.learning_rate=1e-2",
-                 "grpo.steps=0", "model.lora.rank=4"]
+    overrides = [
+        f"model.path={chat_lm}",
+        *SMALL,
+        "sft.steps=3",
+        "sft.batch_size=4",
+        "sft.optim.learning_rate=1e-2",
+        "grpo.steps=0",
+        "model.lora.rank=4",
+    ]
     assert _train(overrides, tmp_path) == tmp_path / "sft"
     weights = load_file(tmp_path / "sft" / "model.safetensors")
     assert not [k for k in weights if "lora" in k]  # merged
@@ -125,7 +166,10 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(chat_lm, vi
     assert _train(overrides, tmp_path / "cut", stop_after=1) is None  # in SFT
     assert _train(overrides, tmp_path / "cut", stop_after=3) is None  # after GRPO step 1
     assert _train(overrides, tmp_path / "cut") == tmp_path / "cut" / "grpo"
-    whole, cut = load_file(tmp_path / "whole/grpo/model.safetensors"), load_file(tmp_path / "cut/grpo/model.safetensors")
+    whole, cut = (
+        load_file(tmp_path / "whole/grpo/model.safetensors"),
+        load_file(tmp_path / "cut/grpo/model.safetensors"),
+    )
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     sft = load_file(tmp_path / "whole/sft/model.safetensors")
     assert any(not torch.equal(sft[k], whole[k]) for k in whole)  # GRPO changed the weights
@@ -158,8 +202,16 @@ def _sft_step(rank, store, overrides, out, results):
 def test_an_sft_step_at_world_size_2_is_world_size_1(chat_lm, tmp_path, run_ranks):
     # full fine-tuning: every weight gets a gradient; clipping off, so Adam's moments show a gradient off by the
     # world size (its first update is nearly sign(g) and would hide it)
-    overrides = [f"model.path={chat_lm}", *SMALL, "model.lora.enabled=false", "sft.steps=2", "sft.batch_size=4",
-                 "sft.optim.learning_rate=1e-3", "sft.optim.grad_clip=1e6", "grpo.steps=0"]
+    overrides = [
+        f"model.path={chat_lm}",
+        *SMALL,
+        "model.lora.enabled=false",
+        "sft.steps=2",
+        "sft.batch_size=4",
+        "sft.optim.learning_rate=1e-3",
+        "sft.optim.grad_clip=1e6",
+        "grpo.steps=0",
+    ]
     _train(overrides, tmp_path / "one", stop_after=1)
     run_ranks(_sft_step, tmp_path / "store", overrides, tmp_path / "two")
     one, two = (tmp_path / run / "checkpoints/sft/step_000001" for run in ("one", "two"))

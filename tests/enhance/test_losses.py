@@ -37,8 +37,9 @@ def test_the_loss_on_a_hand_worked_example():
     loss.backward()
     # d loss / d log π = -A·ρ / (tokens of the rewrite · rewrites), and 0 for the clipped token and for padding:
     # descending it raises the log-probs of the positive-advantage rewrite and lowers the negative one's
-    expected = torch.tensor([[-1.0 / (2 * 2), 0.0, 0.0],
-                             [0.5 * math.exp(0.1) / (3 * 2), 0.5 / (3 * 2), 0.5 / (3 * 2)]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[-1.0 / (2 * 2), 0.0, 0.0], [0.5 * math.exp(0.1) / (3 * 2), 0.5 / (3 * 2), 0.5 / (3 * 2)]], dtype=torch.float64
+    )
     torch.testing.assert_close(logprobs.grad, expected)
 
 

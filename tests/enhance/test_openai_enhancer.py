@@ -48,10 +48,19 @@ def stub_server(content, release: threading.Event | None = None, code: int = 200
             seen.append({"body": body, "authorization": self.headers.get("Authorization")})
             if release is not None:
                 release.wait(10)
-            reply = {"error": {"message": "model crashed"}} if code != 200 else {
-                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}]}
+            reply = (
+                {"error": {"message": "model crashed"}}
+                if code != 200
+                else {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    ],
+                }
+            )
             data = json.dumps(reply).encode()
             try:
                 self.send_response(code)
@@ -123,12 +132,15 @@ def test_server_errors_are_retried_then_fall_back():
     assert len(seen) == 2
 
 
-@pytest.mark.parametrize("content, overrides, reason", [
-    ("", {}, "empty"),
-    (None, {}, "empty"),
-    ("word " * 300, {}, "too_long"),
-    ("A red ball, rolling.", {"shapeworld": True}, "unparsable"),
-])
+@pytest.mark.parametrize(
+    "content, overrides, reason",
+    [
+        ("", {}, "empty"),
+        (None, {}, "empty"),
+        ("word " * 300, {}, "too_long"),
+        ("A red ball, rolling.", {"shapeworld": True}, "unparsable"),
+    ],
+)
 def test_bad_replies_fall_back(content, overrides, reason):
     server, _ = stub_server(content)
     with running(server) as url:
@@ -141,8 +153,11 @@ def test_bad_replies_fall_back(content, overrides, reason):
 def test_requests_carry_the_instruction_and_decoding_settings():
     server, seen = stub_server("a red circle moving left")
     with running(server) as url:
-        cfg = EnhancerConfig(backend="openai", openai={"base_url": url, "model": "qwen"},
-                             generation={"max_new_tokens": 77, "temperature": 0.5, "seed": 9})
+        cfg = EnhancerConfig(
+            backend="openai",
+            openai={"base_url": url, "model": "qwen"},
+            generation={"max_new_tokens": 77, "temperature": 0.5, "seed": 9},
+        )
         assert OpenAIEnhancer(cfg, "stub").rewrite(["red ball"]) == ["a red circle moving left"]
     body = seen[0]["body"]
     assert body["model"] == "qwen" and body["max_tokens"] == 77 and body["temperature"] == 0.5 and body["seed"] == 9
@@ -154,13 +169,18 @@ def test_the_api_key_is_sent_but_never_saved_or_logged(monkeypatch, caplog, tmp_
     monkeypatch.setenv("OPENAI_API_KEY", "sk-the-wrong-one")
     server, seen = stub_server("a red circle")
     with caplog.at_level(logging.DEBUG), running(server) as url:  # every logger, openai's and httpx's included
-        cfg = EnhancerConfig(backend="openai", openai={"base_url": url, "model": "m", "api_key_env": "VIDPOST_TEST_KEY"})
+        cfg = EnhancerConfig(
+            backend="openai", openai={"base_url": url, "model": "m", "api_key_env": "VIDPOST_TEST_KEY"}
+        )
         enhancer = OpenAIEnhancer(cfg, "stub")
         enhancer.rewrite(["red ball"])
         logging.getLogger("vidpost").info("config %s, enhancer %r", cfg, vars(enhancer).get("cfg"))
     assert seen[0]["authorization"] == f"Bearer {SECRET}"
     save_config(cfg, tmp_path / "config.yaml")
-    assert SECRET not in (tmp_path / "config.yaml").read_text() and "VIDPOST_TEST_KEY" in (tmp_path / "config.yaml").read_text()
+    assert (
+        SECRET not in (tmp_path / "config.yaml").read_text()
+        and "VIDPOST_TEST_KEY" in (tmp_path / "config.yaml").read_text()
+    )
     assert SECRET not in caplog.text and SECRET not in repr(cfg) and SECRET not in json.dumps(cfg.model_dump())
     assert all(SECRET not in repr(v) for k, v in vars(enhancer).items() if k != "_client")
 
@@ -179,8 +199,9 @@ def test_only_the_named_variable_is_read_for_the_key(monkeypatch):
 
 def post(url: str, body: object, raw: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    request = urllib.request.Request(f"{url}/chat/completions", data=raw or json.dumps(body).encode(), method="POST",
-                                     headers=headers)
+    request = urllib.request.Request(
+        f"{url}/chat/completions", data=raw or json.dumps(body).encode(), method="POST", headers=headers
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.loads(reply.read())
@@ -193,8 +214,15 @@ def test_server_endpoints_and_errors(parrot, parrot_caption):
         with urllib.request.urlopen(f"{url}/models", timeout=30) as reply:
             models = json.loads(reply.read())
         assert models["object"] == "list" and [m["id"] for m in models["data"]] == [parrot.name]
-        code, reply = post(url, {"messages": [{"role": "system", "content": "be a pirate"},
-                                              {"role": "user", "content": [{"type": "text", "text": "red ball"}]}]})
+        code, reply = post(
+            url,
+            {
+                "messages": [
+                    {"role": "system", "content": "be a pirate"},
+                    {"role": "user", "content": [{"type": "text", "text": "red ball"}]},
+                ]
+            },
+        )
         assert code == 200 and reply["choices"][0]["message"] == {"role": "assistant", "content": parrot_caption}
         for body, status, message in [
             ({"messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "streaming is not supported"),
@@ -216,8 +244,12 @@ def test_server_endpoints_and_errors(parrot, parrot_caption):
 def test_serve_signals_readiness_and_stops_on_shutdown(parrot, parrot_caption, capsys):
     ready = threading.Event()
     servers: list[ThreadingHTTPServer] = []
-    thread = threading.Thread(target=serve, args=(parrot, "127.0.0.1", 0),
-                              kwargs={"on_ready": lambda s: (servers.append(s), ready.set())}, daemon=True)
+    thread = threading.Thread(
+        target=serve,
+        args=(parrot, "127.0.0.1", 0),
+        kwargs={"on_ready": lambda s: (servers.append(s), ready.set())},
+        daemon=True,
+    )
     thread.start()
     assert ready.wait(30)
     url = f"http://127.0.0.1:{servers[0].server_port}/v1"
@@ -234,14 +266,18 @@ def test_a_bare_plain_http_url_to_another_host_gets_no_api_key(monkeypatch):
     monkeypatch.setenv("VIDPOST_TEST_KEY", SECRET)
     server, seen = stub_server("a red circle")
     with running(server) as url:
-        cfg = EnhancerConfig(backend="openai", openai={"base_url": url, "model": "m", "api_key_env": "VIDPOST_TEST_KEY",
-                                                       "send_api_key": False})
+        cfg = EnhancerConfig(
+            backend="openai",
+            openai={"base_url": url, "model": "m", "api_key_env": "VIDPOST_TEST_KEY", "send_api_key": False},
+        )
         OpenAIEnhancer(cfg, "stub").rewrite(["red ball"])
     assert seen[0]["authorization"] == "Bearer EMPTY"
 
 
 def test_the_enhancer_server_refuses_requests_without_its_token_and_oversized_ones(parrot_toy, monkeypatch):
-    with running(make_server(load_enhancer(str(parrot_toy)), "127.0.0.1", 0, max_request_mb=0.001, token="s3cret")) as url:
+    with running(
+        make_server(load_enhancer(str(parrot_toy)), "127.0.0.1", 0, max_request_mb=0.001, token="s3cret")
+    ) as url:
         code, reply = post(url, {"messages": [{"role": "user", "content": "red ball"}]})
         assert code == 401 and reply["error"]["type"] == "authentication_error"
         monkeypatch.setenv("VIDPOST_TEST_KEY", "s3cret")

@@ -108,8 +108,9 @@ def test_decoding_log_probs_equal_teacher_forced_ones(random_toy, temperature):
     model, tokenizer = load_toy(random_toy)
     prompts = ["red ball going left", "a big yellow block", "pink disc and teal wedge on white"]
     rollout = sample(model, tokenizer, prompts, 10, temperature, generator=torch.Generator().manual_seed(0))
-    logp, mask = completion_logprobs(model, rollout.prompt_ids, rollout.completion_ids, tokenizer.pad_token_id,
-                                     temperature=temperature or 1.0)
+    logp, mask = completion_logprobs(
+        model, rollout.prompt_ids, rollout.completion_ids, tokenizer.pad_token_id, temperature=temperature or 1.0
+    )
     for i, tokens in enumerate(rollout.completion_ids):
         assert int(mask[i].sum()) == len(tokens)
         torch.testing.assert_close(logp[i, : len(tokens)], rollout.logprobs[i], atol=1e-5, rtol=0)

@@ -31,13 +31,17 @@ VIDEO = VideoConfig(frames=3, height=16, width=16)
 RATIOS = [1.0] * STEPS  # a flat MagCache schedule: skips as soon as retention allows
 CACHES = {  # ours, and the same diffusers config for stock WanPipeline (None: built in the test)
     "first_block": ({"name": "first_block", "threshold": 0.3}, FirstBlockCacheConfig(threshold=0.3)),
-    "mag": ({"name": "mag", "mag_ratios": RATIOS},
-            MagCacheConfig(mag_ratios=RATIOS, num_inference_steps=STEPS)),
-    "taylorseer": ({"name": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2},
-                   TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2,
-                                         cache_identifiers=[r"blocks\.\d+\.(attn1|attn2|ffn)"])),
-    "taylorseer_lite": ({"name": "taylorseer", "lite": True, "cache_interval": 2, "disable_cache_before_step": 2},
-                        TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2, use_lite_mode=True)),
+    "mag": ({"name": "mag", "mag_ratios": RATIOS}, MagCacheConfig(mag_ratios=RATIOS, num_inference_steps=STEPS)),
+    "taylorseer": (
+        {"name": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2},
+        TaylorSeerCacheConfig(
+            cache_interval=2, disable_cache_before_step=2, cache_identifiers=[r"blocks\.\d+\.(attn1|attn2|ffn)"]
+        ),
+    ),
+    "taylorseer_lite": (
+        {"name": "taylorseer", "lite": True, "cache_interval": 2, "disable_cache_before_step": 2},
+        TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2, use_lite_mode=True),
+    ),
     "pab": ({"name": "pab"}, None),
 }
 
@@ -53,16 +57,24 @@ def _noise(batch, seed=0):
 
 @torch.no_grad()
 def _sample(model, guidance, acc=None, prompts=PROMPTS[:2]):
-    velocity = GuidedVelocity(model, model.encode_prompts(prompts), model.encode_prompts([""]), guidance,
-                              contexts=acc.context if acc else None, batch_cfg=acc.batch_cfg if acc else False)
+    velocity = GuidedVelocity(
+        model,
+        model.encode_prompts(prompts),
+        model.encode_prompts([""]),
+        guidance,
+        contexts=acc.context if acc else None,
+        batch_cfg=acc.batch_cfg if acc else False,
+    )
     if acc:
         acc.new_run()
     return run_steps(velocity, _noise(len(prompts)), sampling_sigmas(STEPS, SHIFT)).final
 
 
 def _hook_state(transformer):
-    return {name: sorted(k for k in ("forward", "_diffusers_hook", "_compiled_call_impl") if k in m.__dict__)
-            for name, m in transformer.named_modules()}
+    return {
+        name: sorted(k for k in ("forward", "_diffusers_hook", "_compiled_call_impl") if k in m.__dict__)
+        for name, m in transformer.named_modules()
+    }
 
 
 def _config(cache=None, **kw):
@@ -85,7 +97,9 @@ def test_cache_config_fills_the_named_caches_defaults_and_rejects_the_others_key
     cfg = _config({"name": "pab", "spatial_attention_block_skip_range": 3}, compile=True)
     save_config(cfg, tmp_path / "a.yaml")  # every field is written, the other caches' keys as null
     assert load_config(AccelerationConfig, tmp_path / "a.yaml") == cfg
-    with pytest.raises(ConfigError, match="cache: Value error, max_order: not a key of cache 'first_block' \\(its keys: threshold\\)"):
+    with pytest.raises(
+        ConfigError, match="cache: Value error, max_order: not a key of cache 'first_block' \\(its keys: threshold\\)"
+    ):
         load_config(AccelerationConfig, overrides=["cache.name=first_block", "cache.max_order=2"])
 
 
@@ -116,17 +130,32 @@ def test_each_cache_reproduces_stock_wan_pipeline_with_the_same_diffusers_cache(
     # PAB keeps one state for all calls, so stock WanPipeline with guidance lets uncond reuse cond's attention;
     # it is compared here without guidance, and against per-branch copies below
     guidance = 1.0 if name == "pab" else 3.0
-    pipe = WanPipeline(tokenizer=model.tokenizer, text_encoder=model.text_encoder, vae=None,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), transformer=model.transformer)
+    pipe = WanPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
+        transformer=model.transformer,
+    )
     if theirs is None:
-        theirs = PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
-                                                 current_timestep_callback=lambda: pipe.current_timestep)
+        theirs = PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: pipe.current_timestep
+        )
     uncached = _sample(model, guidance)
     model.transformer.enable_cache(theirs)
     try:
-        expected = pipe(prompt=PROMPTS[:2], negative_prompt="", height=16, width=16, num_frames=9,
-                        num_inference_steps=STEPS, guidance_scale=guidance, latents=_noise(2),
-                        max_sequence_length=model.max_sequence_length, output_type="latent").frames
+        expected = pipe(
+            prompt=PROMPTS[:2],
+            negative_prompt="",
+            height=16,
+            width=16,
+            num_frames=9,
+            num_inference_steps=STEPS,
+            guidance_scale=guidance,
+            latents=_noise(2),
+            max_sequence_length=model.max_sequence_length,
+            output_type="latent",
+        ).frames
     finally:
         model.transformer.disable_cache()
     with accelerated(model, _config(ours), STEPS) as acc:
@@ -142,14 +171,19 @@ def test_pab_with_guidance_reuses_each_branchs_own_attention(model):
     copies = {b: copy.deepcopy(model.transformer) for b in ("cond", "uncond")}
     timestep = [None]
     for t in copies.values():
-        t.enable_cache(PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
-                                                       current_timestep_callback=lambda: timestep[0]))
+        t.enable_cache(
+            PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2, current_timestep_callback=lambda: timestep[0]
+            )
+        )
     c, u = model.encode_prompts(PROMPTS[:2]), model.encode_prompts([""]).expand(2, -1, -1)
 
     def velocity(x, sigma):
         timestep[0] = float(sigma[0]) * 1000
-        v = {b: copies[b](hidden_states=x, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
-             for b, e in (("cond", c), ("uncond", u))}
+        v = {
+            b: copies[b](hidden_states=x, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
+            for b, e in (("cond", c), ("uncond", u))
+        }
         return v["uncond"] + 3.0 * (v["cond"] - v["uncond"])
 
     with torch.no_grad():
@@ -173,8 +207,11 @@ def test_batched_guidance_equals_two_passes(model):
 def test_mag_calibration_measures_diffusers_calibration_ratios(model, capsys):
     model.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=STEPS))
     try:  # diffusers prints the ratios it measured at the end of a run (one branch: no guidance)
-        velocity = GuidedVelocity(model, model.encode_prompts(PROMPTS[:2]),
-                                  contexts=lambda branch, sigma: model.transformer.cache_context(branch))
+        velocity = GuidedVelocity(
+            model,
+            model.encode_prompts(PROMPTS[:2]),
+            contexts=lambda branch, sigma: model.transformer.cache_context(branch),
+        )
         with torch.no_grad():
             run_steps(velocity, _noise(2), sampling_sigmas(STEPS, SHIFT))
     finally:
@@ -204,8 +241,16 @@ def _nfe_of_run(model, acc):
 
 def _generate(model, prompts, cache=None, batch_size=16, seed=0, **kw):
     sampling = SamplingConfig(steps=STEPS, shift=SHIFT, guidance=3.0)
-    return generate(model, prompts, sampling, VIDEO, seed=seed, batch_size=batch_size, progress=False,
-                    acceleration=_config(cache, **kw))
+    return generate(
+        model,
+        prompts,
+        sampling,
+        VIDEO,
+        seed=seed,
+        batch_size=batch_size,
+        progress=False,
+        acceleration=_config(cache, **kw),
+    )
 
 
 def test_first_block_threshold_zero_is_the_uncached_video_and_a_large_one_is_not(model):
@@ -249,8 +294,10 @@ def test_a_second_cache_after_the_first_and_not_on_top_of_another(model):
             _sample(model, 3.0, acc)
     model.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
     try:
-        with pytest.raises(VidpostError, match="already has a diffusers cache enabled"), \
-                accelerated(model, _config(CACHES["mag"][0]), STEPS):
+        with (
+            pytest.raises(VidpostError, match="already has a diffusers cache enabled"),
+            accelerated(model, _config(CACHES["mag"][0]), STEPS),
+        ):
             pass
     finally:
         model.transformer.disable_cache()
@@ -278,8 +325,10 @@ def test_training_validation_takes_its_acceleration_from_the_config(model, tmp_p
     from vidpost.recipes.common import validate
     from vidpost.recipes.sft import SFTConfig
 
-    cfg = load_config(SFTConfig, overrides=["validation.acceleration.cache.name=first_block",
-                                            "validation.acceleration.cache.threshold=1.0"])
+    cfg = load_config(
+        SFTConfig,
+        overrides=["validation.acceleration.cache.name=first_block", "validation.acceleration.cache.threshold=1.0"],
+    )
     assert cfg.validation.acceleration.cache == CacheConfig(name="first_block", threshold=1.0)
     sampling = SamplingConfig(steps=STEPS, shift=SHIFT, guidance=3.0)
     for name, acceleration in (("plain", None), ("cached", cfg.validation.acceleration)):

@@ -20,8 +20,9 @@ def vae_codec():
 
 def test_pixel_codec_round_trip_is_exact_on_shapeworld_and_8_bit_values():
     codec = PixelCodec()
-    clip = render_scene(parse_caption("a large red circle moving right quickly on a gray background"),
-                        np.random.default_rng(0))
+    clip = render_scene(
+        parse_caption("a large red circle moving right quickly on a gray background"), np.random.default_rng(0)
+    )
     frames = torch.from_numpy(np.stack([clip, clip[::-1]])).float()  # (2, T, H, W, 3)
     latents = codec.encode(frames)
     assert latents.shape == (2, 3, *frames.shape[1:4]) == (2, *codec.latent_shape(*frames.shape[1:4]))
@@ -62,12 +63,16 @@ def test_vae_encode_is_the_normalised_posterior_mode(vae_codec):
 
 def test_vae_decode_equals_wan_pipeline_output():
     model = WanVideoModel.build_tiny("vae")
-    pipe = WanPipeline(tokenizer=model.tokenizer, text_encoder=model.text_encoder, vae=model.codec.vae,
-                       scheduler=model.scheduler, transformer=model.transformer)
+    pipe = WanPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=model.codec.vae,
+        scheduler=model.scheduler,
+        transformer=model.transformer,
+    )
     pipe.set_progress_bar_config(disable=True)
     embeds = model.encode_prompts(["a red circle moving left"])
-    common = dict(prompt_embeds=embeds, guidance_scale=1.0, height=16, width=16, num_frames=9,
-                  num_inference_steps=2)
+    common = dict(prompt_embeds=embeds, guidance_scale=1.0, height=16, width=16, num_frames=9, num_inference_steps=2)
     latents = pipe(**common, generator=torch.Generator().manual_seed(0), output_type="latent").frames
     video = pipe(**common, generator=torch.Generator().manual_seed(0), output_type="np").frames
     assert video.shape == (1, 9, 16, 16, 3)

@@ -56,7 +56,10 @@ def test_every_shapeworld_text_is_in_vocabulary_and_fits_the_default_length(toke
 def test_pads_right_to_max_length_and_keeps_eos_when_truncating(tokenizer):
     batch = tokenizer(
         ["a red circle", "a red circle and a blue square and a green triangle"],
-        padding="max_length", max_length=6, truncation=True, return_tensors="pt",
+        padding="max_length",
+        max_length=6,
+        truncation=True,
+        return_tensors="pt",
     )
     assert batch.input_ids.shape == (2, 6)
     assert batch.input_ids[0].tolist()[3:] == [1, 0, 0]
@@ -78,8 +81,9 @@ def test_tiny_text_encoder_is_seeded_and_saves_as_umt5(tokenizer, tmp_path):
     encoder = build_tiny_text_encoder(len(tokenizer), d_model=32, num_layers=2, num_heads=2)
     torch.manual_seed(0)
     again = build_tiny_text_encoder(len(tokenizer), d_model=32, num_layers=2, num_heads=2)
-    batch = tokenizer(["a red circle", "a blue square moving up"], padding="max_length", max_length=8,
-                      return_tensors="pt")
+    batch = tokenizer(
+        ["a red circle", "a blue square moving up"], padding="max_length", max_length=8, return_tensors="pt"
+    )
     with torch.no_grad():
         out = encoder(batch.input_ids, batch.attention_mask).last_hidden_state
         assert out.shape == (2, 8, 32)

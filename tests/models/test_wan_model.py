@@ -38,8 +38,9 @@ def _perturb_lora(model, seed=1):
 
 def _transformer_out(transformer, latents, sigma, embeds):
     with torch.no_grad():
-        return transformer(hidden_states=latents, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                           return_dict=False)[0]
+        return transformer(
+            hidden_states=latents, timestep=sigma * 1000, encoder_hidden_states=embeds, return_dict=False
+        )[0]
 
 
 def _public(config):
@@ -93,11 +94,14 @@ def test_vae_model_round_trips_through_a_stock_wan_pipeline(tmp_path):
     ours = WanVideoModel.from_pretrained(tmp_path, codec="vae", max_sequence_length=model.max_sequence_length)
     embeds = ours.encode_prompts(PROMPTS)
     with torch.no_grad():  # as in WanPipeline.__call__ (with autograd on, SDPA may pick other CPU kernels)
-        stock_embeds, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False,
-                                             max_sequence_length=model.max_sequence_length)
+        stock_embeds, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, max_sequence_length=model.max_sequence_length
+        )
     assert torch.equal(embeds, stock_embeds)
     latents, sigma, _ = _inputs(ours, frames=5, size=16)
-    assert torch.equal(_transformer_out(pipe.transformer, latents, sigma, embeds), ours.velocity(latents, sigma, embeds))
+    assert torch.equal(
+        _transformer_out(pipe.transformer, latents, sigma, embeds), ours.velocity(latents, sigma, embeds)
+    )
     assert _public(pipe.vae.config) == _public(model.codec.vae.config)
     assert torch.equal(ours.decode(latents[:1]), model.decode(latents[:1]))
 
@@ -119,16 +123,23 @@ def test_missing_directory_or_component_is_a_one_line_error(saved_pixel, tmp_pat
 
 
 def test_encode_prompts_equals_wan_pipeline_encode_prompt(model):
-    pipe = WanPipeline(tokenizer=model.tokenizer, text_encoder=model.text_encoder, vae=None,
-                       scheduler=model.scheduler, transformer=model.transformer)
+    pipe = WanPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=None,
+        scheduler=model.scheduler,
+        transformer=model.transformer,
+    )
     embeds = model.encode_prompts(PROMPTS)
     with torch.no_grad():
-        stock, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False,
-                                      max_sequence_length=model.max_sequence_length)
+        stock, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, max_sequence_length=model.max_sequence_length
+        )
     assert embeds.shape == (3, model.max_sequence_length, 32)
     assert torch.equal(embeds, stock)
-    lengths = model.tokenizer(PROMPTS, truncation=True, max_length=model.max_sequence_length,
-                              return_length=True)["length"]
+    lengths = model.tokenizer(PROMPTS, truncation=True, max_length=model.max_sequence_length, return_length=True)[
+        "length"
+    ]
     assert lengths[2] == model.max_sequence_length  # the long prompt is truncated, keeping its </s>
     for row, n in zip(embeds, lengths, strict=True):
         assert (row[:n] != 0).any(dim=-1).all() and (row[n:] == 0).all()
@@ -239,9 +250,15 @@ def test_bf16_keeps_diffusers_fp32_modules_and_float32_adapters():
 
 
 def test_from_config_builds_tiny_or_loads_a_path(saved_pixel):
-    model = WanVideoModel.from_config(ModelConfig.model_validate(
-        {"tiny": {"num_layers": 1}, "lora": {"enabled": True, "rank": 2, "alpha": 2}, "gradient_checkpointing": True}
-    ))
+    model = WanVideoModel.from_config(
+        ModelConfig.model_validate(
+            {
+                "tiny": {"num_layers": 1},
+                "lora": {"enabled": True, "rank": 2, "alpha": 2},
+                "gradient_checkpointing": True,
+            }
+        )
+    )
     assert len(model.transformer.blocks) == 1 and model.lora_config.r == 2
     assert all("lora_" in n for n, p in model.transformer.named_parameters() if p.requires_grad)
     loaded = WanVideoModel.from_config(ModelConfig(path=str(saved_pixel), codec="pixel"))
@@ -259,9 +276,12 @@ def test_shipped_wan_model_configs_load(name):
 
 
 def test_identity_init_makes_the_untrained_velocity_its_input_and_saves_as_a_stock_model(tmp_path):
-    kwargs = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=64, patch_size=(2, 4, 4),
-                  text_dim=32)  # 96 values per token; width 2 x 32 = 64 is too narrow
-    with pytest.raises(VidpostError, match=r"identity_init needs the transformer width \(64\) above the values per token \(96"):
+    kwargs = dict(
+        num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=64, patch_size=(2, 4, 4), text_dim=32
+    )  # 96 values per token; width 2 x 32 = 64 is too narrow
+    with pytest.raises(
+        VidpostError, match=r"identity_init needs the transformer width \(64\) above the values per token \(96"
+    ):
         WanVideoModel.build_tiny("pixel", identity_init=True, **kwargs)
     kwargs["attention_head_dim"] = 64  # width 128 > 96
     x = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -285,8 +305,14 @@ def test_a_preconditioned_model_returns_the_velocity_of_its_edm_estimate_and_kee
     sigma = torch.tensor([1.0, 0.6, 0.02], dtype=torch.float64)
     # EDM for x = a x0 + sigma eps (a = 1 - sigma), in float64: the transformer sees c_in x, x0_hat = c_skip x + c_out F
     a, sd = 1 - sigma, 0.7
-    c_in, c_skip, c_out = [t.view(-1, 1, 1, 1, 1) for t in (
-        1 / (a**2 * sd**2 + sigma**2).sqrt(), a * sd**2 / (a**2 * sd**2 + sigma**2), sigma * sd / (a**2 * sd**2 + sigma**2).sqrt())]
+    c_in, c_skip, c_out = [
+        t.view(-1, 1, 1, 1, 1)
+        for t in (
+            1 / (a**2 * sd**2 + sigma**2).sqrt(),
+            a * sd**2 / (a**2 * sd**2 + sigma**2),
+            sigma * sd / (a**2 * sd**2 + sigma**2).sqrt(),
+        )
+    ]
     f = _transformer_out(model.transformer, (latents.double() * c_in).float(), sigma.float(), embeds).double()
     x0_hat = c_skip * latents.double() + c_out * f
     expected = (latents.double() - x0_hat) / sigma.view(-1, 1, 1, 1, 1)
@@ -302,7 +328,9 @@ def test_a_preconditioned_model_returns_the_velocity_of_its_edm_estimate_and_kee
     loaded = WanVideoModel.from_pretrained(tmp_path, codec="pixel", max_sequence_length=64)
     assert (loaded.prediction, loaded.sigma_data) == ("preconditioned", 0.7)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.velocity(latents, sigma.float(), embeds), model.velocity(latents, sigma.float(), embeds))
+        torch.testing.assert_close(
+            loaded.velocity(latents, sigma.float(), embeds), model.velocity(latents, sigma.float(), embeds)
+        )
     with pytest.raises(VidpostError, match="unknown prediction 'eps'"):
         WanVideoModel.build_tiny("pixel", prediction="eps")
 

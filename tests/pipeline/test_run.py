@@ -24,25 +24,59 @@ from vidpost.recipes.common import finished_model
 from vidpost.runlog import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "shapeworld"
-SFT = ["data.shapeworld.n=8", "train.steps=2", "train.batch_size=4", "train.precision=float32",
-       "validation.n=2", "checkpoint.every_steps=1"]
-GRPO = ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.sampling.steps=4",
-        "rollout.precision=float32", "strategy.flash.k_max=1", "reward.weights={quality: 1.0, coherence: 0.5}",
-        "train.steps=1", "evaluation.n=2", "evaluation.every_steps=0", "checkpoint.every_steps=1"]
+SFT = [
+    "data.shapeworld.n=8",
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.precision=float32",
+    "validation.n=2",
+    "checkpoint.every_steps=1",
+]
+GRPO = [
+    "rollout.prompts_per_step=2",
+    "rollout.samples_per_prompt=2",
+    "rollout.sampling.steps=4",
+    "rollout.precision=float32",
+    "strategy.flash.k_max=1",
+    "reward.weights={quality: 1.0, coherence: 0.5}",
+    "train.steps=1",
+    "evaluation.n=2",
+    "evaluation.every_steps=0",
+    "checkpoint.every_steps=1",
+]
 
 
-ENHANCE = ["model.init=shapeworld-enhancer", "sft.steps=1", "sft.batch_size=4", "grpo.steps=1", "grpo.prompts_per_step=2",
-           "grpo.group_size=2", "grpo.sampling={steps: 2}", "grpo.val_videos=2", "data.eval_n=4",
-           "grpo.reward_weights={quality: 1.0}", "grpo.precision=float32"]
-DISTILL = ["student_steps=[2]", "train.steps_per_round=1", "train.prompts_per_step=2", "train.precision=float32",
-           "validation.n=2", "log_every_steps=1"]
+ENHANCE = [
+    "model.init=shapeworld-enhancer",
+    "sft.steps=1",
+    "sft.batch_size=4",
+    "grpo.steps=1",
+    "grpo.prompts_per_step=2",
+    "grpo.group_size=2",
+    "grpo.sampling={steps: 2}",
+    "grpo.val_videos=2",
+    "data.eval_n=4",
+    "grpo.reward_weights={quality: 1.0}",
+    "grpo.precision=float32",
+]
+DISTILL = [
+    "student_steps=[2]",
+    "train.steps_per_round=1",
+    "train.prompts_per_step=2",
+    "train.precision=float32",
+    "validation.n=2",
+    "log_every_steps=1",
+]
 
 
 def _pipeline(tmp_path, stages=("sft", "grpo", "enhance", "distill")) -> Path:
     overrides = {"sft": SFT, "grpo": GRPO, "enhance": ENHANCE, "distill": DISTILL}
     files = {"sft": "sft.yaml", "grpo": "grpo_flash.yaml", "enhance": "enhance.yaml", "distill": "distill.yaml"}
-    cfg = {"base": "shapeworld-base", "heldout": {"n": 2, "grid": 2},
-           "stages": [{"name": s, "config": str(CONFIGS / files[s]), "overrides": overrides[s]} for s in stages]}
+    cfg = {
+        "base": "shapeworld-base",
+        "heldout": {"n": 2, "grid": 2},
+        "stages": [{"name": s, "config": str(CONFIGS / files[s]), "overrides": overrides[s]} for s in stages],
+    }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -69,8 +103,10 @@ def test_stages_chain_and_each_gets_a_heldout_row(finished):
     assert yaml.safe_load((out / "grpo" / "config.yaml").read_text())["model"]["path"] == str(out / "sft")
     assert table["grpo"]["model"] == str(out / "grpo")
     # the same prompts for every stage, kept as captions of the held-out videos
-    captions = [[json.loads(line)["caption"] for line in (out / s / "heldout" / "metadata.jsonl").read_text().splitlines()]
-                for s in table]
+    captions = [
+        [json.loads(line)["caption"] for line in (out / s / "heldout" / "metadata.jsonl").read_text().splitlines()]
+        for s in table
+    ]
     assert all(c == captions[0] for c in captions) and len(captions[0]) == 2
     assert table["enhance"]["model"] == str(out / "grpo") and table["enhance"]["enhancer"] == str(out / "enhance")
     assert yaml.safe_load((out / "distill" / "config.yaml").read_text())["model"]["path"] == str(out / "grpo")
@@ -116,8 +152,10 @@ def test_the_grid_labels_the_enhancers_columns_and_shows_each_rewrite(finished):
     for stage in ("enhance", "distill"):  # the enhancer rewrites every prompt from its stage on
         model = "grpo" if stage == "enhance" else "distill"
         assert f"<th>{stage}<div class='sub'>{model}'s videos of enhance's rewrites</div></th>" in page
-        rewrites = [json.loads(line)["prompt_used"]
-                    for line in (out / stage / "heldout" / "metadata.jsonl").read_text().splitlines()]
+        rewrites = [
+            json.loads(line)["prompt_used"]
+            for line in (out / stage / "heldout" / "metadata.jsonl").read_text().splitlines()
+        ]
         for rewrite in rewrites:
             assert f"<div class='rw'>{html.escape(rewrite)}</div>" in page
     assert page.count("<div class='rw'>") == 2 * 2  # 2 prompts x (enhance, distill)
@@ -215,8 +253,10 @@ def test_report_on_a_training_run_says_so_in_one_line(tmp_path, capsys):
     save_config(load_config(SFTConfig, None, []), tmp_path / "config.yaml")
     assert main(["report", str(tmp_path)]) != 0
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {tmp_path}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training " \
-                  "run's samples are in its samples/ folder)"
+    assert (
+        err == f"error: {tmp_path}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training "
+        "run's samples are in its samples/ folder)"
+    )
 
 
 def test_only_stages_not_yet_run_may_change_when_a_pipeline_resumes(finished, tmp_path):

@@ -37,8 +37,15 @@ def teacher_dir(tmp_path_factory):
     """A tiny pixel-space teacher saved with a card: 4 steps, shift 3, guidance 2, 3x16x16 videos."""
     directory = tmp_path_factory.mktemp("teacher")
     WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
-    write_card(directory, {"codec": "pixel", "max_sequence_length": 64,
-                           "video": {"frames": 3, "height": 16, "width": 16}, "sampling": CARD_SAMPLING})
+    write_card(
+        directory,
+        {
+            "codec": "pixel",
+            "max_sequence_length": 64,
+            "video": {"frames": 3, "height": 16, "width": 16},
+            "sampling": CARD_SAMPLING,
+        },
+    )
     return directory
 
 
@@ -78,10 +85,21 @@ def test_each_mode_trains_and_records_the_students_sampling(mode, teacher_dir, t
 
 
 def test_the_tiny_wan_with_its_vae_distils_with_the_teacher_set_in_the_config(tmp_path):
-    cfg = load_config(DistillConfig, None, [
-        *TINY, "model.path=null", "model.codec=vae", "video={frames: 5, height: 16, width: 16}",
-        "teacher.steps=4", "teacher.shift=3.0", "teacher.guidance=2.0", "mode=both", "student_steps=[2]",
-    ])
+    cfg = load_config(
+        DistillConfig,
+        None,
+        [
+            *TINY,
+            "model.path=null",
+            "model.codec=vae",
+            "video={frames: 5, height: 16, width: 16}",
+            "teacher.steps=4",
+            "teacher.shift=3.0",
+            "teacher.guidance=2.0",
+            "mode=both",
+            "student_steps=[2]",
+        ],
+    )
     assert train(cfg, tmp_path, progress=False) == tmp_path / "model"
     card = json.loads((tmp_path / "model" / "vidpost.json").read_text())
     assert card["codec"] == "vae" and (card["sampling"]["steps"], card["sampling"]["guidance"]) == (2, 1.0)
@@ -122,7 +140,9 @@ def test_micro_batches_give_the_same_update(teacher_dir, tmp_path):
     whole = train(_config(teacher_dir, *one), tmp_path / "whole", progress=False)
     split = train(_config(teacher_dir, *one, "train.micro_batch_size=1"), tmp_path / "split", progress=False)
     # the first moments, not the weights: Adam's first step is about lr x sign(gradient), blind to its scale
-    moments = [load_file(run.parent / "checkpoints" / "step_000001" / "optimizer.safetensors") for run in (whole, split)]
+    moments = [
+        load_file(run.parent / "checkpoints" / "step_000001" / "optimizer.safetensors") for run in (whole, split)
+    ]
     assert any(k.endswith("exp_avg") and v.abs().max() > 0 for k, v in moments[0].items())
     for key, value in moments[0].items():
         torch.testing.assert_close(moments[1][key], value, rtol=1e-4, atol=1e-4 * float(value.abs().max()))
@@ -138,8 +158,13 @@ def test_a_lora_student_saves_adapters_that_stock_diffusers_loads(teacher_dir, t
     assert resolved.path == teacher_dir and resolved.lora == tmp_path / "lora"
     assert resolved.card["sampling"]["steps"] == 2 and resolved.card["sampling"]["guidance"] == 1.0
     base = WanVideoModel.from_pretrained(teacher_dir, codec="pixel", max_sequence_length=64)
-    pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=None, scheduler=base.scheduler,
-                       transformer=base.transformer)
+    pipe = WanPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=None,
+        scheduler=base.scheduler,
+        transformer=base.transformer,
+    )
     pipe.load_lora_weights(tmp_path / "lora")
     assert any("lora" in name for name, _ in pipe.transformer.named_parameters())
 
@@ -152,13 +177,20 @@ def test_rounds_follow_the_mode():
     (steps,) = plan_rounds("steps", teacher, None)
     assert (steps.student.steps, steps.student.guidance, steps.student.shift) == (4, 4.0, 5.0)
     first, second = plan_rounds("both", teacher, [8, 4])
-    assert (first.teacher.steps, first.teacher.guidance, first.student.steps, first.student.guidance) == (20, 4.0, 8, 1.0)
+    assert (first.teacher.steps, first.teacher.guidance, first.student.steps, first.student.guidance) == (
+        20,
+        4.0,
+        8,
+        1.0,
+    )
     assert second.teacher == first.student and second.student.steps == 4
     assert [round_of(s, 3) for s in (1, 3, 4, 6)] == [(0, 1), (0, 3), (1, 1), (1, 3)]
     with pytest.raises(VidpostError, match="teacher's guidance is 1"):
         plan_rounds("cfg", teacher.model_copy(update={"guidance": 1.0}), None)
     cfg_first, steps_after = plan_rounds("both", teacher, [20, 4])  # guidance first, then steps (Meng et al.)
-    assert cfg_first.student == teacher.model_copy(update={"guidance": 1.0}) and steps_after.teacher == cfg_first.student
+    assert (
+        cfg_first.student == teacher.model_copy(update={"guidance": 1.0}) and steps_after.teacher == cfg_first.student
+    )
     with pytest.raises(VidpostError, match="must start below the teacher's 20 steps"):
         plan_rounds("steps", teacher, [20, 4])
     with pytest.raises(VidpostError, match="must start below the teacher's 20 steps"):
@@ -172,4 +204,5 @@ def test_bad_step_ladders_are_one_line_config_errors():
         load_config(DistillConfig, None, ["student_steps=[4,8]"])
     cfg = load_config(DistillConfig, None, ["teacher.guidance=6"])
     assert cfg.teacher.resolve(SamplingConfig(steps=20, shift=5.0, guidance=4.0)) == SamplingConfig(
-        steps=20, shift=5.0, guidance=6.0)
+        steps=20, shift=5.0, guidance=6.0
+    )

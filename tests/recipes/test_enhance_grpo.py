@@ -1,5 +1,6 @@
 """`vidpost enhance train`, stage 2 (GRPO of the toy enhancer on video rewards): a tiny run on the shipped video
-model that logs its metrics and resumes exactly (its loss and rewards: tests/enhance/test_losses.py, test_rewards.py)."""
+model that logs its metrics and resumes exactly (its loss and rewards: tests/enhance/test_losses.py,
+test_rewards.py)."""
 
 import json
 import math
@@ -17,14 +18,26 @@ SFT_STEPS = 30
 
 
 def _config(**grpo) -> EnhanceConfig:
-    return EnhanceConfig.model_validate({
-        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-        "data": {"eval_n": 4},
-        "sft": {"steps": SFT_STEPS, "batch_size": 16, "optim": {"learning_rate": 1e-2}},  # parses most prompts
-        "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 3, "sampling": {"steps": 2}, "val_videos": 2,
-                 "optim": {"learning_rate": 3e-3}, "checkpoint_every_steps": 1, **grpo},
-        "max_new_tokens": 24, "checkpoint": {"every_steps": 100, "keep_last": 5}, "log_every_steps": 10,
-    })
+    return EnhanceConfig.model_validate(
+        {
+            "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+            "data": {"eval_n": 4},
+            "sft": {"steps": SFT_STEPS, "batch_size": 16, "optim": {"learning_rate": 1e-2}},  # parses most prompts
+            "grpo": {
+                "steps": 2,
+                "prompts_per_step": 2,
+                "group_size": 3,
+                "sampling": {"steps": 2},
+                "val_videos": 2,
+                "optim": {"learning_rate": 3e-3},
+                "checkpoint_every_steps": 1,
+                **grpo,
+            },
+            "max_new_tokens": 24,
+            "checkpoint": {"every_steps": 100, "keep_last": 5},
+            "log_every_steps": 10,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +55,16 @@ def test_a_run_writes_the_grpo_enhancer_and_logs_the_metrics(finished_run):
     rows = [r for r in read_metrics(finished_run) if "grpo/reward" in r]
     assert [r["step"] for r in rows] == [SFT_STEPS + 1, SFT_STEPS + 2]  # after SFT's steps: one run in the log
     for r in rows:
-        assert {"grpo/reward_total", "grpo/reward_coherence", "grpo/reward_quality", "grpo/parse", "grpo/loss",
-                "grpo/kl", "grpo/clip_frac", "grpo/seconds_per_step"} <= set(r)
+        assert {
+            "grpo/reward_total",
+            "grpo/reward_coherence",
+            "grpo/reward_quality",
+            "grpo/parse",
+            "grpo/loss",
+            "grpo/kl",
+            "grpo/clip_frac",
+            "grpo/seconds_per_step",
+        } <= set(r)
         assert all(math.isfinite(v) for v in r.values())
         assert r["grpo/logprob_gap"] < 1e-4  # sampling and teacher forcing agree: the first ratio is 1
         assert r["grpo/clip_frac"] == 0  # one epoch: on-policy
@@ -68,8 +89,11 @@ def test_a_stopped_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     def grpo_rows(run):
-        return [{k: v for k, v in r.items() if k != "grpo/seconds_per_step"}
-                for r in read_metrics(run) if any(k.startswith("grpo/") for k in r)]
+        return [
+            {k: v for k, v in r.items() if k != "grpo/seconds_per_step"}
+            for r in read_metrics(run)
+            if any(k.startswith("grpo/") for k in r)
+        ]
 
     assert grpo_rows(tmp_path) == grpo_rows(finished_run)  # the resumed log reads as one run, baseline once
 

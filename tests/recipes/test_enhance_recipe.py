@@ -19,12 +19,16 @@ from vidpost.world.sampling import split_of
 
 
 def _config(model: dict | None = None, **sft) -> EnhanceConfig:
-    return EnhanceConfig.model_validate({
-        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, **(model or {})},
-        "data": {"eval_n": 4},
-        "sft": {"steps": 4, "batch_size": 8, "eval_every_steps": 2, "optim": {"learning_rate": 3e-3}, **sft},
-        "max_new_tokens": 12, "checkpoint": {"every_steps": 1, "keep_last": 5}, "log_every_steps": 1,
-    })
+    return EnhanceConfig.model_validate(
+        {
+            "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, **(model or {})},
+            "data": {"eval_n": 4},
+            "sft": {"steps": 4, "batch_size": 8, "eval_every_steps": 2, "optim": {"learning_rate": 3e-3}, **sft},
+            "max_new_tokens": 12,
+            "checkpoint": {"every_steps": 1, "keep_last": 5},
+            "log_every_steps": 1,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +87,22 @@ def test_pairs_are_train_split_terse_prompts_and_full_canonical_captions():
 
 def test_states_intent_and_rewrite_metrics():
     intent = parse_caption("a red circle moving left and a small blue square on a white background")
-    good = parse_caption("a small blue square staying still and a large red circle moving left quickly on a white background")
+    good = parse_caption(
+        "a small blue square staying still and a large red circle moving left quickly on a white background"
+    )
     assert states_intent(good, intent)  # order free, unstated attributes free
-    for wrong in ("a large red circle moving right quickly and a small blue square staying still on a white background",
-                  "a large red circle moving left quickly and a large blue square staying still on a white background",
-                  "a large red circle moving left quickly and a small blue square staying still on a black background",
-                  "a large red triangle moving left quickly and a small blue square staying still on a white background",
-                  "a large red circle moving left quickly on a white background"):
+    for wrong in (
+        "a large red circle moving right quickly and a small blue square staying still on a white background",
+        "a large red circle moving left quickly and a large blue square staying still on a white background",
+        "a large red circle moving left quickly and a small blue square staying still on a black background",
+        "a large red triangle moving left quickly and a small blue square staying still on a white background",
+        "a large red circle moving left quickly on a white background",
+    ):
         assert not states_intent(parse_caption(wrong), intent), wrong
     intents = ["a red circle", "a red circle", "a blue square"]
-    metrics = rewrite_metrics(["a large red circle staying still on a black background", "a red circle",
-                               "not a caption"], intents)
+    metrics = rewrite_metrics(
+        ["a large red circle staying still on a black background", "a red circle", "not a caption"], intents
+    )
     assert metrics == {"parse": 2 / 3, "complete": 1 / 3, "intent": 2 / 3}
 
 

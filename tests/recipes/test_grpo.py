@@ -42,10 +42,18 @@ STRATEGY = {
     "flash": ["strategy.name=flash", "strategy.flash.k_max=2", "strategy.flash.shared_prefix=false"],
     "flash-shared": ["strategy.name=flash", "strategy.flash.k_max=2"],  # the default: a group's prefix run once
     "full": ["strategy.name=full", "strategy.full.train_fraction=0.5", "rollout.noise.schedule=flow_grpo"],
-    "window": ["strategy.name=window", "strategy.window.size=2", "strategy.window.advance_every=1",
-               "rollout.noise.schedule=dance"],
+    "window": [
+        "strategy.name=window",
+        "strategy.window.size=2",
+        "strategy.window.advance_every=1",
+        "rollout.noise.schedule=dance",
+    ],
     "flash-cps": ["strategy.name=flash", "strategy.flash.k_max=2", "rollout.noise.schedule=cps"],
-    "full-cps": ["strategy.name=full", "strategy.full.steps=first", "rollout.noise.schedule=cps"],  # last step: no noise
+    "full-cps": [
+        "strategy.name=full",
+        "strategy.full.steps=first",
+        "rollout.noise.schedule=cps",
+    ],  # last step: no noise
     "nft": ["strategy.name=nft", "strategy.nft.train_fraction=0.5"],
 }
 
@@ -72,7 +80,10 @@ def test_each_strategy_trains_on_shapeworld(strategy, tmp_path):
         assert r["train/ratio_min"] == r["train/ratio_max"] == 1.0  # one update per rollout: exactly on-policy
         assert all(math.isfinite(v) for v in r.values())
         assert r["train/rollout_logprob_gap"] < 1e-3  # float32 rollout and recomputation agree (other batching)
-        if strategy in ("flash-shared", "flash-cps"):  # the k prefix steps (2 passes each) are shared by the group's 2 videos
+        if strategy in (
+            "flash-shared",
+            "flash-cps",
+        ):  # the k prefix steps (2 passes each) are shared by the group's 2 videos
             assert r["nfe/rollout_per_video"] in (8 - k for k in (0, 0.5, 1, 1.5, 2))
         else:
             assert r["nfe/rollout_per_video"] == 8  # 4 steps x 2 passes (CFG)
@@ -113,7 +124,9 @@ def test_a_run_of_nonfinite_iterations_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(grpo, "iteration", iteration)
     monkeypatch.setattr(grpo, "policy_loss", policy_loss)
     cfg = _config(*STRATEGY["flash"], "train.steps=3", "train.max_consecutive_nonfinite=2")  # checkpoints every step
-    with pytest.raises(VidpostError, match=r"^iteration 3: 2 iterations in a row had a non-finite loss or gradient") as error:
+    with pytest.raises(
+        VidpostError, match=r"^iteration 3: 2 iterations in a row had a non-finite loss or gradient"
+    ) as error:
         train(cfg, tmp_path, progress=False)
     assert f"the last good checkpoint is {tmp_path / 'checkpoints' / 'step_000001'};" in str(error.value)
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_000001"]  # none at 2: it was NaN
@@ -124,15 +137,29 @@ def test_a_run_of_nonfinite_iterations_stops_and_keeps_the_last_good_checkpoint(
 
 
 def test_lora_with_kl_and_ema_saves_adapters_that_stock_diffusers_loads(tmp_path):
-    cfg = _config(*STRATEGY["flash"], "model.lora.enabled=true", "model.lora.rank=4", "train.kl_beta=0.01",
-                  "train.ema_decay=0.9", "train.minibatches=2", "train.micro_batch_size=1")
+    cfg = _config(
+        *STRATEGY["flash"],
+        "model.lora.enabled=true",
+        "model.lora.rank=4",
+        "train.kl_beta=0.01",
+        "train.ema_decay=0.9",
+        "train.minibatches=2",
+        "train.micro_batch_size=1",
+    )
     assert train(cfg, tmp_path, progress=False) == tmp_path / "lora"
     rows = [r for r in read_metrics(tmp_path) if "train/kl" in r]
     assert rows and rows[0]["train/kl"] >= 0
     assert not rows[0]["train/ratio_min"] == rows[0]["train/ratio_max"] == 1.0  # the 2nd minibatch is off-policy
-    base = WanVideoModel.from_config(cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})}))
-    pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=None, scheduler=base.scheduler,
-                       transformer=base.transformer)
+    base = WanVideoModel.from_config(
+        cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
+    )
+    pipe = WanPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=None,
+        scheduler=base.scheduler,
+        transformer=base.transformer,
+    )
     pipe.load_lora_weights(tmp_path / "lora")
     assert any("lora" in name for name, _ in pipe.transformer.named_parameters())
 
@@ -141,8 +168,12 @@ def test_tiny_wan_with_vae_runs_every_strategy(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat surfing\na red ball rolling\n")
     tiny = [
-        "model.path=null", "model.codec=vae", "model.tiny.patch_size=[1,2,2]", "video={frames: 5, height: 16, width: 16}",
-        f"prompts.file={prompts}", "reward.weights={frame_consistency: 1.0, flicker: 1.0}",
+        "model.path=null",
+        "model.codec=vae",
+        "model.tiny.patch_size=[1,2,2]",
+        "video={frames: 5, height: 16, width: 16}",
+        f"prompts.file={prompts}",
+        "reward.weights={frame_consistency: 1.0, flicker: 1.0}",
         f"evaluation.prompts_file={prompts}",
     ]
     for name, overrides in STRATEGY.items():
@@ -156,14 +187,27 @@ def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branch
     model = WanVideoModel.from_config(_config().model)
     sigmas = sampling_sigmas(4, 5.0)
     g = noise_levels(sigmas, "flash")
-    strategy = load_config(StrategyConfig, None, ["name=flash", "flash.k_max=2", "flash.shared_prefix=true",
-                                                  "flash.suffix_steps=1"])
+    strategy = load_config(
+        StrategyConfig, None, ["name=flash", "flash.k_max=2", "flash.shared_prefix=true", "flash.suffix_steps=1"]
+    )
     plan = plan_steps(strategy, 2, 3, 4, 0, torch.Generator().manual_seed(0))
     embeds = model.encode_prompts(["a large red circle staying still", "a small blue square moving left slowly"])
     shape = model.latent_shape(8, 24, 24)
     seeds = torch.arange(6)
-    shared = rollout(model, shape, embeds, None, plan, sigmas, g, 1.0, seeds, torch.Generator().manual_seed(1),
-                     "float32", flash=strategy.settings)
+    shared = rollout(
+        model,
+        shape,
+        embeds,
+        None,
+        plan,
+        sigmas,
+        g,
+        1.0,
+        seeds,
+        torch.Generator().manual_seed(1),
+        "float32",
+        flash=strategy.settings,
+    )
     tr = shared.transitions
     assert tr.sample.tolist() == list(range(6))
     for group in range(2):  # a group branches from one state at its k, then its members differ
@@ -173,8 +217,20 @@ def test_rollout_log_probs_are_what_training_recomputes_and_shared_prefix_branch
     k = plan.k.repeat_interleave(3)
     # passes per video: the prefix k once per group (/3 per member), 1 SDE step, a 1-step suffix
     assert shared.passes_per_video == pytest.approx(float((k / 3 + 1 + 1).mean()))
-    plain = rollout(model, shape, embeds, None, plan, sigmas, g, 1.0, seeds, torch.Generator().manual_seed(1),
-                    "float32", flash=FlashConfig(shared_prefix=False))
+    plain = rollout(
+        model,
+        shape,
+        embeds,
+        None,
+        plan,
+        sigmas,
+        g,
+        1.0,
+        seeds,
+        torch.Generator().manual_seed(1),
+        "float32",
+        flash=FlashConfig(shared_prefix=False),
+    )
     assert plain.passes_per_video == 4
     assert not torch.equal(plain.transitions.x[0], plain.transitions.x[1])  # independent noise per member
 
@@ -231,8 +287,7 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
     assert [c["prompt_used"] for c in clips] == [parrot_caption] * 2
     assert all(c["caption"] != parrot_caption for c in clips)  # kept, and scored, against the prompts
     first = read_metrics(tmp_path / "run")[0]  # the log opens with the enhancers' counts
-    assert first == {"step": 0, "enhance/train/prompts": len(pool),
-                     "enhance/eval/prompts": cfg.evaluation.n}
+    assert first == {"step": 0, "enhance/train/prompts": len(pool), "enhance/eval/prompts": cfg.evaluation.n}
 
 
 def test_a_config_without_a_flash_section_rolls_out_with_the_default_settings(tmp_path, monkeypatch):
@@ -274,8 +329,11 @@ def test_samples_with_zero_advantage_are_left_out_and_do_not_dilute_the_loss(tmp
     _tied_first_group(monkeypatch, k=[1, 1])  # one k: the rectification weights are 1 either way
     runs = {}
     for drop in ("true", "false"):
-        train(_config(*STRATEGY["flash"], "train.steps=1", f"train.drop_zero_advantage={drop}"), tmp_path / drop,
-              progress=False)
+        train(
+            _config(*STRATEGY["flash"], "train.steps=1", f"train.drop_zero_advantage={drop}"),
+            tmp_path / drop,
+            progress=False,
+        )
         runs[drop] = next(r for r in read_metrics(tmp_path / drop) if "train/grad_norm" in r)
     assert runs["true"]["train/dropped_fraction"] == 0.5 and runs["true"]["train/transitions"] == 2
     assert runs["false"]["train/dropped_fraction"] == 0.0 and runs["false"]["train/transitions"] == 4
@@ -298,7 +356,9 @@ def test_rectification_averages_over_the_transitions_actually_trained(tmp_path, 
 
 
 def test_an_iteration_where_every_group_ties_trains_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(grpo, "compute_rewards", lambda names, videos, prompts: {n: torch.zeros(4).numpy() for n in names})
+    monkeypatch.setattr(
+        grpo, "compute_rewards", lambda names, videos, prompts: {n: torch.zeros(4).numpy() for n in names}
+    )
     train(_config(*STRATEGY["flash"], "train.steps=1"), tmp_path, progress=False)
     row = next(r for r in read_metrics(tmp_path) if "train/dropped_fraction" in r)
     assert row["train/dropped_fraction"] == 1.0 and "train/ratio_mean" not in row
@@ -323,11 +383,17 @@ def test_a_resumed_run_equals_an_uninterrupted_one_when_the_global_rng_is_drawn(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("override,message", [
-    (["model.lora.enabled=true", "model.lora.dropout=0.1"], r"model.lora.dropout 0.1: GRPO needs"),
-    (["model.dtype=bfloat16"], r"model.dtype bfloat16 with full fine-tuning"),
-    (["train.minibatches=5"], r"train.minibatches 5 exceeds the 4 transitions each group trains \(2 samples x 2 steps\)"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["model.lora.enabled=true", "model.lora.dropout=0.1"], r"model.lora.dropout 0.1: GRPO needs"),
+        (["model.dtype=bfloat16"], r"model.dtype bfloat16 with full fine-tuning"),
+        (
+            ["train.minibatches=5"],
+            r"train.minibatches 5 exceeds the 4 transitions each group trains \(2 samples x 2 steps\)",
+        ),
+    ],
+)
 def test_configs_that_cannot_train_correctly_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         _config(*STRATEGY["window"], *override)
@@ -351,7 +417,9 @@ def test_nft_trains_on_re_noised_rollouts_with_v_old_from_the_same_pass(tmp_path
 def test_non_finite_rollout_videos_skip_the_update_and_count_as_a_non_finite_iteration(tmp_path, monkeypatch):
     real_decode, poisoned = WanVideoModel.decode, []
 
-    def decode(self, latents):  # the first rollout's 4 videos come out NaN; evaluations (2 videos) and later rollouts do not
+    def decode(
+        self, latents
+    ):  # the first rollout's 4 videos come out NaN; evaluations (2 videos) and later rollouts do not
         frames = real_decode(self, latents)
         if latents.shape[0] == 4 and not poisoned:
             poisoned.append(True)

@@ -100,8 +100,11 @@ def test_sigterm_checkpoints_and_exits_and_the_rerun_resumes_to_the_same_weights
     config, out, ready = tmp_path / "sft.yaml", tmp_path / "run", tmp_path / "ready"
     save_config(_config(), config)
     with open(tmp_path / "stderr", "w+") as stderr:
-        child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(ready), "sft", str(config), "--out", str(out)],
-                                 stdout=subprocess.DEVNULL, stderr=stderr)
+        child = subprocess.Popen(
+            [sys.executable, "-c", SIGTERM_CHILD, str(ready), "sft", str(config), "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         try:
             deadline = time.monotonic() + 600
             while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
@@ -183,7 +186,9 @@ def test_micro_batches_give_the_same_update(tmp_path):
     )
     # Adam's first step moves each weight by about lr x sign(gradient), blind to the gradient's scale: compare the
     # first moments, which a loss scaled by 2 doubles, and check the weights moved
-    moments = [load_file(run.parent / "checkpoints" / "step_000001" / "optimizer.safetensors") for run in (whole, split)]
+    moments = [
+        load_file(run.parent / "checkpoints" / "step_000001" / "optimizer.safetensors") for run in (whole, split)
+    ]
     assert any(k.endswith("exp_avg") and v.abs().max() > 0 for k, v in moments[0].items())
     for key, value in moments[0].items():
         torch.testing.assert_close(moments[1][key], value, rtol=1e-4, atol=1e-4 * float(value.abs().max()))
@@ -199,8 +204,9 @@ def test_compiled_blocks_train_to_the_same_weights_as_eager(tmp_path):
 
     eager = train(_config("train.steps=2", "validation.n=1"), tmp_path / "eager", progress=False)
     counters.clear()
-    compiled = train(_config("train.steps=2", "validation.n=1", "train.compile=true"), tmp_path / "compiled",
-                     progress=False)
+    compiled = train(
+        _config("train.steps=2", "validation.n=1", "train.compile=true"), tmp_path / "compiled", progress=False
+    )
     assert counters["stats"]["unique_graphs"] > 0  # dynamo did compile the blocks
     a, b = _weights(eager.parent), _weights(compiled.parent)
     assert a.keys() == b.keys()  # Module.compile keeps the parameter names the saved model has
@@ -220,8 +226,13 @@ def test_pretrain_refuses_an_existing_model(tmp_path):
 
 def test_lora_run_writes_a_lora_that_resolves_to_its_base(tmp_path, finished_run):
     out = train(
-        _config(f"model.path={finished_run}", "model.lora.enabled=true", "model.lora.rank=2", "train.steps=2",
-                from_scratch=False),
+        _config(
+            f"model.path={finished_run}",
+            "model.lora.enabled=true",
+            "model.lora.rank=2",
+            "train.steps=2",
+            from_scratch=False,
+        ),
         tmp_path,
         progress=False,
     )
@@ -247,8 +258,11 @@ def test_with_ema_the_final_model_is_the_average_and_a_resumed_run_ends_with_the
 
 def test_what_a_model_predicts_is_kept_in_its_card_through_fine_tuning(tmp_path):
     base = tmp_path / "base"
-    train(_config("model.tiny.prediction=preconditioned", "model.tiny.sigma_data=0.5", "train.steps=1",
-                  "validation.n=1"), base, progress=False)
+    train(
+        _config("model.tiny.prediction=preconditioned", "model.tiny.sigma_data=0.5", "train.steps=1", "validation.n=1"),
+        base,
+        progress=False,
+    )
     card = json.loads((base / "model" / "vidpost.json").read_text())
     assert (card["prediction"], card["sigma_data"]) == ("preconditioned", 0.5)
     tuned = tmp_path / "tuned"
@@ -263,9 +277,10 @@ def test_batches_cover_every_clip_once_per_epoch():
     assert torch.equal(batch_indices(10, 5, 2, seed=3), batch_indices(10, 5, 2, seed=3))
     assert not torch.equal(batch_indices(10, 5, 3, seed=3), batch_indices(10, 5, 1, seed=3))
     # a batch straddling two epochs takes the end of one permutation and the start of the next
-    assert batch_indices(10, 4, 3, seed=0)[:2].tolist() == torch.cat(
-        [batch_indices(10, 4, s, seed=0) for s in (1, 2, 3)]
-    )[8:10].tolist()
+    assert (
+        batch_indices(10, 4, 3, seed=0)[:2].tolist()
+        == torch.cat([batch_indices(10, 4, s, seed=0) for s in (1, 2, 3)])[8:10].tolist()
+    )
 
 
 def test_learning_rate_schedule():
@@ -298,7 +313,9 @@ def test_a_finished_run_is_extended_by_more_steps_exactly(finished_run, tmp_path
 
 def test_a_stopped_run_resumes_at_a_lower_learning_rate_but_refuses_other_changes(tmp_path):
     assert train(_config(), tmp_path, progress=False, stop_after=2) is None
-    with pytest.raises(VidpostError, match=r"another config \(model.tiny.num_layers: 2 there, 3 now\); only train.steps"):
+    with pytest.raises(
+        VidpostError, match=r"another config \(model.tiny.num_layers: 2 there, 3 now\); only train.steps"
+    ):
         train(_config("model.tiny.num_layers=3", "optim.learning_rate=5e-4"), tmp_path, progress=False)
     with pytest.raises(VidpostError, match="train.steps 1 is below the 2 steps"):
         train(_config("train.steps=1"), tmp_path, progress=False)

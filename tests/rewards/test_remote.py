@@ -124,17 +124,40 @@ def test_unknown_reward_is_the_servers_400(url: str, clips) -> None:
     ("body", "error"),
     [
         (b"{not json", "the body is not JSON (Expecting property name"),
-        (json.dumps({"rewards": ["total"], "prompts": ["a", "b"], "videos": encode_videos(np.zeros((1, 3, 4, 4, 3)))}),
-         "1 videos but 2 prompts"),
-        (json.dumps({"rewards": ["total"], "prompts": ["a"],
-                     "videos": {**encode_videos(np.zeros((1, 3, 4, 4, 3))), "shape": [1, 3, 4, 5, 3]}}),
-         "holds 144 bytes but shape [1, 3, 4, 5, 3] needs 180"),
-        (json.dumps({"rewards": ["total"], "prompts": ["a"], "videos": {"dtype": "uint8", "shape": [1, 4, 4, 3]}}),
-         "videos.shape must be [B, T, H, W, 3]"),
-        (json.dumps({"rewards": ["total"], "prompts": ["no such caption"],
-                     "videos": encode_videos(np.zeros((1, 3, 16, 16, 3)))}), "no such caption"),
-        (json.dumps({"rewards": ["total"], "prompts": [], "videos": encode_videos(np.zeros((0, 3, 16, 16, 3)))}),
-         "prompts must be a non-empty list"),
+        (
+            json.dumps(
+                {"rewards": ["total"], "prompts": ["a", "b"], "videos": encode_videos(np.zeros((1, 3, 4, 4, 3)))}
+            ),
+            "1 videos but 2 prompts",
+        ),
+        (
+            json.dumps(
+                {
+                    "rewards": ["total"],
+                    "prompts": ["a"],
+                    "videos": {**encode_videos(np.zeros((1, 3, 4, 4, 3))), "shape": [1, 3, 4, 5, 3]},
+                }
+            ),
+            "holds 144 bytes but shape [1, 3, 4, 5, 3] needs 180",
+        ),
+        (
+            json.dumps({"rewards": ["total"], "prompts": ["a"], "videos": {"dtype": "uint8", "shape": [1, 4, 4, 3]}}),
+            "videos.shape must be [B, T, H, W, 3]",
+        ),
+        (
+            json.dumps(
+                {
+                    "rewards": ["total"],
+                    "prompts": ["no such caption"],
+                    "videos": encode_videos(np.zeros((1, 3, 16, 16, 3))),
+                }
+            ),
+            "no such caption",
+        ),
+        (
+            json.dumps({"rewards": ["total"], "prompts": [], "videos": encode_videos(np.zeros((0, 3, 16, 16, 3)))}),
+            "prompts must be a non-empty list",
+        ),
     ],
 )
 def test_bad_requests_get_a_one_line_400(url: str, body, error: str) -> None:
@@ -234,7 +257,6 @@ def test_a_taken_port_is_one_line(url: str) -> None:
 def test_a_url_without_scheme_is_one_line() -> None:
     with pytest.raises(VidpostError, match=r"'gpu-box:8766' must start with http://"):
         RemoteReward("gpu-box:8766")
-
 
 
 def _raw(port: int, request: bytes) -> bytes:

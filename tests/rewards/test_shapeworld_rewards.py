@@ -69,26 +69,37 @@ def test_ground_truth_scores_one_for_random_multi_object_scenes_after_uint8_stor
 
 
 def test_partial_captions_check_only_what_they_state():
-    spec = parse_caption("a large red circle moving right quickly and a small blue square staying still "
-                         "on a white background")
+    spec = parse_caption(
+        "a large red circle moving right quickly and a small blue square staying still on a white background"
+    )
     video = _truth(spec)
-    for partial in ["a red circle and a blue square", "a red circle moving right and a blue square on a white background",
-                    "a large red circle and a small blue square staying still"]:
+    for partial in [
+        "a red circle and a blue square",
+        "a red circle moving right and a blue square on a white background",
+        "a large red circle and a small blue square staying still",
+    ]:
         assert score_clip(video, parse_caption(partial))["total"] >= 0.99, partial
-    for wrong in ["a red circle moving left and a blue square", "a small red circle and a blue square",
-                  "a red square and a blue circle", "a red circle"]:
+    for wrong in [
+        "a red circle moving left and a blue square",
+        "a small red circle and a blue square",
+        "a red square and a blue circle",
+        "a red circle",
+    ]:
         assert score_clip(video, parse_caption(wrong))["total"] <= 0.25, wrong
 
 
 def test_attributes_are_bound_per_object():
     """Swapping shapes or motions between the objects keeps every attribute 'present' but must fail."""
-    truth = parse_caption("a small red circle moving right slowly and a small green square staying still "
-                          "on a black background")
+    truth = parse_caption(
+        "a small red circle moving right slowly and a small green square staying still on a black background"
+    )
     video = _truth(truth)
-    swapped_shapes = parse_caption("a small red square moving right slowly and a small green circle staying still "
-                                   "on a black background")
-    swapped_motion = parse_caption("a small red circle staying still and a small green square moving right slowly "
-                                   "on a black background")
+    swapped_shapes = parse_caption(
+        "a small red square moving right slowly and a small green circle staying still on a black background"
+    )
+    swapped_motion = parse_caption(
+        "a small red circle staying still and a small green square moving right slowly on a black background"
+    )
     assert score_clip(video, swapped_shapes)["instruction"] == 0.0
     assert score_clip(video, swapped_motion)["instruction"] < 0.05
 
@@ -140,20 +151,29 @@ def test_each_cheat_scores_at_most_a_quarter(cheat):
 
 def _falls(values: list[float]) -> bool:
     """Strictly falling while positive; once the instruction gate closes it stays at 0."""
-    return all(a > b or a == b == 0.0 for a, b in zip(values, values[1:], strict=False)) and values[0] >= 0.99 > values[-1]
+    return (
+        all(a > b or a == b == 0.0 for a, b in zip(values, values[1:], strict=False)) and values[0] >= 0.99 > values[-1]
+    )
 
 
 @pytest.mark.parametrize("background", list(BACKGROUNDS))
 def test_total_falls_monotonically_with_noise_and_blur(background):
-    scenes = [(s, _truth(s, i)) for i, (x, _) in enumerate(_moving_scenes(6, seed=3))
-              for s in [SceneSpec(x.objects, background)]]
+    scenes = [
+        (s, _truth(s, i))
+        for i, (x, _) in enumerate(_moving_scenes(6, seed=3))
+        for s in [SceneSpec(x.objects, background)]
+    ]
     rng = np.random.default_rng(0)
     noise = [rng.normal(size=v.shape).astype(np.float32) for _, v in scenes]
-    noisy = [np.mean([score_clip(np.clip(v + std * z, 0, 1), s)["total"] for (s, v), z in zip(scenes, noise, strict=True)])
-             for std in (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)]
+    noisy = [
+        np.mean([score_clip(np.clip(v + std * z, 0, 1), s)["total"] for (s, v), z in zip(scenes, noise, strict=True)])
+        for std in (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+    ]
     assert _falls(noisy) and noisy[3] > 0.5, noisy  # mild noise costs quality, not instruction following
-    blurred = [np.mean([score_clip(ndimage.gaussian_filter(v, sigma=(0, b, b, 0)), s)["total"] for s, v in scenes])
-               for b in (0.0, 0.3, 0.5, 0.8, 1.2)]
+    blurred = [
+        np.mean([score_clip(ndimage.gaussian_filter(v, sigma=(0, b, b, 0)), s)["total"] for s, v in scenes])
+        for b in (0.0, 0.3, 0.5, 0.8, 1.2)
+    ]
     assert _falls(blurred), blurred
 
 
@@ -169,11 +189,16 @@ def test_family_is_batched_and_rejects_bad_captions():
 
 
 def test_check_shares_say_which_check_fails():
-    spec = parse_caption("a small red square moving right slowly and a large blue circle staying still "
-                         "on a black background")
+    spec = parse_caption(
+        "a small red square moving right slowly and a large blue circle staying still on a black background"
+    )
     truth = _truth(spec)
     assert {k: score_clip(truth, spec)[k] for k in ("count", "presence", "size_shape", "motion")} == {
-        "count": 1.0, "presence": 1.0, "size_shape": 1.0, "motion": 1.0}
+        "count": 1.0,
+        "presence": 1.0,
+        "size_shape": 1.0,
+        "motion": 1.0,
+    }
     # the same video judged against a caption that states the blue circle small: present, wrong size, right motion
     wrong_size = parse_caption("a small red square moving right slowly and a small blue circle staying still")
     scores = score_clip(truth, wrong_size)
@@ -216,11 +241,25 @@ def test_graded_credit_rises_as_the_size_approaches_the_caption():
 
 def test_graded_credit_rises_as_the_speed_and_path_approach_the_caption():
     text = "a small blue circle moving right quickly on a white background"  # 2 px per frame
-    speeds = [_graded(_drawn(5, [10 + v * (t - 4) for t in range(8)], [9] * 8, "circle", "blue", "white"), text)
-              for v in (-2, -1, 0, 1, 2)]
+    speeds = [
+        _graded(_drawn(5, [10 + v * (t - 4) for t in range(8)], [9] * 8, "circle", "blue", "white"), text)
+        for v in (-2, -1, 0, 1, 2)
+    ]
     assert all(a < b for a, b in itertools.pairwise(speeds)) and speeds[-1] >= 0.99, speeds
-    jitter = [_graded(_drawn(5, [2 + 2 * t for t in range(8)], [9 + (k if t % 2 else -k) for t in range(8)],
-                             "circle", "blue", "white"), text) for k in (3, 2, 1, 0)]
+    jitter = [
+        _graded(
+            _drawn(
+                5,
+                [2 + 2 * t for t in range(8)],
+                [9 + (k if t % 2 else -k) for t in range(8)],
+                "circle",
+                "blue",
+                "white",
+            ),
+            text,
+        )
+        for k in (3, 2, 1, 0)
+    ]
     assert all(a < b for a, b in itertools.pairwise(jitter)) and jitter[-1] >= 0.99, jitter
 
 

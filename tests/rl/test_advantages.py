@@ -1,6 +1,5 @@
 """Group-relative advantages against a plain numpy computation, and across ranks (2 gloo processes)."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -38,7 +37,9 @@ def test_per_reward_mode_normalises_each_reward_before_weighting():
     want = _reference(a.numpy(), 4, "group", 50.0) + 0.5 * _reference(b.numpy(), 4, "group", 50.0)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
     summed = combine_advantages({"a": a, "b": b}, {"a": 1.0, "b": 0.5}, 4, "weighted_sum", clip=50.0)
-    np.testing.assert_allclose(summed.numpy(), _reference((a.double() + 0.5 * b.double()).numpy(), 4, "group", 50.0), rtol=1e-12)
+    np.testing.assert_allclose(
+        summed.numpy(), _reference((a.double() + 0.5 * b.double()).numpy(), 4, "group", 50.0), rtol=1e-12
+    )
 
 
 def _ranks_worker(rank, store, rewards, group_size, results):

@@ -49,7 +49,9 @@ def _autograd_scale(sigma, sigma_next, g):
 
 
 @pytest.mark.parametrize("schedule", ["flow_grpo", "flash", "dance"])
-@pytest.mark.parametrize("steps,shift,scheduler", [(20, 3.0, "flow_match_euler"), (10, 5.0, "unipc"), (16, 1.0, "flow_match_euler")])
+@pytest.mark.parametrize(
+    "steps,shift,scheduler", [(20, 3.0, "flow_match_euler"), (10, 5.0, "unipc"), (16, 1.0, "flow_match_euler")]
+)
 def test_gradient_scale_and_rectification_weights_match_autograd(schedule, steps, shift, scheduler):
     sigmas = sampling_sigmas(steps, shift, scheduler)
     g = noise_levels(sigmas, schedule)

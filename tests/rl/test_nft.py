@@ -31,8 +31,17 @@ def _points(rng, m=5, shape=(3, 2, 4, 4)):
     sigma = rng.uniform(0.05, 0.95, m)
     eps = rng.standard_normal((m, *shape))
     x = (1 - sigma.reshape(-1, 1, 1, 1, 1)) * x0 + sigma.reshape(-1, 1, 1, 1, 1) * eps
-    return Renoised(x=torch.from_numpy(x).float(), x0=torch.from_numpy(x0).float(), sample=torch.arange(m),
-                    step=torch.zeros(m, dtype=torch.long), sigma=torch.from_numpy(sigma)), eps, x0
+    return (
+        Renoised(
+            x=torch.from_numpy(x).float(),
+            x0=torch.from_numpy(x0).float(),
+            sample=torch.arange(m),
+            step=torch.zeros(m, dtype=torch.long),
+            sigma=torch.from_numpy(sigma),
+        ),
+        eps,
+        x0,
+    )
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.1])
@@ -42,10 +51,12 @@ def test_loss_matches_float64_reference(beta):
     v = rng.standard_normal(points.x.shape)
     v_old = v + 0.1 * rng.standard_normal(points.x.shape)
     adv = np.array([-7.0, -1.0, 0.0, 2.5, 6.0])  # beyond ±A_max too: clipped
-    terms = nft_loss(torch.from_numpy(v).float(), torch.from_numpy(v_old).float(), points, torch.from_numpy(adv),
-                     beta, adv_clip=5.0)
-    ref = _reference(v, v_old, points.x.double().numpy(), points.x0.double().numpy(), points.sigma.numpy(), adv,
-                     beta, 5.0)
+    terms = nft_loss(
+        torch.from_numpy(v).float(), torch.from_numpy(v_old).float(), points, torch.from_numpy(adv), beta, adv_clip=5.0
+    )
+    ref = _reference(
+        v, v_old, points.x.double().numpy(), points.x0.double().numpy(), points.sigma.numpy(), adv, beta, 5.0
+    )
     np.testing.assert_allclose(terms.loss.double().numpy(), ref, rtol=2e-5)
 
 
@@ -57,7 +68,9 @@ def test_optimality_probability():
 def _gradient(adv: float, rng_seed: int = 1):
     rng = np.random.default_rng(rng_seed)
     points, eps, x0 = _points(rng, m=1)
-    v_old = torch.from_numpy(eps - x0).float() + 0.3 * torch.randn(points.x.shape, generator=torch.Generator().manual_seed(2))
+    v_old = torch.from_numpy(eps - x0).float() + 0.3 * torch.randn(
+        points.x.shape, generator=torch.Generator().manual_seed(2)
+    )
     v = v_old.clone().requires_grad_(True)
     nft_loss(v, v_old, points, torch.tensor([adv]), 1.0, 5.0).loss.sum().backward()
     return v.grad, v_old, torch.from_numpy(eps - x0).float()
@@ -66,9 +79,9 @@ def _gradient(adv: float, rng_seed: int = 1):
 def test_a_good_sample_pulls_the_velocity_to_its_clean_sample_and_a_bad_one_pushes_it_away():
     grad, v_old, v_true = _gradient(3.0)
     step = -grad  # gradient descent
-    assert ((v_old + 1e-3 * step - v_true).square().sum() < (v_old - v_true).square().sum())
+    assert (v_old + 1e-3 * step - v_true).square().sum() < (v_old - v_true).square().sum()
     grad, v_old, v_true = _gradient(-3.0)
-    assert ((v_old - 1e-3 * grad - v_true).square().sum() > (v_old - v_true).square().sum())
+    assert (v_old - 1e-3 * grad - v_true).square().sum() > (v_old - v_true).square().sum()
 
 
 def test_a_tie_at_the_old_policy_gives_no_gradient():

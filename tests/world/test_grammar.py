@@ -53,7 +53,9 @@ def test_issue_example_parses_exactly():
         ("a small cyan square on a gray background", SceneSpec((ObjectSpec("cyan", "square", "small"),), "gray")),
         (
             "a green triangle staying still and a yellow circle moving left slowly",
-            SceneSpec((ObjectSpec("green", "triangle", motion=STILL), ObjectSpec("yellow", "circle", None, "left", "slowly"))),
+            SceneSpec(
+                (ObjectSpec("green", "triangle", motion=STILL), ObjectSpec("yellow", "circle", None, "left", "slowly"))
+            ),
         ),
     ],
 )

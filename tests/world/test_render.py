@@ -11,8 +11,17 @@ from vidpost.world.sampling import random_spec
 from vidpost.world.spec import BACKGROUNDS, COLOURS, DIRECTIONS, SIZES, SPEEDS, STILL, ObjectSpec, SceneSpec
 
 
-@pytest.mark.parametrize("shape, side, area", [("square", 5, 25), ("square", 9, 81), ("circle", 5, 21),
-                                               ("circle", 9, 69), ("triangle", 5, 13), ("triangle", 9, 41)])
+@pytest.mark.parametrize(
+    "shape, side, area",
+    [
+        ("square", 5, 25),
+        ("square", 9, 81),
+        ("circle", 5, 21),
+        ("circle", 9, 69),
+        ("triangle", 5, 13),
+        ("triangle", 9, 41),
+    ],
+)
 def test_shape_masks_fill_their_box_and_are_symmetric(shape, side, area):
     mask = shape_mask(shape, side)
     assert mask.shape == (side, side) and mask.sum() == area
@@ -54,8 +63,9 @@ def test_moving_object_moves_at_its_speed():
 
 
 def test_same_seed_same_video_other_seed_other_layout():
-    spec = parse_caption("a large blue circle moving left slowly and a small yellow triangle staying still "
-                         "on a gray background")
+    spec = parse_caption(
+        "a large blue circle moving left slowly and a small yellow triangle staying still on a gray background"
+    )
     a = render_scene(spec, np.random.default_rng(7))
     b = render_scene(spec, np.random.default_rng(7))
     c = render_scene(spec, np.random.default_rng(8))
@@ -63,8 +73,10 @@ def test_same_seed_same_video_other_seed_other_layout():
 
 
 def test_tight_scene_finds_its_layout():
-    spec = parse_caption(" and ".join(f"a large {c} square moving right quickly" for c in ("red", "green", "blue"))
-                         + " on a white background")
+    spec = parse_caption(
+        " and ".join(f"a large {c} square moving right quickly" for c in ("red", "green", "blue"))
+        + " on a white background"
+    )
     placements = layout(spec, np.random.default_rng(0), frames=10, height=32, width=32)
     assert sorted(p.y for p in placements) in ([0, 11, 22], [0, 11, 23], [0, 12, 23], [1, 12, 23])
     assert render(spec, placements, 10, 32, 32).shape == (10, 32, 32, 3)
@@ -86,6 +98,7 @@ EXCLUDED = {  # the documented rule: two large quick movers on perpendicular axe
 
 def _brute_force_fits(a: ObjectSpec, b: ObjectSpec, frames: int, size: int, gap: int) -> bool:
     """Any start pair whose boxes keep `gap` px apart in every frame: plain loops, the reference for `fits`."""
+
     def paths(o):
         side, (vx, vy) = SIZES[o.size], o.velocity
         for x in range(size):
@@ -96,8 +109,10 @@ def _brute_force_fits(a: ObjectSpec, b: ObjectSpec, frames: int, size: int, gap:
 
     def apart(p, q):
         (sp, bp), (sq, bq) = p, q
-        return all(max(xq - (xp + sp), xp - (xq + sq), yq - (yp + sp), yp - (yq + sq)) >= gap
-                   for (xp, yp), (xq, yq) in zip(bp, bq, strict=True))
+        return all(
+            max(xq - (xp + sp), xp - (xq + sq), yq - (yp + sp), yp - (yq + sq)) >= gap
+            for (xp, yp), (xq, yq) in zip(bp, bq, strict=True)
+        )
 
     return any(apart(p, q) for p in paths(a) for q in list(paths(b)))
 

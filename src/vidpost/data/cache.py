@@ -7,7 +7,8 @@ Training then never runs the text encoder or the VAE. The cache is a folder in t
 
 Row 0 of `embeds` is the empty caption, which caption dropout trains on (the unconditional input of
 classifier-free guidance). The cache is rebuilt when the fingerprint (dataset metadata, every file's size and
-modification time, caption key, model key, dtype) changes; clips whose shape differs from the first clip's are skipped and counted.
+modification time, caption key, model key, dtype) changes; clips whose shape differs from the first clip's are
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -87,16 +88,18 @@ def load_or_build_cache(
         if info["fingerprint"] == fingerprint:
             tensors = load_file(cache_dir / TENSORS_NAME)
             return EncodedDataset(
-                tensors["latents"], tensors["caption_ids"], tensors["embeds"], info["captions"], *info["video"],
+                tensors["latents"],
+                tensors["caption_ids"],
+                tensors["embeds"],
+                info["captions"],
+                *info["video"],
                 skipped=info["skipped"],
             )
         log.info("dataset or model changed since %s was built; re-encoding", cache_dir)
     encoded = _encode(dataset, model, caption_key, CACHE_DTYPES[dtype], batch_size, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache_dir / TENSORS_NAME) as tmp:
-        save_file(
-            {"latents": encoded.latents, "caption_ids": encoded.caption_ids, "embeds": encoded.embeds}, tmp
-        )
+        save_file({"latents": encoded.latents, "caption_ids": encoded.caption_ids, "embeds": encoded.embeds}, tmp)
     info = {
         "fingerprint": fingerprint,
         "dataset": str(dataset),
@@ -126,7 +129,9 @@ def _encode(dataset: Path, model, caption_key: str, dtype: torch.dtype, batch_si
             shape = clip.frames.shape
             model.latent_shape(*shape[:3])  # errors now if the transformer's patches do not fit
         if clip.frames.shape != shape:
-            log.warning("skipping clip %s: shape %s differs from the first clip's %s", clip.file, clip.frames.shape, shape)
+            log.warning(
+                "skipping clip %s: shape %s differs from the first clip's %s", clip.file, clip.frames.shape, shape
+            )
             skipped += 1
             continue
         caption_ids.append(index.setdefault(clip.caption, len(index)))
@@ -140,10 +145,19 @@ def _encode(dataset: Path, model, caption_key: str, dtype: torch.dtype, batch_si
         raise VidpostError(f"{dataset}: no readable clips (skipped {skipped})")
     captions = list(index)
     embeds = torch.cat(
-        [model.encode_prompts(captions[i : i + batch_size]).to(dtype).cpu() for i in range(0, len(captions), batch_size)]
+        [
+            model.encode_prompts(captions[i : i + batch_size]).to(dtype).cpu()
+            for i in range(0, len(captions), batch_size)
+        ]
     )
     frames, height, width = shape[:3]
     return EncodedDataset(
-        torch.cat(latents), torch.tensor(caption_ids, dtype=torch.int64), embeds, captions, frames, height, width,
+        torch.cat(latents),
+        torch.tensor(caption_ids, dtype=torch.int64),
+        embeds,
+        captions,
+        frames,
+        height,
+        width,
         skipped,
     )

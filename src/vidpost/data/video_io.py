@@ -131,9 +131,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> 
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in VIDEO_EXTENSIONS:
-        raise ValueError(
-            f"cannot write {path}: unknown extension {ext!r}, expected one of {VIDEO_EXTENSIONS}"
-        )
+        raise ValueError(f"cannot write {path}: unknown extension {ext!r}, expected one of {VIDEO_EXTENSIONS}")
     _check_frames(frames)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")

@@ -86,8 +86,9 @@ class GuidedVelocity:
         if self.use_cfg and self.batch_cfg:
             uncond = self.uncond_embeds.expand(x.shape[0], -1, -1)
             with self.contexts("cond+uncond", sigma):
-                both = self.model.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                                           torch.cat([self.cond_embeds, uncond]))
+                both = self.model.velocity(
+                    torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.cond_embeds, uncond])
+                )
             self.nfe += 2
             v, v_uncond = both.chunk(2)
             return v_uncond + self.guidance_scale * (v - v_uncond)
@@ -110,9 +111,9 @@ def initial_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.devi
 
     Each video's noise comes from its own seed, so a video does not depend on the batch it is drawn in.
     """
-    return torch.stack(
-        [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    ).to(device)
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(
+        device
+    )
 
 
 def branch(x: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -44,9 +44,7 @@ def make_scheduler(name: str, shift: float) -> FlowMatchEulerDiscreteScheduler |
 
     if name == "flow_match_euler":
         return FlowMatchEulerDiscreteScheduler(shift=float(shift))
-    return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(shift)
-    )
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(shift))
 
 
 def sampling_sigmas(num_steps: int, shift: float, scheduler: str = "flow_match_euler") -> torch.Tensor:
@@ -89,9 +87,7 @@ def sample_training_sigmas(
     then shifted by `shift` (1 = none) and kept within [TRAINING_SIGMA_EPS, 1 − TRAINING_SIGMA_EPS].
     """
     if mode not in TRAINING_SIGMA_MODES:
-        raise ValueError(
-            f"unknown training sigma mode {mode!r}; valid modes: {', '.join(TRAINING_SIGMA_MODES)}"
-        )
+        raise ValueError(f"unknown training sigma mode {mode!r}; valid modes: {', '.join(TRAINING_SIGMA_MODES)}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if not logit_std > 0:
@@ -127,9 +123,7 @@ def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tens
             f"v_pred, x0 and noise shapes differ: {tuple(v_pred.shape)}, {tuple(x0.shape)}, {tuple(noise.shape)}"
         )
     if v_pred.ndim < 2:
-        raise ValueError(
-            f"expected a batch (B, ...) with at least one non-batch dim, got shape {tuple(v_pred.shape)}"
-        )
+        raise ValueError(f"expected a batch (B, ...) with at least one non-batch dim, got shape {tuple(v_pred.shape)}")
     dtype = torch.promote_types(torch.promote_types(v_pred.dtype, x0.dtype), torch.float32)
     err = v_pred.to(dtype) - velocity_target(x0.to(dtype), noise.to(dtype))
     return err.square().mean(dim=tuple(range(1, err.ndim)))

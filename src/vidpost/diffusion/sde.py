@@ -51,7 +51,7 @@ STEP_KINDS = ("flow", "cps")
 
 
 def step_kind(schedule: str) -> str:
-    """"cps" for the coefficient-preserving schedule, "flow" (the Flow-GRPO SDE step) for the others."""
+    """ "cps" for the coefficient-preserving schedule, "flow" (the Flow-GRPO SDE step) for the others."""
     if schedule not in NOISE_SCHEDULES:
         raise ValueError(f"unknown noise schedule {schedule!r}; valid schedules: {', '.join(NOISE_SCHEDULES)}")
     return "cps" if schedule == "cps" else "flow"
@@ -60,9 +60,7 @@ def step_kind(schedule: str) -> str:
 def _check_grid(sigmas) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas).to(torch.float64)
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
-        raise ValueError(
-            f"sigmas must be a 1-D grid with at least 2 entries, got shape {tuple(sigmas.shape)}"
-        )
+        raise ValueError(f"sigmas must be a 1-D grid with at least 2 entries, got shape {tuple(sigmas.shape)}")
     if not bool((sigmas[1:] < sigmas[:-1]).all()):
         raise ValueError(f"sigmas must be strictly decreasing, got {sigmas.tolist()}")
     if not (sigmas[0] <= 1 and sigmas[-1] >= 0):
@@ -88,15 +86,12 @@ def noise_levels(sigmas, schedule: str, **params) -> torch.Tensor:
     Unknown schedules or parameters, and negative or non-finite g, raise ValueError.
     """
     if schedule not in NOISE_SCHEDULES:
-        raise ValueError(
-            f"unknown noise schedule {schedule!r}; valid schedules: {', '.join(NOISE_SCHEDULES)}"
-        )
+        raise ValueError(f"unknown noise schedule {schedule!r}; valid schedules: {', '.join(NOISE_SCHEDULES)}")
     known = NOISE_SCHEDULES[schedule]
     for name in params:
         if name not in known:
             raise ValueError(
-                f"unknown parameter {name!r} for noise schedule {schedule!r}; "
-                f"its parameters: {', '.join(known)}"
+                f"unknown parameter {name!r} for noise schedule {schedule!r}; its parameters: {', '.join(known)}"
             )
     p = {**known, **params}
     sigmas = _check_grid(sigmas)
@@ -171,9 +166,7 @@ def _check_pair(x: torch.Tensor, v: torch.Tensor) -> None:
     if x.shape != v.shape:
         raise ValueError(f"x and v shapes differ: {tuple(x.shape)} vs {tuple(v.shape)}")
     if x.ndim < 2:
-        raise ValueError(
-            f"expected a batch (B, ...) with at least one non-batch dim, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"expected a batch (B, ...) with at least one non-batch dim, got shape {tuple(x.shape)}")
 
 
 def ode_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
@@ -184,7 +177,9 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tenso
     return x.to(dtype) + broadcast_over(delta, x, dtype) * v.to(dtype)
 
 
-def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g, kind: str = "flow") -> tuple[torch.Tensor, torch.Tensor]:
+def sde_mean_std(
+    x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, g, kind: str = "flow"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean μ and std s of the SDE transition x_{i+1} | x_i: the Flow-GRPO step (s = g·√(−Δ)) or, with
     kind "cps", the coefficient-preserving one (s = σ_next·g) (module docstring).
 
@@ -229,9 +224,7 @@ def transition_kl(mean_a: torch.Tensor, mean_b: torch.Tensor, std) -> torch.Tens
 
 def _std_like(std, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if like.ndim < 2:
-        raise ValueError(
-            f"expected a batch (B, ...) with at least one non-batch dim, got shape {tuple(like.shape)}"
-        )
+        raise ValueError(f"expected a batch (B, ...) with at least one non-batch dim, got shape {tuple(like.shape)}")
     s = (
         std.to(like.device)
         if isinstance(std, torch.Tensor)

@@ -40,9 +40,7 @@ def _grids(teacher_sigmas, student_sigmas) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.as_tensor(student_sigmas, dtype=torch.float64)
     for name, grid in (("teacher", t), ("student", s)):
         if grid.ndim != 1 or grid.shape[0] < 2 or not bool((grid[1:] < grid[:-1]).all()) or grid[-1] != 0:
-            raise ValueError(
-                f"the {name} grid must be strictly decreasing to 0 with >= 2 entries, got {grid.tolist()}"
-            )
+            raise ValueError(f"the {name} grid must be strictly decreasing to 0 with >= 2 entries, got {grid.tolist()}")
     if s[0] > t[0]:
         raise ValueError(f"the student grid starts at σ = {s[0].item()}, above the teacher's {t[0].item()}")
     return t, s

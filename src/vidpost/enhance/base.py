@@ -34,11 +34,11 @@ class RewriteCounts:
 
     prompts: int = 0
     rewritten: int = 0
-    failed: int = 0       # the backend produced nothing (server down, timeout, error)
-    empty: int = 0        # only whitespace
-    too_long: int = 0     # more words than check.max_words
-    unparsable: int = 0   # not a canonical ShapeWorld caption (when check.shapeworld is on)
-    unsure: int = 0       # the prompt has words the check cannot read, so it cannot tell what they state (check.intent)
+    failed: int = 0  # the backend produced nothing (server down, timeout, error)
+    empty: int = 0  # only whitespace
+    too_long: int = 0  # more words than check.max_words
+    unparsable: int = 0  # not a canonical ShapeWorld caption (when check.shapeworld is on)
+    unsure: int = 0  # the prompt has words the check cannot read, so it cannot tell what they state (check.intent)
     contradicts: int = 0  # an object added or missing, or a stated attribute changed (check.intent)
 
     @property
@@ -51,9 +51,12 @@ class RewriteCounts:
 
     def as_metrics(self, prefix: str = "enhance/") -> dict[str, int]:
         """Counters for a run log: prompts, rewritten, fallbacks and one fallback_<reason> each."""
-        return {f"{prefix}prompts": self.prompts, f"{prefix}rewritten": self.rewritten,
-                f"{prefix}fallbacks": self.fallbacks,
-                **{f"{prefix}fallback_{reason}": getattr(self, reason) for reason in FALLBACK_REASONS}}
+        return {
+            f"{prefix}prompts": self.prompts,
+            f"{prefix}rewritten": self.rewritten,
+            f"{prefix}fallbacks": self.fallbacks,
+            **{f"{prefix}fallback_{reason}": getattr(self, reason) for reason in FALLBACK_REASONS},
+        }
 
     def summary(self) -> str:
         """'3 of 8 rewrites fell back to the prompt (2 unparsable, 1 empty)', or '8 prompts rewritten'."""

@@ -37,11 +37,14 @@ _SENTINEL = "\x00rewrite\x00"  # a message no template rewrites, to find where t
 class ChatFormat:
     """The `TextFormat` of a chat model: the conversation of `chat_messages` through the tokenizer's template."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, instruction: InstructionConfig,
-                 max_prompt_tokens: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, instruction: InstructionConfig, max_prompt_tokens: int
+    ) -> None:
         if not tokenizer.chat_template:
-            raise VidpostError(f"{tokenizer.name_or_path}: the tokenizer has no chat template; the enhancer is "
-                               "trained on the conversation the hf backend sends (add a chat template to it)")
+            raise VidpostError(
+                f"{tokenizer.name_or_path}: the tokenizer has no chat template; the enhancer is "
+                "trained on the conversation the hf backend sends (add a chat template to it)"
+            )
         self.tokenizer, self.instruction, self.max_prompt_tokens = tokenizer, instruction, max_prompt_tokens
         if tokenizer.pad_token_id is None:  # padding is masked out; any id serves
             tokenizer.pad_token = tokenizer.eos_token
@@ -52,19 +55,24 @@ class ChatFormat:
         messages = chat_messages(user, self.instruction)
         if rewrite is None:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": rewrite}],
-                                                  tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": rewrite}], tokenize=False
+        )
 
     def _end_of_turn(self) -> int:
         """The special token the template writes right after an assistant's message."""
         prompt, full = self._render("x", None), self._render("x", _SENTINEL)
         if not full.startswith(prompt) or _SENTINEL not in full:
-            raise VidpostError(f"{self.tokenizer.name_or_path}: the chat template does not write an assistant's "
-                               "reply after the generation prompt; it cannot be trained as an enhancer")
+            raise VidpostError(
+                f"{self.tokenizer.name_or_path}: the chat template does not write an assistant's "
+                "reply after the generation prompt; it cannot be trained as an enhancer"
+            )
         after = self.tokenizer(full.split(_SENTINEL, 1)[1], add_special_tokens=False)["input_ids"]
         if not after or after[0] not in self.tokenizer.all_special_ids:
-            raise VidpostError(f"{self.tokenizer.name_or_path}: the chat template ends an assistant's turn with no "
-                               "special token, so a rewrite would have no end")
+            raise VidpostError(
+                f"{self.tokenizer.name_or_path}: the chat template ends an assistant's turn with no "
+                "special token, so a rewrite would have no end"
+            )
         return after[0]
 
     def prompt(self, text: str) -> list[int]:
@@ -81,21 +89,31 @@ class ChatFormat:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
 
-def add_lora(model: PreTrainedModel, rank: int, alpha: float, target_modules: Sequence[str],
-             dropout: float) -> PeftModel:
+def add_lora(
+    model: PreTrainedModel, rank: int, alpha: float, target_modules: Sequence[str], dropout: float
+) -> PeftModel:
     """LoRA adapters on the named Linear layers (peft); only they train, the model's weights stay frozen."""
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout, task_type="CAUSAL_LM"
+    )
     try:
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for a user to do
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, config)
     except ValueError as exc:  # peft names the modules it could not find
-        raise VidpostError(f"model.lora.target_modules {list(target_modules)}: {' '.join(str(exc).split())[:300]}") from exc
+        raise VidpostError(
+            f"model.lora.target_modules {list(target_modules)}: {' '.join(str(exc).split())[:300]}"
+        ) from exc
 
 
-def save_chat_enhancer(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, fmt: ChatFormat,
-                       directory: str | Path, card: dict, shapeworld: bool) -> Path:
+def save_chat_enhancer(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: ChatFormat,
+    directory: str | Path,
+    card: dict,
+    shapeworld: bool,
+) -> Path:
     """A plain transformers folder (safetensors; LoRA merged into the weights, so the model is changed) with
     the card `enhancer.json` ({"backend": "hf", "enhancer": the settings `--enhancer` applies, **card}).
 

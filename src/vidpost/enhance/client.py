@@ -45,13 +45,19 @@ class OpenAIEnhancer(Enhancer):
         o = cfg.openai
         key = os.environ.get(o.api_key_env) or None
         if key is not None and not o.send_api_key:
-            log.warning("enhancer %s: not sending $%s to %s (plain http to another host; name the endpoint in an "
-                        "enhancer config to send it)", name, o.api_key_env, o.base_url)
+            log.warning(
+                "enhancer %s: not sending $%s to %s (plain http to another host; name the endpoint in an "
+                "enhancer config to send it)",
+                name,
+                o.api_key_env,
+                o.base_url,
+            )
             key = None
         elif key is None:
             log.info("enhancer %s: $%s is not set; sending no API key", name, o.api_key_env)
-        self._client = openai.OpenAI(base_url=o.base_url, api_key=key or NO_KEY, timeout=o.timeout_s,
-                                     max_retries=o.retries)
+        self._client = openai.OpenAI(
+            base_url=o.base_url, api_key=key or NO_KEY, timeout=o.timeout_s, max_retries=o.retries
+        )
         self.model_name = o.model
 
     def _resolve_model(self) -> str:
@@ -66,8 +72,12 @@ class OpenAIEnhancer(Enhancer):
         g = self.cfg.generation
         try:
             reply = self._client.chat.completions.create(
-                model=self.model_name, messages=chat_messages(prompt, self.cfg.instruction),
-                max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
+                model=self.model_name,
+                messages=chat_messages(prompt, self.cfg.instruction),
+                max_tokens=g.max_new_tokens,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                seed=g.seed,
             )
         except openai.OpenAIError as err:  # connection refused, timeout, 4xx/5xx after retries, bad reply
             return err
@@ -86,7 +96,14 @@ class OpenAIEnhancer(Enhancer):
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             attempts = self.cfg.openai.retries + 1
-            log.warning("enhancer %s: %d of %d requests to %s failed after %d attempt%s (%s); keeping those prompts",
-                        self.name, len(errors), len(prompts), self.cfg.openai.base_url, attempts,
-                        "s" * (attempts > 1), _reason(errors[0]))
+            log.warning(
+                "enhancer %s: %d of %d requests to %s failed after %d attempt%s (%s); keeping those prompts",
+                self.name,
+                len(errors),
+                len(prompts),
+                self.cfg.openai.base_url,
+                attempts,
+                "s" * (attempts > 1),
+                _reason(errors[0]),
+            )
         return [None if isinstance(r, Exception) else r for r in results]

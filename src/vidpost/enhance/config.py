@@ -46,8 +46,9 @@ class CheckConfig(Config):
         None, description="a rewrite must parse as a canonical ShapeWorld caption; null: on for toy, off otherwise"
     )
     intent: bool | None = Field(
-        None, description="a rewrite must keep everything the ShapeWorld prompt states (enhance/intent.py), and "
-        "the toy reads the prompt in its training words; null: on where shapeworld is"
+        None,
+        description="a rewrite must keep everything the ShapeWorld prompt states (enhance/intent.py), and "
+        "the toy reads the prompt in its training words; null: on where shapeworld is",
     )
 
 
@@ -58,7 +59,8 @@ class OpenAIConfig(Config):
         "OPENAI_API_KEY", min_length=1, description="environment variable holding the API key (the key is never saved)"
     )
     send_api_key: bool = Field(
-        True, description="send the key of api_key_env (a bare http:// URL given on the command line sends none "
+        True,
+        description="send the key of api_key_env (a bare http:// URL given on the command line sends none "
         "unless it is this machine: the key would cross the network in clear text to a host no config named)",
     )
     timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one reply before retrying")

@@ -27,7 +27,9 @@ def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
 
 
-def load_causal_lm(path: str | Path, dtype: str | torch.dtype = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_causal_lm(
+    path: str | Path, dtype: str | torch.dtype = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) of a local transformers causal-LM folder: local files, safetensors and shipped
     architectures only (nothing is downloaded, unpickled or executed from the folder)."""
     path = Path(path)
@@ -65,19 +67,23 @@ class HFEnhancer(Enhancer):
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> list[str | None]:
         g = self.cfg.generation
-        sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
-            "do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p}
+            if g.temperature > 0
+            else {"do_sample": False}
+        )
         texts: list[str | None] = []
         for start in range(0, len(prompts), g.batch_size):
-            chunk = [self.prompt_text(p) for p in prompts[start: start + g.batch_size]]
+            chunk = [self.prompt_text(p) for p in prompts[start : start + g.batch_size]]
             # the chat template already holds the special tokens (BOS, role markers)
             inputs = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
             inputs = inputs.to(self.model.device)
             with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []):
                 torch.manual_seed(g.seed + self._calls)  # reproducible, and the caller's RNG stays untouched
                 self._calls += 1
-                out = self.model.generate(**inputs, max_new_tokens=g.max_new_tokens,
-                                          pad_token_id=self.tokenizer.pad_token_id, **sampling)
-            new = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                out = self.model.generate(
+                    **inputs, max_new_tokens=g.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
+                )
+            new = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             texts += new if self.chat else [_first_line(t) for t in new]
         return texts

@@ -66,8 +66,10 @@ FEW_SHOT = (
 
 
 def system_prompt(cfg: InstructionConfig) -> str:
-    return cfg.system_prompt if cfg.system_prompt is not None else SYSTEM_PROMPT.format(
-        words=cfg.words, language=cfg.language
+    return (
+        cfg.system_prompt
+        if cfg.system_prompt is not None
+        else SYSTEM_PROMPT.format(words=cfg.words, language=cfg.language)
     )
 
 

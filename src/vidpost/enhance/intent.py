@@ -33,25 +33,42 @@ from vidpost.world.spec import BACKGROUNDS, DIRECTIONS, STILL, ObjectSpec, Scene
 
 # Everyday words for ShapeWorld's attributes beyond those its terse prompts use (colours by nearest hue).
 SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
-    "colour": {"red": ("crimson", "scarlet", "ruby", "cherry"), "green": ("lime", "emerald", "grassy"),
-               "blue": ("azure", "cobalt", "sapphire"), "yellow": ("golden", "lemon", "amber"),
-               "magenta": ("fuchsia", "purple", "violet", "rose"), "cyan": ("turquoise", "aquamarine")},
-    "shape": {"circle": ("orb", "sphere", "round", "ring", "blob"), "square": ("cube", "tile", "rectangle"),
-              "triangle": ("pyramid", "arrowhead", "cone")},
-    "size": {"small": ("mini", "teeny", "minuscule", "petite", "smaller"),
-             "large": ("giant", "massive", "enormous", "bigger", "jumbo")},
-    "motion": {"left": ("leftward", "leftwards", "westward"), "right": ("rightward", "rightwards", "eastward"),
-               "up": ("ascending", "climbing", "upward", "upwards", "rises", "lifting"),
-               "down": ("descending", "plunging", "downward", "downwards", "falls", "tumbling"),
-               STILL: ("motionless", "stationary", "frozen", "resting", "idle", "unmoving")},
-    "speed": {"slowly": ("sluggishly", "sluggish", "leisurely", "lazily", "unhurried", "crawling"),
-              "quickly": ("rapidly", "swiftly", "speedily", "briskly", "rapid", "swift", "zooming")},
+    "colour": {
+        "red": ("crimson", "scarlet", "ruby", "cherry"),
+        "green": ("lime", "emerald", "grassy"),
+        "blue": ("azure", "cobalt", "sapphire"),
+        "yellow": ("golden", "lemon", "amber"),
+        "magenta": ("fuchsia", "purple", "violet", "rose"),
+        "cyan": ("turquoise", "aquamarine"),
+    },
+    "shape": {
+        "circle": ("orb", "sphere", "round", "ring", "blob"),
+        "square": ("cube", "tile", "rectangle"),
+        "triangle": ("pyramid", "arrowhead", "cone"),
+    },
+    "size": {
+        "small": ("mini", "teeny", "minuscule", "petite", "smaller"),
+        "large": ("giant", "massive", "enormous", "bigger", "jumbo"),
+    },
+    "motion": {
+        "left": ("leftward", "leftwards", "westward"),
+        "right": ("rightward", "rightwards", "eastward"),
+        "up": ("ascending", "climbing", "upward", "upwards", "rises", "lifting"),
+        "down": ("descending", "plunging", "downward", "downwards", "falls", "tumbling"),
+        STILL: ("motionless", "stationary", "frozen", "resting", "idle", "unmoving"),
+    },
+    "speed": {
+        "slowly": ("sluggishly", "sluggish", "leisurely", "lazily", "unhurried", "crawling"),
+        "quickly": ("rapidly", "swiftly", "speedily", "briskly", "rapid", "swift", "zooming"),
+    },
     "background": {"gray": ("grey",)},
 }
 # Words that state nothing about a scene.
-FILLERS = frozenset("a an the and with of on in to at is are its their both all them none moving going heading "
-                    "drifting floating not standing background backdrop please make show me video clip scene "
-                    "cute nice one".split())
+FILLERS = frozenset(
+    "a an the and with of on in to at is are its their both all them none moving going heading "
+    "drifting floating not standing background backdrop please make show me video clip scene "
+    "cute nice one".split()
+)
 
 
 def _lexicon() -> dict[str, tuple[str, str]]:
@@ -64,8 +81,16 @@ def _lexicon() -> dict[str, tuple[str, str]]:
                 words[word] = (attribute, value)
     for direction in DIRECTIONS:
         words[direction] = ("motion", direction)
-    words.update({"rising": ("motion", "up"), "falling": ("motion", "down"), "dropping": ("motion", "down"),
-                  "sinking": ("motion", "down"), "still": ("motion", STILL), "static": ("motion", STILL)})
+    words.update(
+        {
+            "rising": ("motion", "up"),
+            "falling": ("motion", "down"),
+            "dropping": ("motion", "down"),
+            "sinking": ("motion", "down"),
+            "still": ("motion", STILL),
+            "static": ("motion", STILL),
+        }
+    )
     for background in BACKGROUNDS:
         words[background] = ("background", background)
     for attribute, table in SYNONYMS.items():
@@ -96,8 +121,13 @@ def _object(words: list[tuple[str, str]]) -> ObjectSpec | None:
     if "colour" not in found or "shape" not in found:
         return None
     motion = found.get("motion")
-    return ObjectSpec(found["colour"], found["shape"], found.get("size"), motion,
-                      found.get("speed") if motion not in (None, STILL) else None)
+    return ObjectSpec(
+        found["colour"],
+        found["shape"],
+        found.get("size"),
+        motion,
+        found.get("speed") if motion not in (None, STILL) else None,
+    )
 
 
 def read_prompt(text: str) -> Reading | None:

@@ -53,10 +53,10 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 class Rollout:
     """Decoded completions of a batch of prompts, with what GRPO needs to score and re-weight them."""
 
-    texts: list[str]                  # decoded, special tokens dropped
-    prompt_ids: list[list[int]]       # the format's prompt ids
-    completion_ids: list[list[int]]   # generated tokens, the stop token included when it was generated
-    logprobs: list[torch.Tensor]      # (len(completion_ids[i]),) log-probability each token was drawn with
+    texts: list[str]  # decoded, special tokens dropped
+    prompt_ids: list[list[int]]  # the format's prompt ids
+    completion_ids: list[list[int]]  # generated tokens, the stop token included when it was generated
+    logprobs: list[torch.Tensor]  # (len(completion_ids[i]),) log-probability each token was drawn with
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -78,10 +78,16 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | Sequence[torch.Gener
 
 
 @torch.no_grad()
-def decode_ids(model: PreTrainedModel, rows: list[list[int]], stop_ids: Sequence[int], pad: int,
-               max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               generator: torch.Generator | Sequence[torch.Generator] | None = None,
-               ) -> tuple[list[list[int]], list[torch.Tensor]]:
+def decode_ids(
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    stop_ids: Sequence[int],
+    pad: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Decode a completion per prompt row, batched with left padding and a KV cache; (ids, log-probs) per row.
 
     temperature 0 is greedy and records log softmax(logits); otherwise tokens are drawn from
@@ -127,22 +133,36 @@ def decode_ids(model: PreTrainedModel, rows: list[list[int]], stop_ids: Sequence
     return completions, completion_logps
 
 
-def sample_rollout(model: PreTrainedModel, fmt: TextFormat, prompts: list[str], max_new_tokens: int,
-                   temperature: float = 0.0, top_p: float = 1.0,
-                   generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Rollout:
+def sample_rollout(
+    model: PreTrainedModel,
+    fmt: TextFormat,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> Rollout:
     """`decode_ids` of the prompts as `fmt` lays them out, decoded back to text."""
     rows = [fmt.prompt(p) for p in prompts]
     room = model.config.max_position_embeddings - max_new_tokens
     if max(len(r) for r in rows) > room:
-        raise VidpostError(f"a prompt of {max(len(r) for r in rows)} tokens and max_new_tokens {max_new_tokens} "
-                           f"exceed the model's {model.config.max_position_embeddings} positions")
-    completions, logps = decode_ids(model, rows, fmt.stop_ids, fmt.pad_id, max_new_tokens, temperature, top_p,
-                                    generator)
+        raise VidpostError(
+            f"a prompt of {max(len(r) for r in rows)} tokens and max_new_tokens {max_new_tokens} "
+            f"exceed the model's {model.config.max_position_embeddings} positions"
+        )
+    completions, logps = decode_ids(
+        model, rows, fmt.stop_ids, fmt.pad_id, max_new_tokens, temperature, top_p, generator
+    )
     return Rollout([fmt.decode(c) for c in completions], rows, completions, logps)
 
 
-def completion_logprobs(model: PreTrainedModel, prompts: list[list[int]], completions: list[list[int]],
-                        pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logprobs(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_id: int,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced log π(completion token | prompt, earlier tokens), with gradients.
 
     Each row is laid out as [pad... prompt | completion ...pad], so every completion starts in the same
@@ -156,7 +176,9 @@ def completion_logprobs(model: PreTrainedModel, prompts: list[list[int]], comple
     ids, mask = torch.cat([p_ids, c_ids], 1).to(device), torch.cat([p_mask, c_mask], 1).to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
     start = p_ids.shape[1]
-    logits = logits[:, start - 1: start - 1 + width].float() / temperature  # (B, Lc, V): predicts each completion token
+    logits = (
+        logits[:, start - 1 : start - 1 + width].float() / temperature
+    )  # (B, Lc, V): predicts each completion token
     logp = torch.log_softmax(logits, -1).gather(2, c_ids.to(device)[..., None]).squeeze(2)
     c_mask = c_mask.to(device)
     return logp * c_mask, c_mask

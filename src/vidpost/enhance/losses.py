@@ -42,8 +42,14 @@ def enhancer_grpo_loss(
     if ref_logprobs is not None:
         delta = (ref_logprobs.to(logprobs.dtype) - logprobs).masked_fill(~real, 0.0)
         kl = torch.exp(delta) - delta - 1
-    terms = policy_loss(logprobs, old_logprobs.masked_fill(~real, 0.0), advantages[:, None].expand_as(logprobs),
-                        clip_range, kl=kl, kl_beta=kl_beta)
+    terms = policy_loss(
+        logprobs,
+        old_logprobs.masked_fill(~real, 0.0),
+        advantages[:, None].expand_as(logprobs),
+        clip_range,
+        kl=kl,
+        kl_beta=kl_beta,
+    )
     lengths = real.sum(1)
     loss = (terms.loss.masked_fill(~real, 0.0).sum(1) / lengths).mean()
 

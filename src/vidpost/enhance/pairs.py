@@ -31,9 +31,12 @@ from vidpost.world.dataset import prompt_record
 class PairsConfig(Config):
     seed: int = Field(0, description="pair i is a pure function of (seed, i); steps draw fresh pairs, never repeated")
     pairs_file: str | None = Field(
-        None, description="JSONL of {prompt, rewrite} pairs, the last eval_n held out; null: ShapeWorld's pairs")
+        None, description="JSONL of {prompt, rewrite} pairs, the last eval_n held out; null: ShapeWorld's pairs"
+    )
     max_prompt_tokens: int = Field(64, ge=4, description="terse prompts are cut to this many tokens")
-    eval_n: int = Field(128, ge=1, description="eval-split terse prompts decoded at each validation (a file: pairs held out)")
+    eval_n: int = Field(
+        128, ge=1, description="eval-split terse prompts decoded at each validation (a file: pairs held out)"
+    )
     eval_seed: int = Field(0, description="seed of the validation prompts")
     world: WorldConfig = Field(
         default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
@@ -69,8 +72,9 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise VidpostError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
-                                                for k in ("prompt", "rewrite")):
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "rewrite")
+        ):
             raise VidpostError(f"{path}:{number}: expected an object with non-empty strings 'prompt' and 'rewrite'")
         pairs.append((row["prompt"], row["rewrite"]))
     return pairs
@@ -91,9 +95,11 @@ class PairSource:
     def _split(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         pairs = read_pairs(self.cfg.pairs_file)
         if len(pairs) <= self.cfg.eval_n:
-            raise VidpostError(f"data.pairs_file {self.cfg.pairs_file}: {len(pairs)} pairs leave none to train on "
-                               f"after the data.eval_n {self.cfg.eval_n} held out for validation")
-        return pairs[: -self.cfg.eval_n], pairs[-self.cfg.eval_n:]
+            raise VidpostError(
+                f"data.pairs_file {self.cfg.pairs_file}: {len(pairs)} pairs leave none to train on "
+                f"after the data.eval_n {self.cfg.eval_n} held out for validation"
+            )
+        return pairs[: -self.cfg.eval_n], pairs[-self.cfg.eval_n :]
 
     def _file_pair(self, index: int) -> tuple[str, str]:
         train = self._split[0]

@@ -39,8 +39,10 @@ def enhancer_dir(ref: str) -> Path:
     if ref in SHIPPED_ENHANCERS and not path.exists():
         path = assets_dir() / ref
         if not path.is_dir():
-            raise VidpostError(f"shipped enhancer {ref!r} not found at {path} (set VIDPOST_ASSETS to the assets "
-                               "folder, or train one: vidpost enhance train configs/shapeworld/enhance.yaml --out DIR)")
+            raise VidpostError(
+                f"shipped enhancer {ref!r} not found at {path} (set VIDPOST_ASSETS to the assets "
+                "folder, or train one: vidpost enhance train configs/shapeworld/enhance.yaml --out DIR)"
+            )
     if not path.is_dir():
         raise VidpostError(
             f"enhancer not found: {ref} (expected {', '.join(SHIPPED_ENHANCERS)}, a model or run directory, "

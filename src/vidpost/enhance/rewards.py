@@ -15,7 +15,9 @@ from vidpost.generation import generate
 from vidpost.rewards.registry import compute_rewards
 
 
-def prompts_used(prompts: Sequence[str], rewrites: Sequence[str], shapeworld: bool = True) -> tuple[list[str], np.ndarray]:
+def prompts_used(
+    prompts: Sequence[str], rewrites: Sequence[str], shapeworld: bool = True
+) -> tuple[list[str], np.ndarray]:
     """What the video model is given for each rewrite, and (B,) bool: which rewrites pass the enhancer's check.
 
     A rewrite that fails the check (empty, too long, not a canonical ShapeWorld caption) is replaced by its
@@ -29,8 +31,16 @@ def prompts_used(prompts: Sequence[str], rewrites: Sequence[str], shapeworld: bo
 
 
 def rewrite_rewards(
-    video_model, prompts: Sequence[str], intents: Sequence[str], rewrites: Sequence[str], group_size: int,
-    sampling: SamplingConfig, video: VideoConfig, seed: int, precision: str, names: Sequence[str],
+    video_model,
+    prompts: Sequence[str],
+    intents: Sequence[str],
+    rewrites: Sequence[str],
+    group_size: int,
+    sampling: SamplingConfig,
+    video: VideoConfig,
+    seed: int,
+    precision: str,
+    names: Sequence[str],
     shapeworld: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The rewards of the videos made from P·G rewrites (group order), scored against the user's intents.
@@ -44,7 +54,8 @@ def rewrite_rewards(
     used, passed = prompts_used(prompts, rewrites, shapeworld)
     videos: list[np.ndarray | None] = [None] * len(used)
     for member in range(group_size):  # member j of every group, group p from seed + p (generate's convention)
-        made = generate(video_model, used[member::group_size], sampling, video, seed=seed, precision=precision,
-                        progress=False).videos
+        made = generate(
+            video_model, used[member::group_size], sampling, video, seed=seed, precision=precision, progress=False
+        ).videos
         videos[member::group_size] = list(made)
     return compute_rewards(names, to_float(np.stack(videos)), intents), passed

@@ -32,10 +32,13 @@ from vidpost.jsonhttp import JSONHandler, RequestError, send_json
 log = logging.getLogger("vidpost")
 
 _ENDPOINTS = "use GET /v1/models or POST /v1/chat/completions"
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                413: "invalid_request_error", 500: "internal_error"}
-
-
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    500: "internal_error",
+}
 
 
 def _text(content: object) -> str:
@@ -71,7 +74,9 @@ def parse_chat_request(request: object, served: str) -> str:
 
 def chat_completion(served: str, rewrite: str) -> dict:
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": served,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": rewrite}, "finish_reason": "stop"}],
     }
@@ -85,8 +90,11 @@ class _Handler(JSONHandler):
         send_json(self, code, payload, note, log)
 
     def _error(self, code: int, message: str) -> None:
-        self._send(code, {"error": {"message": message, "type": _ERROR_TYPES.get(code, "error"), "param": None,
-                                    "code": code}}, message)
+        self._send(
+            code,
+            {"error": {"message": message, "type": _ERROR_TYPES.get(code, "error"), "param": None, "code": code}},
+            message,
+        )
 
     def do_GET(self) -> None:
         if not self.authorized():
@@ -124,27 +132,37 @@ class _Handler(JSONHandler):
         self._send(200, chat_completion(self.enhancer.name, rewrite), note)
 
 
-
-def make_server(enhancer: Enhancer, host: str, port: int, max_request_mb: float = 1.0,
-                token: str | None = None) -> ThreadingHTTPServer:
+def make_server(
+    enhancer: Enhancer, host: str, port: int, max_request_mb: float = 1.0, token: str | None = None
+) -> ThreadingHTTPServer:
     """A threaded HTTP server of `enhancer`, bound (port 0: a free port, see server_port) but not yet serving;
     requests above max_request_mb are refused, and with a token every request must carry it (jsonhttp)."""
-    handler = type("EnhancerHandler", (_Handler,), {"enhancer": enhancer, "lock": threading.Lock(),
-                                                     "max_body": int(max_request_mb * 2**20), "token": token})
+    handler = type(
+        "EnhancerHandler",
+        (_Handler,),
+        {"enhancer": enhancer, "lock": threading.Lock(), "max_body": int(max_request_mb * 2**20), "token": token},
+    )
     try:
         return ThreadingHTTPServer((host, port), handler)
     except OSError as err:
         raise VidpostError(f"cannot serve the enhancer on {host}:{port} ({err.strerror or err})") from None
 
 
-def serve(enhancer: Enhancer, host: str = "127.0.0.1", port: int = 8011,
-          on_ready: Callable[[ThreadingHTTPServer], None] | None = None, max_request_mb: float = 1.0,
-          token: str | None = None) -> None:
+def serve(
+    enhancer: Enhancer,
+    host: str = "127.0.0.1",
+    port: int = 8011,
+    on_ready: Callable[[ThreadingHTTPServer], None] | None = None,
+    max_request_mb: float = 1.0,
+    token: str | None = None,
+) -> None:
     """Serve until Ctrl-C (or `server.shutdown()` from another thread); `on_ready(server)` once it listens."""
     with make_server(enhancer, host, port, max_request_mb, token) as server:
         guard = "a bearer token required" if token else "no token: keep it to trusted networks"
-        print(f"serving enhancer {enhancer.name} at http://{host}:{server.server_port}/v1 ({guard}; Ctrl-C stops)",
-              flush=True)
+        print(
+            f"serving enhancer {enhancer.name} at http://{host}:{server.server_port}/v1 ({guard}; Ctrl-C stops)",
+            flush=True,
+        )
         if on_ready is not None:
             on_ready(server)
         try:

@@ -56,19 +56,40 @@ def build_toy_tokenizer(model_max_length: int = 128) -> PreTrainedTokenizerFast:
     backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=BOS, sep_token=SEP,
-        model_max_length=model_max_length, padding_side="left",
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        bos_token=BOS,
+        sep_token=SEP,
+        model_max_length=model_max_length,
+        padding_side="left",
     )
 
 
-def build_toy_model(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                    intermediate_size: int = 256, max_positions: int = 256, seed: int = 0) -> Qwen2ForCausalLM:
+def build_toy_model(
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 256,
+    max_positions: int = 256,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
     """A randomly initialised tiny Qwen2 (tied embeddings, no dropout), seeded, in eval mode."""
     config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True, attention_dropout=0.0,
-        pad_token_id=0, eos_token_id=1, bos_token_id=3,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=3,
     )
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config).eval()
@@ -89,8 +110,9 @@ def load_toy(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenize
     directory = Path(directory)
     if not (directory / CARD_NAME).is_file():
         raise VidpostError(f"{directory}: not a toy enhancer (no {CARD_NAME})")
-    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, trust_remote_code=False,
-                                                 use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, local_files_only=True, trust_remote_code=False, use_safetensors=True
+    )
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
     return model.eval(), tokenizer
 
@@ -140,15 +162,25 @@ class ToyFormat:
         return decode(self.tokenizer, list(ids))
 
 
-def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int,
-           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Rollout:
     """Decode a completion per prompt (`lm.decode_ids`), each prompt cut to leave room for max_new_tokens."""
     max_prompt = model.config.max_position_embeddings - max_new_tokens
     if max_prompt < 3:
-        raise VidpostError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
-                           f"{model.config.max_position_embeddings} positions")
-    return sample_rollout(model, ToyFormat(tokenizer, max_prompt), prompts, max_new_tokens, temperature, top_p,
-                          generator)
+        raise VidpostError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+            f"{model.config.max_position_embeddings} positions"
+        )
+    return sample_rollout(
+        model, ToyFormat(tokenizer, max_prompt), prompts, max_new_tokens, temperature, top_p, generator
+    )
 
 
 class ToyEnhancer(Enhancer):
@@ -165,8 +197,8 @@ class ToyEnhancer(Enhancer):
         if self.cfg.checks_intent:  # synonyms it never saw in training, written in the words it knows
             prompts = [normalised_prompt(p) for p in prompts]
         for start in range(0, len(prompts), g.batch_size):
-            chunk = prompts[start: start + g.batch_size]
-            texts += sample(self.model, self.tokenizer, chunk, g.max_new_tokens, g.temperature, g.top_p,
-                            self.generator).texts
+            chunk = prompts[start : start + g.batch_size]
+            texts += sample(
+                self.model, self.tokenizer, chunk, g.max_new_tokens, g.temperature, g.top_p, self.generator
+            ).texts
         return texts
-

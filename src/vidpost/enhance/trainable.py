@@ -47,28 +47,44 @@ class LMLoraConfig(Config):
     enabled: bool = Field(False, description="train LoRA adapters (peft) instead of every weight of model.path")
     rank: int = Field(16, ge=1, description="LoRA rank r")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
-    target_modules: list[str] = Field(default_factory=lambda: list(LM_LORA_TARGETS),
-                                      description="Linear layers (name suffixes) that get adapters")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch input (0 keeps GRPO's ratios exact)")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LM_LORA_TARGETS), description="Linear layers (name suffixes) that get adapters"
+    )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the LoRA branch input (0 keeps GRPO's ratios exact)"
+    )
 
 
 class EnhancerModelConfig(Config):
-    path: str | None = Field(None, description="local Hugging Face causal-LM folder to train (safetensors, chat "
-                                               "template); null: the toy enhancer the keys below describe")
-    init: str | None = Field(None, description="toy: start from this toy enhancer's weights (shipped name, folder or "
-                                               "run) instead of a random one; the keys below must match its architecture")
+    path: str | None = Field(
+        None,
+        description="local Hugging Face causal-LM folder to train (safetensors, chat "
+        "template); null: the toy enhancer the keys below describe",
+    )
+    init: str | None = Field(
+        None,
+        description="toy: start from this toy enhancer's weights (shipped name, folder or "
+        "run) instead of a random one; the keys below must match its architecture",
+    )
     hidden_size: int = Field(64, ge=8, description="toy: width of the tiny Qwen2")
     num_layers: int = Field(2, ge=1, description="toy: transformer blocks")
     num_heads: int = Field(4, ge=1, description="toy: attention heads (hidden_size must divide by it)")
     intermediate_size: int = Field(256, ge=8, description="toy: MLP width")
     max_positions: int = Field(256, ge=32, description="toy: longest prompt + rewrite, in tokens")
-    seed: int = Field(0, description="seed of the random initialisation: the toy's (unused with init), or "
-                                     "path's LoRA adapters (the same in a resumed run)")
-    lora: LMLoraConfig = Field(default_factory=LMLoraConfig, description="path: LoRA adapters, or (off) full fine-tuning")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="path: dtype the weights load in (full "
-                                                                         "fine-tuning needs float32)")
+    seed: int = Field(
+        0,
+        description="seed of the random initialisation: the toy's (unused with init), or "
+        "path's LoRA adapters (the same in a resumed run)",
+    )
+    lora: LMLoraConfig = Field(
+        default_factory=LMLoraConfig, description="path: LoRA adapters, or (off) full fine-tuning"
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="path: dtype the weights load in (full fine-tuning needs float32)"
+    )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
-        "float32", description="path: autocast of every forward: auto (bf16 where the hardware has it) | bf16 | float32")
+        "float32", description="path: autocast of every forward: auto (bf16 where the hardware has it) | bf16 | float32"
+    )
     gradient_checkpointing: bool = Field(False, description="path: recompute activations in backward to save memory")
 
     def check(self, instruction: InstructionConfig) -> None:
@@ -78,15 +94,18 @@ class EnhancerModelConfig(Config):
             hf = [f"model.{k}" for k in HF_KEYS if getattr(self, k) != getattr(default, k)]
             hf += ["instruction"] if instruction != InstructionConfig() else []
             if hf:
-                raise ValueError(f"{', '.join(hf)}: only for a Hugging Face LM (model.path); the toy enhancer "
-                                 "takes none of them")
+                raise ValueError(
+                    f"{', '.join(hf)}: only for a Hugging Face LM (model.path); the toy enhancer takes none of them"
+                )
             return
         toy = [f"model.{k}" for k in TOY_KEYS if getattr(self, k) != getattr(default, k)]
         if toy:
             raise ValueError(f"model.path trains that LM; {', '.join(toy)} describe the toy enhancer: remove them")
         if not self.lora.enabled and self.dtype != "float32":
-            raise ValueError(f"model.dtype {self.dtype} with full fine-tuning: AdamW's updates fall below its "
-                             "resolution; load float32 (precision auto still computes in bf16) or enable model.lora")
+            raise ValueError(
+                f"model.dtype {self.dtype} with full fine-tuning: AdamW's updates fall below its "
+                "resolution; load float32 (precision auto still computes in bf16) or enable model.lora"
+            )
 
 
 @dataclass
@@ -95,9 +114,9 @@ class EnhancerLM:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    pairs_fmt: TextFormat     # SFT pairs
-    rollout_fmt: TextFormat   # decoding (the toy cuts prompts to leave room for max_new_tokens)
-    precision: str            # autocast of every forward
+    pairs_fmt: TextFormat  # SFT pairs
+    rollout_fmt: TextFormat  # decoding (the toy cuts prompts to leave room for max_new_tokens)
+    precision: str  # autocast of every forward
 
     @property
     def device(self) -> torch.device:
@@ -117,13 +136,16 @@ def lm_device() -> torch.device:
 def _toy(model, tokenizer, max_prompt_tokens: int, max_new_tokens: int) -> EnhancerLM:
     room = model.config.max_position_embeddings - max_new_tokens
     if room < 3:
-        raise VidpostError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
-                           f"{model.config.max_position_embeddings} positions")
+        raise VidpostError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+            f"{model.config.max_position_embeddings} positions"
+        )
     return EnhancerLM(model, tokenizer, ToyFormat(tokenizer, max_prompt_tokens), ToyFormat(tokenizer, room), "float32")
 
 
-def _hf(m: EnhancerModelConfig, path: str | Path, instruction: InstructionConfig, max_prompt_tokens: int,
-        trainable: bool) -> EnhancerLM:
+def _hf(
+    m: EnhancerModelConfig, path: str | Path, instruction: InstructionConfig, max_prompt_tokens: int, trainable: bool
+) -> EnhancerLM:
     model, tokenizer = load_causal_lm(path, DTYPES[m.dtype])
     model.to(lm_device())
     if not trainable:
@@ -140,8 +162,13 @@ def _hf(m: EnhancerModelConfig, path: str | Path, instruction: InstructionConfig
     return EnhancerLM(model, tokenizer, fmt, fmt, m.precision)
 
 
-def initial_lm(m: EnhancerModelConfig, instruction: InstructionConfig, max_prompt_tokens: int, max_new_tokens: int,
-               init: Path | None) -> EnhancerLM:
+def initial_lm(
+    m: EnhancerModelConfig,
+    instruction: InstructionConfig,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    init: Path | None,
+) -> EnhancerLM:
     """What SFT starts from: model.path's LM; or the toy enhancer in `init` (model.init's folder, as `init_dir`
     checked it); or else a seeded random toy of model.*'s architecture."""
     if m.path is not None:
@@ -149,13 +176,20 @@ def initial_lm(m: EnhancerModelConfig, instruction: InstructionConfig, max_promp
     if init is not None:
         return _toy(*load_toy(init), max_prompt_tokens, max_new_tokens)
     tokenizer = build_toy_tokenizer(m.max_positions)
-    model = build_toy_model(len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
-                            m.max_positions, m.seed)
+    model = build_toy_model(
+        len(tokenizer), m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size, m.max_positions, m.seed
+    )
     return _toy(model, tokenizer, max_prompt_tokens, max_new_tokens)
 
 
-def stage_lm(m: EnhancerModelConfig, directory: Path, instruction: InstructionConfig, max_prompt_tokens: int,
-             max_new_tokens: int, trainable: bool) -> EnhancerLM:
+def stage_lm(
+    m: EnhancerModelConfig,
+    directory: Path,
+    instruction: InstructionConfig,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    trainable: bool,
+) -> EnhancerLM:
     """A saved stage (sft/) loaded again: GRPO's policy (trainable; with LoRA, fresh adapters on it) or its frozen
     reference."""
     if m.path is not None:
@@ -196,11 +230,18 @@ def init_dir(m: EnhancerModelConfig) -> Path:
     if not (directory / CARD_NAME).is_file():
         raise VidpostError(f"model.init {m.init}: {directory} is not a toy enhancer (no {CARD_NAME})")
     if json.loads((directory / CARD_NAME).read_text()).get("backend", "toy") != "toy":
-        raise VidpostError(f"model.init {m.init}: {directory} is a Hugging Face LM enhancer; start from it with "
-                           "model.path, not model.init")
+        raise VidpostError(
+            f"model.init {m.init}: {directory} is a Hugging Face LM enhancer; start from it with "
+            "model.path, not model.init"
+        )
     c = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    found = {"hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
-             "intermediate_size": c.intermediate_size, "max_positions": c.max_position_embeddings}
+    found = {
+        "hidden_size": c.hidden_size,
+        "num_layers": c.num_hidden_layers,
+        "num_heads": c.num_attention_heads,
+        "intermediate_size": c.intermediate_size,
+        "max_positions": c.max_position_embeddings,
+    }
     differ = [f"{key} {getattr(m, key)} (init: {value})" for key, value in found.items() if getattr(m, key) != value]
     if differ:
         raise VidpostError(f"model.init {m.init}: model.* must match its architecture; differs in " + ", ".join(differ))

@@ -57,8 +57,13 @@ ATTENTION_BACKENDS = tuple(name.value for name in AttentionBackendName)
 CACHE_KEYS: dict[str, dict] = {
     "first_block": {"threshold": 0.05},
     "mag": {"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2, "mag_ratios": None, "calibrate": False},
-    "taylorseer": {"cache_interval": 5, "disable_cache_before_step": 3, "disable_cache_after_step": None,
-                   "max_order": 1, "lite": False},
+    "taylorseer": {
+        "cache_interval": 5,
+        "disable_cache_before_step": 3,
+        "disable_cache_after_step": None,
+        "max_order": 1,
+        "lite": False,
+    },
     "pab": {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (100.0, 800.0)},
 }
 _HOOK_ATTRIBUTES = ("forward", "_diffusers_hook")
@@ -71,17 +76,27 @@ class CacheConfig(Config):
         description="first_block | mag | taylorseer | pab; unset keys take that cache's defaults"
     )
     threshold: float | None = Field(
-        None, ge=0, description="first_block: relative change of block 0's residual to recompute (0.05); mag: error budget (0.06)"
+        None,
+        ge=0,
+        description="first_block: relative change of block 0's residual to recompute (0.05); mag: error budget (0.06)",
     )
     max_skip_steps: int | None = Field(None, ge=1, description="mag: most consecutive skipped steps (3)")
-    retention_ratio: float | None = Field(None, ge=0, le=1, description="mag: leading fraction of steps never skipped (0.2)")
-    mag_ratios: list[float] | None = Field(None, description="mag: magnitude ratio per step, from a calibration of this model")
+    retention_ratio: float | None = Field(
+        None, ge=0, le=1, description="mag: leading fraction of steps never skipped (0.2)"
+    )
+    mag_ratios: list[float] | None = Field(
+        None, description="mag: magnitude ratio per step, from a calibration of this model"
+    )
     calibrate: bool | None = Field(None, description="mag: measure the ratios on one extra video first (False)")
     cache_interval: int | None = Field(None, ge=1, description="taylorseer: steps between full computations (5)")
     disable_cache_before_step: int | None = Field(None, ge=0, description="taylorseer: steps always computed first (3)")
-    disable_cache_after_step: int | None = Field(None, ge=0, description="taylorseer: compute every step from this one on")
+    disable_cache_after_step: int | None = Field(
+        None, ge=0, description="taylorseer: compute every step from this one on"
+    )
     max_order: int | None = Field(None, ge=0, description="taylorseer: order of the Taylor extrapolation (1)")
-    lite: bool | None = Field(None, description="taylorseer: extrapolate only the output projection, skip all blocks (False)")
+    lite: bool | None = Field(
+        None, description="taylorseer: extrapolate only the output projection, skip all blocks (False)"
+    )
     spatial_attention_block_skip_range: int | None = Field(
         None, ge=2, description="pab: self-attention is computed every N-th pass and reused in between (2)"
     )
@@ -95,7 +110,9 @@ class CacheConfig(Config):
         if not isinstance(data, dict) or data.get("name") not in CACHE_KEYS:
             return data  # pydantic names a missing or unknown cache
         own = CACHE_KEYS[data["name"]]
-        foreign = [k for k, v in data.items() if k != "name" and k not in own and k in cls.model_fields and v is not None]
+        foreign = [
+            k for k, v in data.items() if k != "name" and k not in own and k in cls.model_fields and v is not None
+        ]
         if foreign:
             raise ValueError(f"{', '.join(foreign)}: not a key of cache {data['name']!r} (its keys: {', '.join(own)})")
         return {**own, **{k: v for k, v in data.items() if v is not None}}
@@ -181,8 +198,11 @@ class Acceleration:
         def measure(module, args, output):
             residual = (output - head_input[0]).float()
             previous = residuals.get(self._branch)
-            ratio = 1.0 if previous is None else (
-                torch.linalg.norm(residual, dim=-1) / (torch.linalg.norm(previous, dim=-1) + 1e-8)).mean().item()
+            ratio = (
+                1.0
+                if previous is None
+                else (torch.linalg.norm(residual, dim=-1) / (torch.linalg.norm(previous, dim=-1) + 1e-8)).mean().item()
+            )
             ratios.setdefault(self._branch, []).append(ratio)
             residuals[self._branch] = residual
 
@@ -195,7 +215,9 @@ class Acceleration:
             for handle in handles:
                 handle.remove()
         if any(len(r) != self.steps for r in ratios.values()) or not ratios:
-            raise VidpostError(f"MagCache calibration saw {[len(r) for r in ratios.values()]} steps, expected {self.steps}")
+            raise VidpostError(
+                f"MagCache calibration saw {[len(r) for r in ratios.values()]} steps, expected {self.steps}"
+            )
         self.mag_ratios = [sum(step) / len(step) for step in zip(*ratios.values(), strict=True)]
         self._apply()
 
@@ -234,12 +256,20 @@ class Acceleration:
         if c.name == "first_block":
             return FirstBlockCacheConfig(threshold=c.threshold)
         if c.name == "mag":
-            return MagCacheConfig(threshold=c.threshold, max_skip_steps=c.max_skip_steps, retention_ratio=c.retention_ratio,
-                                  num_inference_steps=self.steps, mag_ratios=list(self.mag_ratios))
+            return MagCacheConfig(
+                threshold=c.threshold,
+                max_skip_steps=c.max_skip_steps,
+                retention_ratio=c.retention_ratio,
+                num_inference_steps=self.steps,
+                mag_ratios=list(self.mag_ratios),
+            )
         if c.name == "taylorseer":
             return TaylorSeerCacheConfig(
-                cache_interval=c.cache_interval, disable_cache_before_step=c.disable_cache_before_step,
-                disable_cache_after_step=c.disable_cache_after_step, max_order=c.max_order, use_lite_mode=c.lite,
+                cache_interval=c.cache_interval,
+                disable_cache_before_step=c.disable_cache_before_step,
+                disable_cache_after_step=c.disable_cache_after_step,
+                max_order=c.max_order,
+                use_lite_mode=c.lite,
                 cache_identifiers=None if c.lite else _WAN_TAYLORSEER_MODULES,
             )
         return PyramidAttentionBroadcastConfig(
@@ -293,4 +323,3 @@ def accelerated(model, cfg: AccelerationConfig | None, steps: int) -> Iterator[A
         if not acc.needs_calibration:  # otherwise calibrate() applies the cache and compile once it has the ratios
             acc._apply()
         yield acc
-

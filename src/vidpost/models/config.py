@@ -24,13 +24,18 @@ class TinyModelConfig(Config):
     text_ffn_dim: int = Field(64, ge=1, description="UMT5 feed-forward width")
     seed: int = Field(0, description="seed of the random initialisation (the same seed gives the same weights)")
     identity_init: bool = Field(
-        False, description="start the patch embedding and output projection as an identity path (pixel models with large patches)"
+        False,
+        description="start the patch embedding and output projection as an identity path "
+        "(pixel models with large patches)",
     )
     prediction: Literal["velocity", "preconditioned"] = Field(
         "velocity",
-        description="transformer output: Wan's velocity, or EDM-preconditioned (skip + scaled output; WanVideoModel.velocity)",
+        description="transformer output: Wan's velocity, or EDM-preconditioned "
+        "(skip + scaled output; WanVideoModel.velocity)",
     )
-    sigma_data: float = Field(0.84, gt=0, description="data std for prediction: preconditioned (ShapeWorld pixels: 0.84)")
+    sigma_data: float = Field(
+        0.84, gt=0, description="data std for prediction: preconditioned (ShapeWorld pixels: 0.84)"
+    )
 
 
 class LoraSectionConfig(Config):
@@ -68,10 +73,13 @@ class ModelConfig(Config):
     @model_validator(mode="after")
     def _tiny_only_without_path(self) -> "ModelConfig":
         if self.path is not None and self.tiny != TinyModelConfig():
-            raise ValueError("tiny describes a model built from scratch and is unused with a path; remove it or set path: null")
+            raise ValueError(
+                "tiny describes a model built from scratch and is unused with a path; remove it or set path: null"
+            )
         if self.tiny.text_dim % self.tiny.text_num_heads:
             raise ValueError(
-                f"tiny.text_dim {self.tiny.text_dim} must be divisible by tiny.text_num_heads {self.tiny.text_num_heads}"
+                f"tiny.text_dim {self.tiny.text_dim} must be divisible by "
+                f"tiny.text_num_heads {self.tiny.text_num_heads}"
             )
         return self
 

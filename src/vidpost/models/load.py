@@ -1,6 +1,6 @@
 """A video model for inference from a shipped name, a model directory or a run directory.
 
-    model = load_model("shapeworld-sft")          # its card sets the codec and the text length
+model = load_model("shapeworld-sft")          # its card sets the codec and the text length
 """
 
 from __future__ import annotations

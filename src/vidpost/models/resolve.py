@@ -79,4 +79,3 @@ def resolve_model(name_or_path: str | Path) -> ResolvedModel:
     if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
         raise VidpostError(f"{path}: this run has no final model yet; finish it (rerun its command to resume)")
     raise VidpostError(f"{path}: not a model directory (no model_index.json) nor a run directory (no model/ or lora/)")
-

@@ -24,7 +24,8 @@ Conventions (checked against diffusers 0.42 in tests/models):
   transformer with large patches must route from input to output; the skip does that, F's target has unit
   variance at every σ, and its errors reach x̂₀ scaled by c_out (small at both ends). Stock WanPipeline
   reads the transformer's output as a velocity, so it samples such a model wrongly; vidpost's sampler does not.
-  On ShapeWorld pixels (1,000 steps; docs/research/shapeworld-base-model.md) it drew x̂₀'s structure best but took out no noise below σ ≈ 0.4.
+  On ShapeWorld pixels (1,000 steps; docs/research/shapeworld-base-model.md) it drew x̂₀'s structure best but took
+  out no noise below σ ≈ 0.4.
 - Prompt embeddings are WanPipeline's: padded to max_sequence_length, encoded with the attention mask,
   and every position past a prompt's tokens set to exactly zero (the transformer attends to them).
 
@@ -144,11 +145,15 @@ class WanVideoModel:
 
         local = {"local_files_only": True, "use_safetensors": True}
         with _load_errors(root, "transformer"):
-            transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype, **local)
+            transformer = WanTransformer3DModel.from_pretrained(
+                root, subfolder="transformer", torch_dtype=dtype, **local
+            )
         with _load_errors(root, "text_encoder"):
             text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", dtype=dtype, **local)
         with _load_errors(root, "tokenizer"):
-            tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(
+                root / "tokenizer", local_files_only=True, trust_remote_code=False
+            )
         with _load_errors(root, "scheduler"):
             scheduler = _scheduler_class(root, index["scheduler"]).from_pretrained(root, subfolder="scheduler")
         video_codec: VideoCodec = PixelCodec()
@@ -157,8 +162,16 @@ class WanVideoModel:
                 vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **local)
             video_codec = WanVAECodec(vae)
         card = read_card(root)
-        return cls(transformer, text_encoder, tokenizer, scheduler, video_codec, max_sequence_length,
-                   card.get("prediction", "velocity"), card.get("sigma_data", 1.0))
+        return cls(
+            transformer,
+            text_encoder,
+            tokenizer,
+            scheduler,
+            video_codec,
+            max_sequence_length,
+            card.get("prediction", "velocity"),
+            card.get("sigma_data", 1.0),
+        )
 
     @classmethod
     def build_tiny(
@@ -193,7 +206,9 @@ class WanVideoModel:
         tokenizer = build_shapeworld_tokenizer(model_max_length=max_sequence_length)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            text_encoder = build_tiny_text_encoder(len(tokenizer), text_dim, text_num_layers, text_num_heads, text_ffn_dim)
+            text_encoder = build_tiny_text_encoder(
+                len(tokenizer), text_dim, text_num_layers, text_num_heads, text_ffn_dim
+            )
             video_codec: VideoCodec = WanVAECodec(build_tiny_vae()) if codec == "vae" else PixelCodec()
             transformer = WanTransformer3DModel(
                 patch_size=tuple(patch_size),
@@ -213,8 +228,14 @@ class WanVideoModel:
         cast_like_from_pretrained(transformer, dtype)
         text_encoder.to(dtype)
         return cls(
-            transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(), video_codec, max_sequence_length,
-            prediction, sigma_data,
+            transformer,
+            text_encoder,
+            tokenizer,
+            FlowMatchEulerDiscreteScheduler(),
+            video_codec,
+            max_sequence_length,
+            prediction,
+            sigma_data,
         )
 
     @classmethod
@@ -335,9 +356,7 @@ class WanVideoModel:
         """The transformer's weights, or only its LoRA weights once `enable_lora` ran; never the text encoder or VAE."""
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
-    def enable_lora(
-        self, rank: int, alpha: float, target_modules: Sequence[str], dropout: float = 0.0
-    ) -> None:
+    def enable_lora(self, rank: int, alpha: float, target_modules: Sequence[str], dropout: float = 0.0) -> None:
         """Freeze the transformer and add LoRA adapters (B = 0 at the start, so outputs do not change)."""
         if self.lora_config is not None:
             raise VidpostError("LoRA is already enabled on this model")
@@ -352,7 +371,8 @@ class WanVideoModel:
         self._finish_lora()
 
     def load_lora(self, directory: str | Path) -> None:
-        """Load adapters saved by `save_lora` (or any diffusers-format Wan LoRA) into a model without LoRA, to train on."""
+        """Load adapters saved by `save_lora` (or any diffusers-format Wan LoRA) into a model without LoRA, to train
+        on."""
         directory = Path(directory)
         if self.lora_config is not None:
             raise VidpostError("LoRA is already enabled on this model")
@@ -514,9 +534,12 @@ def init_identity_path(transformer: WanTransformer3DModel) -> None:
     with torch.no_grad():
         conv.weight.copy_(q.view(conv.weight.shape))
         conv.bias.zero_()
-        # proj_out lays a token out as (p_t, p_h, p_w, C) (WanTransformer3DModel's unpatchify); the conv reads (C, p_t, p_h, p_w)
+        # proj_out lays a token out as (p_t, p_h, p_w, C) (WanTransformer3DModel's unpatchify);
+        # the conv reads (C, p_t, p_h, p_w)
         q_out = q.view(width, channels, *patch).permute(0, 2, 3, 4, 1).reshape(width, values)
-        out.weight.copy_(q_out.T * (values / width) ** 0.5)  # LayerNorm scales a token to norm sqrt(d); undo to sqrt(values)
+        out.weight.copy_(
+            q_out.T * (values / width) ** 0.5
+        )  # LayerNorm scales a token to norm sqrt(d); undo to sqrt(values)
         out.bias.zero_()
 
 

@@ -40,14 +40,24 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     scores = score_videos(generated.videos, references, SHAPEWORLD_SCORES)  # what the user asked for
     with DatasetWriter(out / "heldout", overwrite=True) as writer:  # caption: what `vidpost score` checks
         for j, (frames, prompt, reference, prompt_used) in enumerate(
-                zip(generated.videos, prompts, references, used, strict=True)):
+            zip(generated.videos, prompts, references, used, strict=True)
+        ):
             extra = {"prompt": prompt} if prompt != reference else {}
             if enhancer is not None:
                 extra["prompt_used"] = prompt_used
             writer.add(frames, reference, ext=".npy", seed=cfg.heldout.seed + j, **extra)
-    row = {**scores, "nfe": generated.nfe_per_video, "seconds_per_video": seconds, "model": str(model_ref),
-           "enhancer": None if enhancer is None else str(enhancer), "sampling": sampling.model_dump(),
-           "split": cfg.heldout.split, "prompts": cfg.heldout.prompts, "n": len(prompts), **rewrite_metrics}
+    row = {
+        **scores,
+        "nfe": generated.nfe_per_video,
+        "seconds_per_video": seconds,
+        "model": str(model_ref),
+        "enhancer": None if enhancer is None else str(enhancer),
+        "sampling": sampling.model_dump(),
+        "split": cfg.heldout.split,
+        "prompts": cfg.heldout.prompts,
+        "n": len(prompts),
+        **rewrite_metrics,
+    }
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -86,5 +96,7 @@ def heldout_clips(stage_dir: Path, n: int) -> list[HeldoutClip]:
     if not meta.is_file():
         return []
     records = [json.loads(line) for line in meta.read_text().splitlines()[:n]]
-    return [HeldoutClip(r.get("prompt", r["caption"]), np.load(stage_dir / "heldout" / r["file"]), r.get("prompt_used"))
-            for r in records]
+    return [
+        HeldoutClip(r.get("prompt", r["caption"]), np.load(stage_dir / "heldout" / r["file"]), r.get("prompt_used"))
+        for r in records
+    ]

@@ -78,8 +78,10 @@ def _column_head(stage: str, row: dict) -> str:
     if row.get("enhancer") is None:
         return f"<th>{html.escape(stage)}</th>"
     model, enhancer = Path(row["model"]).name, Path(row["enhancer"]).name
-    return (f"<th>{html.escape(stage)}<div class='sub'>{html.escape(model)}'s videos of "
-            f"{html.escape(enhancer)}'s rewrites</div></th>")
+    return (
+        f"<th>{html.escape(stage)}<div class='sub'>{html.escape(model)}'s videos of "
+        f"{html.escape(enhancer)}'s rewrites</div></th>"
+    )
 
 
 def _cell(clip: HeldoutClip) -> str:
@@ -110,29 +112,37 @@ def write_report(run: str | Path) -> Path:
     try:
         cfg = load_config(PipelineConfig, run / "config.yaml")
     except VidpostError:
-        raise VidpostError(f"{run}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training "
-                           "run's samples are in its samples/ folder)") from None
+        raise VidpostError(
+            f"{run}: not a `vidpost run` directory (its config.yaml is not a pipeline's; a training "
+            "run's samples are in its samples/ folder)"
+        ) from None
     stages = ["base", *[s.name for s in cfg.stages]]
     rows = {s: json.loads((run / s / HELDOUT_FILE).read_text()) for s in stages if (run / s / HELDOUT_FILE).is_file()}
-    parts = [f"<h1>vidpost run: {html.escape(run.name)}</h1>",
-             f"<p>Held-out table: {cfg.heldout.n} {cfg.heldout.split} prompts, one video each, the same seeds for "
-             "every stage, each model's recommended sampling; rewards are scored against the user's prompt.</p>",
-             _table(rows) if rows else "<p>No stage has finished yet.</p>"]
+    parts = [
+        f"<h1>vidpost run: {html.escape(run.name)}</h1>",
+        f"<p>Held-out table: {cfg.heldout.n} {cfg.heldout.split} prompts, one video each, the same seeds for "
+        "every stage, each model's recommended sampling; rewards are scored against the user's prompt.</p>",
+        _table(rows) if rows else "<p>No stage has finished yet.</p>",
+    ]
     for stage in stages[1:]:
         metrics = read_metrics(run / stage) if (run / stage / "logs").is_dir() else []
         keys = logged_curves(metrics, CURVES[stage])
         if keys:
             png, names = _data_uri(curves_png(metrics, keys), "image/png"), html.escape(", ".join(keys))
-            parts.append(f"<h2>{stage}: training curves</h2><img src=\"{png}\" alt=\"{names}\" title=\"{names}\">")
+            parts.append(f'<h2>{stage}: training curves</h2><img src="{png}" alt="{names}" title="{names}">')
     done = {s: rows[s] for s in stages if s in rows}
     if cfg.heldout.grid and done:
         parts.append("<h2>The same prompts and seeds across stages</h2>" + _grid(run, done, cfg.heldout.grid))
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.cap{text-align:left;max-width:22em}"
-             "img{image-rendering:pixelated}div.sub{font-weight:normal;font-size:80%}"
-             "div.rw{font-size:75%;max-width:14em;text-align:left;color:#444}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>vidpost run {html.escape(run.name)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.cap{text-align:left;max-width:22em}"
+        "img{image-rendering:pixelated}div.sub{font-weight:normal;font-size:80%}"
+        "div.rw{font-size:75%;max-width:14em;text-align:left;color:#444}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vidpost run {html.escape(run.name)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
     target = run / REPORT_NAME
     with atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -33,8 +33,7 @@ def _only_unrun_stages_differ(old: list[dict], new: list[dict], out: Path) -> bo
     """Whether two stage lists agree up to the first difference, and no stage from there on has started in out."""
     first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
     later = [stage["name"] for stage in old[first:]]
-    return all(not run_checkpoints(out / name) and not (out / name / HELDOUT_FILE).is_file()
-               for name in later)
+    return all(not run_checkpoints(out / name) and not (out / name / HELDOUT_FILE).is_file() for name in later)
 
 
 def check_stages(cfg: PipelineConfig, recipes: dict[str, Stage], out: Path, pipeline_file: str | Path | None) -> None:
@@ -45,8 +44,9 @@ def check_stages(cfg: PipelineConfig, recipes: dict[str, Stage], out: Path, pipe
             stage_config(stage, recipes[stage.name], video_model, pipeline_file)
         except VidpostError as error:
             message = str(error)
-            raise VidpostError(message if message.startswith(f"stage {stage.name}:")
-                               else f"stage {stage.name}: {message}") from None
+            raise VidpostError(
+                message if message.startswith(f"stage {stage.name}:") else f"stage {stage.name}: {message}"
+            ) from None
         if recipes[stage.name].produces == "video":
             video_model = str(out / stage.name)
 
@@ -69,22 +69,29 @@ def add_stage_overrides(cfg: PipelineConfig, per_stage: dict[str, list[str]]) ->
     names = {stage.name for stage in cfg.stages}
     unknown = sorted(set(per_stage) - names)
     if unknown:
-        raise VidpostError(f"stages.{unknown[0]}: the pipeline has no stage {unknown[0]!r} (its stages: "
-                           f"{', '.join(stage.name for stage in cfg.stages)})")
-    stages = [stage.model_copy(update={"overrides": [*stage.overrides, *per_stage.get(stage.name, [])]})
-              for stage in cfg.stages]
+        raise VidpostError(
+            f"stages.{unknown[0]}: the pipeline has no stage {unknown[0]!r} (its stages: "
+            f"{', '.join(stage.name for stage in cfg.stages)})"
+        )
+    stages = [
+        stage.model_copy(update={"overrides": [*stage.overrides, *per_stage.get(stage.name, [])]})
+        for stage in cfg.stages
+    ]
     return cfg.model_copy(update={"stages": stages})
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path | None = None,
-                 progress: bool = True) -> dict[str, dict] | None:
+def run_pipeline(
+    cfg: PipelineConfig, out: str | Path, pipeline_file: str | Path | None = None, progress: bool = True
+) -> dict[str, dict] | None:
     """Run (or resume) every stage; return the held-out table {stage: row} (also printed per stage).
 
     None when a stage was stopped (SIGINT/SIGTERM) after writing its checkpoint: rerunning resumes there.
     """
     out = Path(out)
     lock_run_dir(out)
-    prepare_run_dir(cfg, out, may_change=lambda key, old, new: key == "stages" and _only_unrun_stages_differ(old, new, out))
+    prepare_run_dir(
+        cfg, out, may_change=lambda key, old, new: key == "stages" and _only_unrun_stages_differ(old, new, out)
+    )
     recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
     check_stages(cfg, recipes, out, pipeline_file)  # a bad key in the last stage fails now, not an hour in
     video_model, enhancer = cfg.base, None

@@ -51,13 +51,16 @@ class OptimConfig(Config):
 
 
 class ValidationConfig(Config):
-    every_steps: int = Field(0, ge=0, description="generate and score validation videos every N steps (0: only at the end)")
+    every_steps: int = Field(
+        0, ge=0, description="generate and score validation videos every N steps (0: only at the end)"
+    )
     prompts_file: str | None = Field(
         None, description="text file, one prompt per line; null: prompts of a ShapeWorld split (see `prompts`)"
     )
     split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
     prompts: Literal["canonical", "terse"] = Field(
-        "canonical", description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
+        "canonical",
+        description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
         "whose videos are scored against their intent",
     )
     n: int = Field(16, ge=1, description="number of validation prompts")
@@ -79,7 +82,8 @@ class RemoteRewardConfig(Config):
     timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one request")
     retries: int = Field(2, ge=0, description="retries after a failed request")
     token_env: str | None = Field(
-        None, description="environment variable holding the server's bearer token (the token is never saved)")
+        None, description="environment variable holding the server's bearer token (the token is never saved)"
+    )
 
 
 class CheckpointConfig(Config):
@@ -89,7 +93,9 @@ class CheckpointConfig(Config):
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers, well mixed (adjacent steps get unrelated streams)."""
-    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
+    )
 
 
 def make_ema(params: dict[str, torch.nn.Parameter], decay: float):
@@ -186,8 +192,17 @@ class NonfiniteStreak:
 
 # Keys a run may change when it resumes: they shape the steps still to come, not the ones taken. A run
 # stopped by a non-finite streak resumes at a lower learning rate; a finished run is extended by more steps.
-RESUMABLE_KEYS = ("train.steps", "train.learning_rate", "train.grad_clip", "train.max_consecutive_nonfinite",
-                  "optim.", "validation.", "evaluation.", "checkpoint.", "log_every_steps")
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.learning_rate",
+    "train.grad_clip",
+    "train.max_consecutive_nonfinite",
+    "optim.",
+    "validation.",
+    "evaluation.",
+    "checkpoint.",
+    "log_every_steps",
+)
 CONFIG_CHANGES = "config_changes.jsonl"  # under logs/: every accepted change, with the step it applies from
 
 
@@ -225,16 +240,23 @@ def prepare_run_dir(cfg: Config, out: Path, may_change=None) -> None:
         try:
             previous = load_config(type(cfg), saved).model_dump()
         except VidpostError as error:
-            raise VidpostError(f"{out} holds a run whose config no longer loads ({error}); choose another --out") from None
+            raise VidpostError(
+                f"{out} holds a run whose config no longer loads ({error}); choose another --out"
+            ) from None
         changes = config_changes(previous, cfg.model_dump())
         step = _started(out) if changes else None
         if step is not None:
-            refused = [c for c in changes if not c[0].startswith(RESUMABLE_KEYS)
-                       and not (may_change is not None and may_change(*c))]
+            refused = [
+                c
+                for c in changes
+                if not c[0].startswith(RESUMABLE_KEYS) and not (may_change is not None and may_change(*c))
+            ]
             if refused:
                 diff = "; ".join(f"{key}: {a!r} there, {b!r} now" for key, a, b in refused)
-                raise VidpostError(f"{out} holds a run with another config ({diff}); only "
-                                   f"{', '.join(RESUMABLE_KEYS)} may change when a run resumes: choose another --out")
+                raise VidpostError(
+                    f"{out} holds a run with another config ({diff}); only "
+                    f"{', '.join(RESUMABLE_KEYS)} may change when a run resumes: choose another --out"
+                )
             _accept_changes(cfg, out, changes, step)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
@@ -272,8 +294,10 @@ def lock_run_dir(out: Path) -> None:
     except FileExistsError:
         holder = _lock_holder(lock)
         if holder is not None and holder != me and _alive(holder):
-            raise VidpostError(f"{out} is in use by process {holder} (lock file {lock}); wait for it to end or stop "
-                               "it, or choose another --out") from None
+            raise VidpostError(
+                f"{out} is in use by process {holder} (lock file {lock}); wait for it to end or stop "
+                "it, or choose another --out"
+            ) from None
         if holder != me:
             log.warning("%s: taking over the lock of process %s, which is gone", out, holder)
         lock.write_text(str(me))
@@ -332,14 +356,27 @@ def open_run_log(out: Path, start: int, opening: dict[str, int]) -> RunLog | Non
 
 
 def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
-    log.warning("stopped at %s %d; rerun the same command to resume from %s", unit, step,
-                latest_checkpoint(checkpoints) or "the start")
+    log.warning(
+        "stopped at %s %d; rerun the same command to resume from %s",
+        unit,
+        step,
+        latest_checkpoint(checkpoints) or "the start",
+    )
 
 
 def validate(
-    model, prompts: list[str], scorable: bool, sampling: SamplingConfig, video: VideoConfig, seed: int,
-    precision: str, out_dir: Path, prefix: str = VAL, acceleration: AccelerationConfig | None = None,
-    used: list[str] | None = None, progress: bool = False,
+    model,
+    prompts: list[str],
+    scorable: bool,
+    sampling: SamplingConfig,
+    video: VideoConfig,
+    seed: int,
+    precision: str,
+    out_dir: Path,
+    prefix: str = VAL,
+    acceleration: AccelerationConfig | None = None,
+    used: list[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Generate the validation videos into out_dir (a dataset folder); score them if the prompts are ShapeWorld's.
 
@@ -356,9 +393,22 @@ def validate(
     used = used if rewritten else prompts
     share = dist.share(len(prompts))
     with dist.unsharded(model.transformer):
-        part = generate(model, used[share], sampling, video, seed=seed + share.start, precision=precision,
-                        progress=progress and dist.is_main(), acceleration=acceleration,
-                        desc=prefix, leave=False).videos if share.stop > share.start else None
+        part = (
+            generate(
+                model,
+                used[share],
+                sampling,
+                video,
+                seed=seed + share.start,
+                precision=precision,
+                progress=progress and dist.is_main(),
+                acceleration=acceleration,
+                desc=prefix,
+                leave=False,
+            ).videos
+            if share.stop > share.start
+            else None
+        )
     parts = dist.gather_objects(part)
     if not dist.is_main():
         return {}
@@ -391,8 +441,9 @@ def finished_model(out: Path) -> Path | None:
     return None
 
 
-def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingConfig, video: VideoConfig,
-               out: Path) -> Path:
+def save_final(
+    model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingConfig, video: VideoConfig, out: Path
+) -> Path:
     """Write model/ (diffusers layout) or lora/ atomically, with the model card (`sampling` recommended).
 
     `progress`: a short bar of its own (rank 0), cleared when done, so the training bar is not left stalled.
@@ -402,8 +453,11 @@ def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingC
     name = LORA_DIR if model.lora_config is not None else MODEL_DIR
     final, tmp = out / name, out / f".{name}.tmp"
     if dist.is_distributed():
-        trained = model.transformer.state_dict() if model.lora_config is None else {
-            n: p for n, p in model.transformer.named_parameters() if p.requires_grad}
+        trained = (
+            model.transformer.state_dict()
+            if model.lora_config is None
+            else {n: p for n, p in model.transformer.named_parameters() if p.requires_grad}
+        )
         weights = dist.full_tensors(trained)  # {} on ranks other than 0
         if not dist.is_main():
             return final
@@ -411,7 +465,9 @@ def save_final(model: WanVideoModel, model_cfg: ModelConfig, sampling: SamplingC
         missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
         trained_missing = missing if model.lora_config is None else [k for k in missing if "lora_" in k]
         if unexpected or trained_missing:
-            raise VidpostError(f"the rebuilt model does not match the trained one ({(trained_missing + unexpected)[:3]})")
+            raise VidpostError(
+                f"the rebuilt model does not match the trained one ({(trained_missing + unexpected)[:3]})"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     if model.lora_config is not None:
         model.save_lora(tmp)

@@ -102,10 +102,14 @@ DEFAULT_STUDENT_STEPS = 4
 class DistillTrainConfig(Config):
     steps_per_round: int = Field(100, ge=1, description="optimizer steps of each round (student_steps entry)")
     prompts_per_step: int = Field(
-        8, ge=1, description="teacher trajectories per optimizer step over all ranks, each one training pair per student step"
+        8,
+        ge=1,
+        description="teacher trajectories per optimizer step over all ranks, each one training pair per student step",
     )
     micro_batch_size: int | None = Field(
-        None, ge=1, description="training pairs per forward/backward on each rank (accumulation); null = all of its share"
+        None,
+        ge=1,
+        description="training pairs per forward/backward on each rank (accumulation); null = all of its share",
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "auto", description="autocast of teacher and student: auto (bf16 where the hardware has it) | bf16 | float32"
@@ -118,8 +122,12 @@ class DistillTrainConfig(Config):
 
 class TeacherConfig(SamplingOverrides):
     steps: int | None = Field(None, ge=1, description="the teacher's sampling steps; null: its card's")
-    shift: float | None = Field(None, gt=0, description="shift of the teacher's and the student's grids; null: the card's")
-    guidance: float | None = Field(None, ge=1, description="the teacher's guidance scale w (distilled); null: the card's")
+    shift: float | None = Field(
+        None, gt=0, description="shift of the teacher's and the student's grids; null: the card's"
+    )
+    guidance: float | None = Field(
+        None, ge=1, description="the teacher's guidance scale w (distilled); null: the card's"
+    )
 
 
 class DistillConfig(Config):
@@ -130,7 +138,9 @@ class DistillConfig(Config):
     mode: Literal[MODES] = Field(  # type: ignore[valid-type]
         "both", description="cfg: one pass per step | steps: few steps | both"
     )
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="the teacher's sampling (null: its card's)")
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="the teacher's sampling (null: its card's)"
+    )
     student_steps: list[int] | None = Field(
         None, description="steps of each round's student, e.g. [8, 4]; null: [4], in mode cfg the teacher's steps"
     )
@@ -283,21 +293,39 @@ def distill_step(
 # ------------------------------------------------------------------------------------------------ the recipe
 
 
-def _teacher_videos(teacher: WanVideoModel, prompts: list[str], used: list[str], sampling: SamplingConfig,
-                    video: VideoConfig, cfg: DistillConfig, folder: Path) -> np.ndarray | None:
+def _teacher_videos(
+    teacher: WanVideoModel,
+    prompts: list[str],
+    used: list[str],
+    sampling: SamplingConfig,
+    video: VideoConfig,
+    cfg: DistillConfig,
+    folder: Path,
+) -> np.ndarray | None:
     """The teacher's validation videos, uint8 (N, T, H, W, 3) on rank 0 (None on the others): generated once into
     `folder` (every rank samples its share), read back after.
 
     `used` is what the teacher is given for each prompt (the validation enhancer's rewrites, or the prompts).
     """
+
     def read() -> np.ndarray | None:
         clips = list(iter_clips(folder)) if (folder / "metadata.jsonl").is_file() else []
         return np.stack([clip.frames for clip in clips]) if len(clips) == len(prompts) else None
 
     if dist.broadcast_object(read() is not None if dist.is_main() else None):
         return read() if dist.is_main() else None
-    validate(teacher, prompts, False, sampling, video, cfg.validation.seed, cfg.train.precision, folder,
-             acceleration=cfg.validation.acceleration, used=used if used != prompts else None)
+    validate(
+        teacher,
+        prompts,
+        False,
+        sampling,
+        video,
+        cfg.validation.seed,
+        cfg.train.precision,
+        folder,
+        acceleration=cfg.validation.acceleration,
+        used=used if used != prompts else None,
+    )
     return read() if dist.is_main() else None
 
 
@@ -307,16 +335,16 @@ def _mse_to_teacher(folder: Path, teacher_videos: np.ndarray) -> float:
     return float(np.mean((student - teacher_videos.astype(np.float64) / 255) ** 2))
 
 
-def train(
-    cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after: int | None = None
-) -> Path | None:
+def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
     """Run (or resume) the distillation in `out`; return the final model/ or lora/, or None if stopped early.
 
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
     if cfg.train.prompts_per_step % dist.world_size():
-        raise VidpostError(f"train.prompts_per_step {cfg.train.prompts_per_step} must be a multiple of the world "
-                           f"size {dist.world_size()}")
+        raise VidpostError(
+            f"train.prompts_per_step {cfg.train.prompts_per_step} must be a multiple of the world "
+            f"size {dist.world_size()}"
+        )
     out = Path(out)
     final = start_run(cfg, out)
     if final is not None:
@@ -362,8 +390,19 @@ def train(
         """The student's validation metrics on rank 0 ({} on the others, which sample their share)."""
         model.transformer.eval()
         folder = out / "samples" / f"step_{step:06d}"
-        metrics = validate(model, prompts, scorable, sampling, video, cfg.validation.seed, t.precision, folder,
-                           acceleration=cfg.validation.acceleration, used=used, progress=progress)
+        metrics = validate(
+            model,
+            prompts,
+            scorable,
+            sampling,
+            video,
+            cfg.validation.seed,
+            t.precision,
+            folder,
+            acceleration=cfg.validation.acceleration,
+            used=used,
+            progress=progress,
+        )
         model.transformer.train()
         if not dist.is_main():
             return {}
@@ -371,10 +410,17 @@ def train(
 
     metrics: dict[str, float] = {}
     if start == 0:
-        log.info("distilling (%s) %.2fM trained parameters: teacher %d steps at guidance %g -> student %s steps at "
-                 "guidance %g, %d steps per round", cfg.mode, sum(p.numel() for p in params.values()) / 1e6,
-                 teacher_sampling.steps, teacher_sampling.guidance, [r.student.steps for r in rounds],
-                 rounds[-1].student.guidance, t.steps_per_round)
+        log.info(
+            "distilling (%s) %.2fM trained parameters: teacher %d steps at guidance %g -> student %s steps at "
+            "guidance %g, %d steps per round",
+            cfg.mode,
+            sum(p.numel() for p in params.values()) / 1e6,
+            teacher_sampling.steps,
+            teacher_sampling.guidance,
+            [r.student.steps for r in rounds],
+            rounds[-1].student.guidance,
+            t.steps_per_round,
+        )
         if scorable and runlog is not None:
             runlog.write(0, {f"teacher/{k}": v for k, v in score_videos(teacher_videos, prompts).items()})
         metrics = evaluate(0, rounds[-1].student)  # the teacher sampled as the final student: the baseline
@@ -390,8 +436,14 @@ def train(
         weights, optimizer_state = full_training_state(params, optimizer)  # whole tensors on rank 0
         teacher_weights = dist.full_tensors(teacher_params)
         if dist.is_main():
-            save_checkpoint(out / "checkpoints", step, _checkpointed(weights, teacher_weights), optimizer_state,
-                            state, cfg.checkpoint.keep_last)
+            save_checkpoint(
+                out / "checkpoints",
+                step,
+                _checkpointed(weights, teacher_weights),
+                optimizer_state,
+                state,
+                cfg.checkpoint.keep_last,
+            )
 
     model.transformer.train()
     bar = tqdm(total=total_steps, initial=start, desc=f"distill {cfg.mode}", unit="step", disable=not progress)
@@ -405,8 +457,9 @@ def train(
                     for name, p in teacher_params.items():
                         p.copy_(params[name])
                 optimizer = new_optimizer()
-                log.info("round %d: teacher %d steps -> student %d steps", index + 1, rnd.teacher.steps,
-                         rnd.student.steps)
+                log.info(
+                    "round %d: teacher %d steps -> student %d steps", index + 1, rnd.teacher.steps, rnd.student.steps
+                )
             tick = time.perf_counter()
             lr = learning_rate(o, step_in_round, t.steps_per_round)
             for group in optimizer.param_groups:
@@ -423,21 +476,32 @@ def train(
                 log.warning("step %d: non-finite loss or gradient; update skipped", step)
             optimizer.zero_grad(set_to_none=True)
             nonfinite.record(step, finite)  # raises after max_consecutive_nonfinite in a row
-            for key, value in (("loss", losses.mean().item()), ("grad_norm", grad_norm.item()),
-                               ("seconds", time.perf_counter() - tick), *seconds.items()):
+            for key, value in (
+                ("loss", losses.mean().item()),
+                ("grad_norm", grad_norm.item()),
+                ("seconds", time.perf_counter() - tick),
+                *seconds.items(),
+            ):
                 window[key].append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{window['loss'][-1]:.4f}", round=index + 1)
 
             if runlog is not None and (step % cfg.log_every_steps == 0 or step == total_steps):
                 means = {key: float(np.mean(values)) for key, values in window.items()}
-                runlog.write(step, {
-                    TRAIN_LOSS: means["loss"], "train/grad_norm": means["grad_norm"], "train/lr": lr,
-                    "train/round": index + 1, "train/seconds_per_step": means["seconds"],
-                    "time/teacher_s": means["teacher"], "time/student_s": means["student"],
-                    "nfe/teacher_per_prompt": rnd.teacher.steps * (2 if rnd.teacher.guidance > 1 else 1),
-                    "train/nonfinite_steps": state["nonfinite_steps"],
-                })
+                runlog.write(
+                    step,
+                    {
+                        TRAIN_LOSS: means["loss"],
+                        "train/grad_norm": means["grad_norm"],
+                        "train/lr": lr,
+                        "train/round": index + 1,
+                        "train/seconds_per_step": means["seconds"],
+                        "time/teacher_s": means["teacher"],
+                        "time/student_s": means["student"],
+                        "nfe/teacher_per_prompt": rnd.teacher.steps * (2 if rnd.teacher.guidance > 1 else 1),
+                        "train/nonfinite_steps": state["nonfinite_steps"],
+                    },
+                )
                 window = {key: [] for key in window}
             every = cfg.validation.every_steps
             if (every and step % every == 0) or step_in_round == t.steps_per_round:

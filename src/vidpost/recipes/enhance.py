@@ -14,7 +14,8 @@ Under torchrun (Hugging Face LMs only) each rank takes its share of every step's
 gradients are summed over ranks, so a step is the one-process step.
 
 Stage 1, SFT: teacher-forced cross-entropy on (terse prompt -> canonical caption) pairs from the world's
-train split: the prompt's ids are the context and the rewrite's the target (the loss sees only those). Pair i is a pure function of
+train split: the prompt's ids are the context and the rewrite's the target (the loss sees only those). Pair i is a
+pure function of
 (data.seed, i) and step s trains on pairs (s-1)·B .. s·B-1, so the stream never repeats and a resumed run
 ends with exactly the weights of an uninterrupted one. It starts from a seeded random model, or from the
 weights of `model.init` (a shipped enhancer, a folder or a run; sft.steps 0 keeps them as they are, so GRPO
@@ -136,8 +137,9 @@ class GRPOStageConfig(Config):
         default_factory=lambda: {"total": 1.0, "coherence": 0.5, "quality": 0.5},
         description="reward name -> weight, as the video GRPO's reward.weights (advantages of the weighted sum)",
     )
-    remote: list[RemoteRewardConfig] = Field(default_factory=list, description="reward servers to register "
-                                                                               "(docs/reward_protocol.md)")
+    remote: list[RemoteRewardConfig] = Field(
+        default_factory=list, description="reward servers to register (docs/reward_protocol.md)"
+    )
     seed: int = Field(0, description="step s draws its rewrites and video noise from (seed, s); validation noise: seed")
     val_videos: int = Field(16, ge=1, description="validation: videos made from the first rewrites (<= data.eval_n)")
     eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only before step 1 and at the end)")
@@ -146,11 +148,16 @@ class GRPOStageConfig(Config):
 
 
 class EnhanceConfig(Config):
-    model: EnhancerModelConfig = Field(default_factory=EnhancerModelConfig,
-                                       description="the LM trained: the toy's architecture, or model.path's LM")
-    instruction: InstructionConfig = Field(default_factory=InstructionConfig,
-                                           description="model.path: the system prompt the LM is trained and applied with")
-    data: PairsConfig = Field(default_factory=PairsConfig, description="(prompt, rewrite) pairs: ShapeWorld's or a file")
+    model: EnhancerModelConfig = Field(
+        default_factory=EnhancerModelConfig, description="the LM trained: the toy's architecture, or model.path's LM"
+    )
+    instruction: InstructionConfig = Field(
+        default_factory=InstructionConfig,
+        description="model.path: the system prompt the LM is trained and applied with",
+    )
+    data: PairsConfig = Field(
+        default_factory=PairsConfig, description="(prompt, rewrite) pairs: ShapeWorld's or a file"
+    )
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="stage 1: supervised fine-tuning")
     grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig, description="stage 2: GRPO on video rewards")
     max_new_tokens: int = Field(48, ge=1, description="most tokens of a rewrite (GRPO rollouts and validation)")
@@ -163,8 +170,10 @@ class EnhanceConfig(Config):
         if self.sft.steps == 0 and self.model.init is None and self.model.path is None:
             raise ValueError("sft.steps 0 needs model.init (an enhancer to start from)")
         if self.grpo.steps and self.grpo.val_videos > self.data.eval_n:
-            raise ValueError(f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
-                             "(the videos are made from the first validation rewrites)")
+            raise ValueError(
+                f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
+                "(the videos are made from the first validation rewrites)"
+            )
         return self
 
 
@@ -176,13 +185,14 @@ def _greedy_rewrites(lm: EnhancerLM, prompts: list[str], max_new_tokens: int) ->
     rewrites = []
     with lm.autocast():
         for start in range(0, len(prompts), 64):
-            rewrites += sample_rollout(lm.model, lm.rollout_fmt, prompts[start: start + 64], max_new_tokens).texts
+            rewrites += sample_rollout(lm.model, lm.rollout_fmt, prompts[start : start + 64], max_new_tokens).texts
     lm.model.train()
     return rewrites
 
 
-def _validate(lm: EnhancerLM, source: PairSource, held_out: list[tuple[str, str]],
-              max_new_tokens: int) -> dict[str, float]:
+def _validate(
+    lm: EnhancerLM, source: PairSource, held_out: list[tuple[str, str]], max_new_tokens: int
+) -> dict[str, float]:
     """ShapeWorld: rewrite_metrics of greedy rewrites of the eval prompts; a pairs file: the held-out pairs' loss."""
     if source.shapeworld:
         prompts, intents = [p for p, _ in held_out], [i for _, i in held_out]
@@ -192,7 +202,7 @@ def _validate(lm: EnhancerLM, source: PairSource, held_out: list[tuple[str, str]
     lm.model.eval()
     with torch.no_grad(), lm.autocast():
         for start in range(0, len(held_out), 64):
-            part, n = pairs_nll(lm.model, lm.pairs_fmt, held_out[start: start + 64])
+            part, n = pairs_nll(lm.model, lm.pairs_fmt, held_out[start : start + 64])
             nll, tokens = nll + part.item(), tokens + n
     lm.model.train()
     return {f"{STAGE_SFT}/val_loss": nll / tokens}
@@ -215,8 +225,13 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     final = out / STAGE_GRPO if cfg.grpo.steps else sft
     if cfg.grpo.steps:
         for server in cfg.grpo.remote:
-            register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries,
-                            token_env=server.token_env)
+            register_remote(
+                server.url,
+                server.rewards,
+                timeout_s=server.timeout_s,
+                retries=server.retries,
+                token_env=server.token_env,
+            )
         check_reward_names(list(cfg.grpo.reward_weights))  # now, not after the SFT stage's minutes
     init = init_dir(cfg.model) if cfg.model.init is not None else None  # before the run directory records cfg
     if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
@@ -246,8 +261,9 @@ def _sum_gradients(params: dict[str, torch.nn.Parameter]) -> None:
                 p.grad.copy_(dist.sum_over_ranks(p.grad))
 
 
-def _update(loss: torch.Tensor, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-            grad_clip: float) -> tuple[float, float, bool]:
+def _update(
+    loss: torch.Tensor, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float
+) -> tuple[float, float, bool]:
     """Backward, gradients summed over ranks, clip, step unless non-finite; (global loss, grad norm, finite)."""
     loss.backward()
     _sum_gradients(params)
@@ -271,20 +287,23 @@ def _save_stage(lm: EnhancerLM, out: Path, stage: str, card: dict, shapeworld: b
     return final
 
 
-def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
-               stop_after: int | None) -> Path | None:
+def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 1 from `initial_lm(cfg.model, ...)`; returns sft/, or None if stopped."""
     s = cfg.sft
     lm = initial_lm(cfg.model, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens, init)
     model = lm.model.train()
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}  # tied embeddings appear once
-    optimizer = torch.optim.AdamW(params.values(), lr=s.optim.learning_rate, betas=s.optim.betas,
-                                  weight_decay=s.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params.values(), lr=s.optim.learning_rate, betas=s.optim.betas, weight_decay=s.optim.weight_decay
+    )
     checkpoints = out / "checkpoints" / STAGE_SFT
     resumed, start, state = _resume(checkpoints, params, optimizer, f"step %d of {s.steps}")
     if not resumed and progress:
-        log.info("training a %.2fM-parameter enhancer from %s", sum(p.numel() for p in params.values()) / 1e6,
-                 cfg.model.path or cfg.model.init or "a random initialisation")
+        log.info(
+            "training a %.2fM-parameter enhancer from %s",
+            sum(p.numel() for p in params.values()) / 1e6,
+            cfg.model.path or cfg.model.init or "a random initialisation",
+        )
     runlog = open_run_log(out, start, {})
     source = PairSource(cfg.data)
     held_out = source.held_out()
@@ -318,8 +337,9 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
             with lm.autocast():
                 nll, tokens = pairs_nll(model, lm.pairs_fmt, pairs)
             # over the global batch's target tokens, so the summed gradients are the one-process gradient
-            loss_value, grad_norm, finite = _update(nll / int(dist.sum_over_ranks(torch.tensor(tokens))), params,
-                                                    optimizer, s.optim.grad_clip)
+            loss_value, grad_norm, finite = _update(
+                nll / int(dist.sum_over_ranks(torch.tensor(tokens))), params, optimizer, s.optim.grad_clip
+            )
             if not finite:
                 state["nonfinite_steps"] += 1
                 log.warning("step %d: non-finite loss or gradient; update skipped", step)
@@ -330,12 +350,16 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
             bar.update(1)
             bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
             if (step % cfg.log_every_steps == 0 or step == s.steps) and runlog is not None:
-                runlog.write(step, {
-                    ENHANCE_SFT_LOSS: float(np.mean(window["loss"])),
-                    f"{STAGE_SFT}/grad_norm": float(np.mean(window["grad_norm"])), f"{STAGE_SFT}/lr": lr,
-                    f"{STAGE_SFT}/seconds_per_step": float(np.mean(window["seconds"])),
-                    f"{STAGE_SFT}/nonfinite_steps": state["nonfinite_steps"],
-                })
+                runlog.write(
+                    step,
+                    {
+                        ENHANCE_SFT_LOSS: float(np.mean(window["loss"])),
+                        f"{STAGE_SFT}/grad_norm": float(np.mean(window["grad_norm"])),
+                        f"{STAGE_SFT}/lr": lr,
+                        f"{STAGE_SFT}/seconds_per_step": float(np.mean(window["seconds"])),
+                        f"{STAGE_SFT}/nonfinite_steps": state["nonfinite_steps"],
+                    },
+                )
             if step % cfg.log_every_steps == 0 or step == s.steps:
                 window = {key: [] for key in window}
             if (s.eval_every_steps and step % s.eval_every_steps == 0) or step == s.steps:
@@ -375,13 +399,19 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
         video_model = video_model.to(policy.device)
     sampling, video = g.sampling.resolve(recommended_sampling(video_model)), g.video or recommended_video(video_model)
     params = {name: p for name, p in policy.model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(params.values(), lr=g.optim.learning_rate, betas=g.optim.betas,
-                                  weight_decay=g.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params.values(), lr=g.optim.learning_rate, betas=g.optim.betas, weight_decay=g.optim.weight_decay
+    )
     checkpoints = out / "checkpoints" / STAGE_GRPO
     resumed, start, state = _resume(checkpoints, params, optimizer, f"GRPO step %d of {g.steps}")
     if not resumed and progress:
-        log.info("GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
-                 g.video_model, g.prompts_per_step, g.group_size, sampling.steps)
+        log.info(
+            "GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
+            g.video_model,
+            g.prompts_per_step,
+            g.group_size,
+            sampling.steps,
+        )
     runlog = open_run_log(out, offset + start, {})
     source = PairSource(cfg.data)
     held_out = source.held_out()
@@ -412,13 +442,19 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
             lr = learning_rate(g.optim, step, g.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            row, finite = _grpo_step(policy, reference, video_model, cfg, source, step, params, optimizer,
-                                     sampling, video)
+            row, finite = _grpo_step(
+                policy, reference, video_model, cfg, source, step, params, optimizer, sampling, video
+            )
             if not finite:
                 state["nonfinite_steps"] += 1
             nonfinite.record(step, finite)
-            row.update({f"{STAGE_GRPO}/lr": lr, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
-                        f"{STAGE_GRPO}/seconds_per_step": time.perf_counter() - tick})
+            row.update(
+                {
+                    f"{STAGE_GRPO}/lr": lr,
+                    f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
+                    f"{STAGE_GRPO}/seconds_per_step": time.perf_counter() - tick,
+                }
+            )
             if runlog is not None:
                 runlog.write(offset + step, row)
             bar.update(1)
@@ -438,13 +474,19 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
     bar.close()
     if runlog is not None:
         runlog.close()
-    final = _save_stage(policy, out, STAGE_GRPO, {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model,
-                                                  **metrics}, source.shapeworld)
+    final = _save_stage(
+        policy,
+        out,
+        STAGE_GRPO,
+        {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model, **metrics},
+        source.shapeworld,
+    )
     if dist.is_main():
         summary_file = out / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        summary.update({f"{STAGE_GRPO}/steps": g.steps, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
-                        **metrics})
+        summary.update(
+            {f"{STAGE_GRPO}/steps": g.steps, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"], **metrics}
+        )
         summary_file.write_text(json.dumps(summary, indent=1) + "\n")
     return final
 
@@ -459,10 +501,18 @@ def _rollout_generators(cfg: EnhanceConfig, step: int, groups: range) -> torch.G
     return [stream for stream in streams for _ in range(g.group_size)]
 
 
-def _grpo_step(policy: EnhancerLM, reference: EnhancerLM | None, video_model, cfg: EnhanceConfig,
-               source: PairSource, step: int, params: dict[str, torch.nn.Parameter],
-               optimizer: torch.optim.Optimizer, sampling: SamplingConfig,
-               video: VideoConfig) -> tuple[dict[str, float], bool]:
+def _grpo_step(
+    policy: EnhancerLM,
+    reference: EnhancerLM | None,
+    video_model,
+    cfg: EnhanceConfig,
+    source: PairSource,
+    step: int,
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    sampling: SamplingConfig,
+    video: VideoConfig,
+) -> tuple[dict[str, float], bool]:
     """GRPO step `step` (1-based): rewrites, videos, rewards, advantages, update(s); (its metrics, all finite).
     Under torchrun each rank takes whole groups, so the group advantages are those of one process."""
     g = cfg.grpo
@@ -474,12 +524,30 @@ def _grpo_step(policy: EnhancerLM, reference: EnhancerLM | None, video_model, cf
     intents = [intent for _, intent in users for _ in range(G)]
     policy.model.eval()  # rollouts without dropout, as teacher forcing below is compared with them
     with policy.autocast():
-        rollout = sample_rollout(policy.model, policy.rollout_fmt, prompts, cfg.max_new_tokens, g.temperature,
-                                 g.top_p, _rollout_generators(cfg, step, groups))
+        rollout = sample_rollout(
+            policy.model,
+            policy.rollout_fmt,
+            prompts,
+            cfg.max_new_tokens,
+            g.temperature,
+            g.top_p,
+            _rollout_generators(cfg, step, groups),
+        )
     policy.model.train()
     seed = (derive_seed(g.seed, 2, step) & 0x7FFFFFFF) + groups.start  # group p from seed + p on every rank
-    scores, passed = rewrite_rewards(video_model, prompts, intents, rollout.texts, G, sampling, video, seed,
-                                     g.precision, list(g.reward_weights), source.shapeworld)
+    scores, passed = rewrite_rewards(
+        video_model,
+        prompts,
+        intents,
+        rollout.texts,
+        G,
+        sampling,
+        video,
+        seed,
+        g.precision,
+        list(g.reward_weights),
+        source.shapeworld,
+    )
     rewards = {name: torch.as_tensor(r, dtype=torch.float64) for name, r in scores.items()}
     advantages = combine_advantages(rewards, g.reward_weights, G)  # (P·G / world size,): whole groups
 
@@ -490,15 +558,19 @@ def _grpo_step(policy: EnhancerLM, reference: EnhancerLM | None, video_model, cf
             ref, _ = completion_logprobs(ref_model, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)
         # PPO's old policy: the toy keeps the log-probs its tokens were drawn with (its runs reproduce); an LM
         # takes the training forward's, so the first update's ratio is exactly 1 whatever the decoding kernels
-        old = drawn if cfg.model.path is None else completion_logprobs(
-            policy.model, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)[0]
+        old = (
+            drawn
+            if cfg.model.path is None
+            else completion_logprobs(policy.model, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature)[0]
+        )
     stats: dict[str, list[float]] = {"loss": [], "grad_norm": [], "clip_frac": [], "approx_kl": [], "kl": []}
     finite, gap = True, 0.0
     share = len(prompts) / (P * G)  # this rank's rewrites: its mean times its share sums to the global mean
     for epoch in range(g.epochs):
         with policy.autocast():
-            logp, mask = completion_logprobs(policy.model, rollout.prompt_ids, rollout.completion_ids, pad,
-                                             g.temperature)
+            logp, mask = completion_logprobs(
+                policy.model, rollout.prompt_ids, rollout.completion_ids, pad, g.temperature
+            )
         if epoch == 0:  # the same policy as the rollout's: teacher forcing must give its log-probs back (top_p = 1)
             gap = float((logp.detach() - drawn).abs().max())
         loss, terms = enhancer_grpo_loss(logp, old, mask, advantages.to(policy.device), g.clip_range, ref, g.kl_beta)
@@ -507,21 +579,33 @@ def _grpo_step(policy: EnhancerLM, reference: EnhancerLM | None, video_model, cf
             finite = False
             log.warning("GRPO step %d: non-finite loss or gradient; update skipped", step)
         terms = {k: v * share for k, v in terms.items()}  # token means of this rank, weighted to a global mean
-        for key, value in {"loss": loss_value, "grad_norm": grad_norm,
-                           **{k: dist.sum_over_ranks(torch.tensor(v, dtype=torch.float64)).item() for k, v in terms.items()}}.items():
+        for key, value in {
+            "loss": loss_value,
+            "grad_norm": grad_norm,
+            **{k: dist.sum_over_ranks(torch.tensor(v, dtype=torch.float64)).item() for k, v in terms.items()},
+        }.items():
             stats[key].append(value)
     everyone = {name: dist.all_gather_cat(r) for name, r in rewards.items()}  # (P·G,) in group order
-    row = {ENHANCE_GRPO_REWARD: float(weighted_sum(everyone, g.reward_weights).mean()),
-           **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in everyone.items()},
-           f"{STAGE_GRPO}/parse": float(dist.all_gather_cat(torch.as_tensor(passed, dtype=torch.float64)).mean()),
-           **{f"{STAGE_GRPO}/{key}": float(np.mean(values)) for key, values in stats.items()},
-           f"{STAGE_GRPO}/tied_groups": advantage_stats(dist.all_gather_cat(advantages), G)["tied_group_fraction"],
-           f"{STAGE_GRPO}/logprob_gap": dist.all_gather_cat(torch.tensor([gap], dtype=torch.float64)).max().item()}
+    row = {
+        ENHANCE_GRPO_REWARD: float(weighted_sum(everyone, g.reward_weights).mean()),
+        **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in everyone.items()},
+        f"{STAGE_GRPO}/parse": float(dist.all_gather_cat(torch.as_tensor(passed, dtype=torch.float64)).mean()),
+        **{f"{STAGE_GRPO}/{key}": float(np.mean(values)) for key, values in stats.items()},
+        f"{STAGE_GRPO}/tied_groups": advantage_stats(dist.all_gather_cat(advantages), G)["tied_group_fraction"],
+        f"{STAGE_GRPO}/logprob_gap": dist.all_gather_cat(torch.tensor([gap], dtype=torch.float64)).max().item(),
+    }
     return row, finite
 
 
-def _validate_grpo(policy: EnhancerLM, video_model, cfg: EnhanceConfig, source: PairSource,
-                   held_out: list[tuple[str, str]], sampling: SamplingConfig, video: VideoConfig) -> dict[str, float]:
+def _validate_grpo(
+    policy: EnhancerLM,
+    video_model,
+    cfg: EnhanceConfig,
+    source: PairSource,
+    held_out: list[tuple[str, str]],
+    sampling: SamplingConfig,
+    video: VideoConfig,
+) -> dict[str, float]:
     """Greedy rewrites of the validation prompts: rewrite_metrics (ShapeWorld), and the rewards of the first
     val_videos' videos (video j from the noise of seed grpo.seed + j at every validation)."""
     g = cfg.grpo
@@ -530,9 +614,24 @@ def _validate_grpo(policy: EnhancerLM, video_model, cfg: EnhanceConfig, source: 
         intents = prompts
     rewrites = _greedy_rewrites(policy, prompts, cfg.max_new_tokens)
     n = g.val_videos
-    rewards, passed = rewrite_rewards(video_model, prompts[:n], intents[:n], rewrites[:n], 1, sampling, video,
-                                      g.seed, g.precision, list(g.reward_weights), source.shapeworld)
+    rewards, passed = rewrite_rewards(
+        video_model,
+        prompts[:n],
+        intents[:n],
+        rewrites[:n],
+        1,
+        sampling,
+        video,
+        g.seed,
+        g.precision,
+        list(g.reward_weights),
+        source.shapeworld,
+    )
     metrics = rewrite_metrics(rewrites, intents) if source.shapeworld else {"parse": float(passed.mean())}
-    metrics.update({"reward": float(weighted_sum(rewards, g.reward_weights).mean()),
-                    **{f"reward_{name}": float(r.mean()) for name, r in rewards.items()}})
+    metrics.update(
+        {
+            "reward": float(weighted_sum(rewards, g.reward_weights).mean()),
+            **{f"reward_{name}": float(r.mean()) for name, r in rewards.items()},
+        }
+    )
     return {f"{STAGE_GRPO}/val_{k}": v for k, v in metrics.items()}

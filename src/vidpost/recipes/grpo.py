@@ -3,7 +3,7 @@ DiffusionNFT in the same loop.
 
     vidpost grpo configs/shapeworld/grpo_flash.yaml --out runs/grpo [key=value ...]
     vidpost grpo configs/shapeworld/grpo_nft.yaml --out runs/nft
-    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # FSDP2 over 8 GPUs (docs/guide/training-and-sampling.md)
+    torchrun --nproc_per_node 8 -m vidpost.cli grpo CONFIG --out RUN    # FSDP2 over 8 GPUs (docs/guide/)
 
 Each iteration is a chain of named, timed phases:
     rollout    P prompts x G samples along the strategy's plan of SDE steps (rl/strategies.py), with the
@@ -92,14 +92,14 @@ from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
 log = logging.getLogger("vidpost")
 
 
-
 # ------------------------------------------------------------------------------------------------ config
 
 
 class NoiseConfig(Config):
     schedule: Literal[tuple(NOISE_SCHEDULES)] = Field(  # type: ignore[valid-type]
-        "flash", description="SDE noise level g(σ): flash (linear) | flow_grpo (a·sqrt(σ/(1-σ))) | dance (constant eta) "
-        "| cps (the coefficient-preserving step, noise share eta)"
+        "flash",
+        description="SDE noise level g(σ): flash (linear) | flow_grpo (a·sqrt(σ/(1-σ))) | dance (constant eta) "
+        "| cps (the coefficient-preserving step, noise share eta)",
     )
     params: dict[str, float] = Field(default_factory=dict, description="the schedule's parameters, e.g. {a: 0.7}")
 
@@ -107,9 +107,13 @@ class NoiseConfig(Config):
 class RolloutConfig(Config):
     prompts_per_step: int = Field(8, ge=1, description="P: prompts (groups) per iteration, over all ranks")
     samples_per_prompt: int = Field(8, ge=2, description="G: samples per prompt, the group size")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation"
+    )
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="noise level of the SDE steps")
-    precision: Literal[PRECISIONS] = Field("auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32")  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = Field(
+        "auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32"
+    )  # type: ignore[valid-type]
 
 
 class RewardConfig(Config):
@@ -130,14 +134,21 @@ class GRPOTrainConfig(Config):
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip epsilon")
     kl_beta: float = Field(0.0, ge=0, description="weight of the closed-form KL to the reference (0: off)")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per iteration (each group's transitions split evenly)")
+    minibatches: int = Field(
+        1, ge=1, description="optimizer steps per iteration (each group's transitions split evenly)"
+    )
     drop_zero_advantage: bool | None = Field(
-        None, description="leave out of the update the samples whose advantage is exactly 0 (tied groups), which "
+        None,
+        description="leave out of the update the samples whose advantage is exactly 0 (tied groups), which "
         "teach a policy gradient nothing and would dilute its loss; null: as each strategy's reference does "
         "(Flow-GRPO and Flash-GRPO drop them, DiffusionNFT keeps them: r = 1/2 holds v_θ near v_old)",
     )
-    micro_batch_size: int | None = Field(None, ge=1, description="transitions per forward/backward on each rank; null = its whole minibatch")
-    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="transitions per forward/backward on each rank; null = its whole minibatch"
+    )
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)"
+    )
     seed: int = Field(0, description="every iteration's randomness is drawn from (seed, iteration)")
     max_consecutive_nonfinite: int = Field(
         10, ge=1, description="stop the run after this many iterations in a row with a non-finite loss or gradient"
@@ -145,30 +156,38 @@ class GRPOTrainConfig(Config):
 
 
 class GRPOConfig(Config):
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(path="shapeworld-sft"), description="the policy to train")
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(path="shapeworld-sft"), description="the policy to train"
+    )
     prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="training prompts")
     video: VideoConfig | None = Field(None, description="frames and size of the videos; null = the model card's")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="group sampling")
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="which steps are stochastic and trained")
+    strategy: StrategyConfig = Field(
+        default_factory=StrategyConfig, description="which steps are stochastic and trained"
+    )
     reward: RewardConfig = Field(default_factory=RewardConfig, description="rewards and advantages")
     train: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig, description="optimisation")
     evaluation: ValidationConfig = Field(
         default_factory=lambda: ValidationConfig(every_steps=10, split="heldout", n=32),
         description="held-out evaluation: deterministic ODE sampling with fixed seeds",
     )
-    checkpoint: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(every_steps=10), description="checkpointing")
+    checkpoint: CheckpointConfig = Field(
+        default_factory=lambda: CheckpointConfig(every_steps=10), description="checkpointing"
+    )
     log_every_steps: int = Field(1, ge=1, description="write training metrics every N iterations")
 
     @model_validator(mode="after")
     def _batch_fits(self) -> GRPOConfig:
         if self.rollout.prompts_per_step % dist.world_size():
-            raise ValueError(f"rollout.prompts_per_step {self.rollout.prompts_per_step} must be a multiple of the world size")
+            raise ValueError(
+                f"rollout.prompts_per_step {self.rollout.prompts_per_step} must be a multiple of the world size"
+            )
         G = self.rollout.samples_per_prompt
         per_sample = self.strategy.trained_steps(self.rollout.sampling.steps)
         if self.train.minibatches > G * per_sample:
             raise ValueError(
-                f"train.minibatches {self.train.minibatches} exceeds the {G * per_sample} transitions each group trains "
-                f"({G} samples x {per_sample} steps): some minibatches would be empty"
+                f"train.minibatches {self.train.minibatches} exceeds the {G * per_sample} transitions each group "
+                f"trains ({G} samples x {per_sample} steps): some minibatches would be empty"
             )
         return self
 
@@ -189,6 +208,7 @@ class GRPOConfig(Config):
 def _reference(model: WanVideoModel):
     """A context giving the reference policy: the model with its LoRA disabled, or a frozen copy made now."""
     if model.lora_config is not None:
+
         @contextmanager
         def without_lora():
             model.transformer.disable_adapters()
@@ -196,6 +216,7 @@ def _reference(model: WanVideoModel):
                 yield model
             finally:
                 model.transformer.enable_adapters()
+
         return without_lora
     frozen = copy.copy(model)
     frozen.transformer = copy.deepcopy(model.transformer).requires_grad_(False)  # before the policy is sharded
@@ -204,6 +225,7 @@ def _reference(model: WanVideoModel):
     @contextmanager
     def copy_of_start():
         yield frozen
+
     return copy_of_start
 
 
@@ -231,8 +253,9 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         return final
     progress = progress and dist.is_main()
     for server in cfg.reward.remote:
-        register_remote(server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries,
-                        token_env=server.token_env)
+        register_remote(
+            server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries, token_env=server.token_env
+        )
     check_reward_names(list(cfg.reward.weights))
 
     torch.manual_seed(cfg.train.seed)
@@ -271,14 +294,31 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         log.info("resuming from %s (iteration %d of %d)", checkpoint, start, t.steps)
     runlog = open_run_log(out, start, rewrite_metrics)
     if start == 0:
-        log.info("GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
-                 strategy.name, sum(p.numel() for p in params.values()) / 1e6, P, G, sampling.steps)
+        log.info(
+            "GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
+            strategy.name,
+            sum(p.numel() for p in params.values()) / 1e6,
+            P,
+            G,
+            sampling.steps,
+        )
 
     def evaluate(step: int) -> dict[str, float]:
         with ema_weights(ema, params):
-            return validate(model, eval_prompts, scorable, sampling, video, cfg.evaluation.seed,
-                            cfg.rollout.precision, out / "samples" / f"step_{step:06d}", prefix=EVAL,
-                            acceleration=cfg.evaluation.acceleration, used=eval_used, progress=progress)
+            return validate(
+                model,
+                eval_prompts,
+                scorable,
+                sampling,
+                video,
+                cfg.evaluation.seed,
+                cfg.rollout.precision,
+                out / "samples" / f"step_{step:06d}",
+                prefix=EVAL,
+                acceleration=cfg.evaluation.acceleration,
+                used=eval_used,
+                progress=progress,
+            )
 
     metrics: dict[str, float] = {}
     if start == 0:
@@ -299,7 +339,9 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     with StopFlag() as stop:
         for step in range(start + 1, t.steps + 1):
             torch.manual_seed(derive_seed(t.seed, 4, step))  # global-RNG draws (a stochastic reward) resume exactly
-            row = iteration(model, cfg, step, pool, pool_used, shape, sigmas, g, scales, uncond, reference, params, optimizer)
+            row = iteration(
+                model, cfg, step, pool, pool_used, shape, sigmas, g, scales, uncond, reference, params, optimizer
+            )
             if row["nonfinite"]:
                 state["nonfinite_steps"] += 1
             nonfinite.record(step, not row["nonfinite"])  # raises after max_consecutive_nonfinite in a row
@@ -379,9 +421,21 @@ def iteration(
         embeds = model.encode_prompts(used)  # (p, L, D)
         trajectory_trained = torch.zeros_like(plan.train[rows]) if nft else plan.train[rows]
         local_plan = StepPlan(sde=plan.sde[rows], train=trajectory_trained, k=None if plan.k is None else plan.k[local])
-        batch = rollout(model, shape, embeds, uncond, local_plan, sigmas, g, sampling.guidance, seeds,
-                        sde_generators, precision, flash=cfg.strategy.settings if cfg.strategy.name == "flash" else None,
-                        kind=kind)
+        batch = rollout(
+            model,
+            shape,
+            embeds,
+            uncond,
+            local_plan,
+            sigmas,
+            g,
+            sampling.guidance,
+            seeds,
+            sde_generators,
+            precision,
+            flash=cfg.strategy.settings if cfg.strategy.name == "flash" else None,
+            kind=kind,
+        )
     with phase("reward"):
         decoded = model.decode(batch.final).cpu().numpy()
         finite = np.isfinite(decoded.reshape(len(decoded), -1)).all(1)
@@ -393,11 +447,13 @@ def iteration(
         videos = to_float(to_uint8(decoded))  # scored as a saved clip would be
         prompt_of_row = [p for p in prompts for _ in range(G)]
         local_rewards = compute_rewards(list(cfg.reward.weights), videos, prompt_of_row)
-        rewards = {name: dist.all_gather_cat(torch.as_tensor(r, dtype=torch.float64))
-                   for name, r in local_rewards.items()}  # (B,) global, group order
+        rewards = {
+            name: dist.all_gather_cat(torch.as_tensor(r, dtype=torch.float64)) for name, r in local_rewards.items()
+        }  # (B,) global, group order
     with phase("advantage"):
-        advantages = combine_advantages(rewards, cfg.reward.weights, G, cfg.reward.mode, cfg.reward.std_scope,
-                                        cfg.reward.clip)  # (B,) global
+        advantages = combine_advantages(
+            rewards, cfg.reward.weights, G, cfg.reward.mode, cfg.reward.std_scope, cfg.reward.clip
+        )  # (B,) global
         local_advantages = advantages[rows]  # points.sample indexes this rank's rows
         tr = batch.transitions
         if nft:  # the clean samples re-noised at the plan's σ, each row's ε from its own stream
@@ -410,8 +466,11 @@ def iteration(
 
     def forward(policy, sub):  # what the objective needs of `policy` at `sub`, with their prompts
         if nft:  # the velocity at the re-noised points
-            return (guided_velocity(policy, sub.x, sub.sigma, embeds[sub.sample // G], uncond, sampling.guidance,
-                                    precision),)
+            return (
+                guided_velocity(
+                    policy, sub.x, sub.sigma, embeds[sub.sample // G], uncond, sampling.guidance, precision
+                ),
+            )
         return transition_log_probs(policy, sub, embeds[sub.sample // G], uncond, sampling.guidance, precision, kind)
 
     # Minibatches (one optimizer step each) of micro-batches (one forward/backward each); the old
@@ -435,14 +494,22 @@ def iteration(
 
     with phase("update"):
         model.transformer.train()
-        stats: dict[str, list[float]] = {"ratio": [], "clipped": [], "approx_kl": [], "kl": [], "loss": [],
-                                         "nft_positive": [], "nft_negative": []}
+        stats: dict[str, list[float]] = {
+            "ratio": [],
+            "clipped": [],
+            "approx_kl": [],
+            "kl": [],
+            "loss": [],
+            "nft_positive": [],
+            "nft_negative": [],
+        }
         grad_norms, nonfinite = [], False
         for n, chunks in enumerate(minibatches):
             trained = torch.cat([*chunks, torch.empty(0, dtype=torch.long)])
             inverse = 1.0 / scales[points.step[trained]] if scales is not None else torch.zeros(0, dtype=torch.float64)
-            size, inverse_sum = dist.sum_over_ranks(torch.tensor([float(len(trained)), float(inverse.sum())],
-                                                                  dtype=torch.float64)).tolist()
+            size, inverse_sum = dist.sum_over_ranks(
+                torch.tensor([float(len(trained)), float(inverse.sum())], dtype=torch.float64)
+            ).tolist()
             if size == 0:  # every sample of this minibatch tied, on every rank: nothing to learn from
                 continue
             finite = True
@@ -462,8 +529,9 @@ def iteration(
                     weights = None
                     if scales is not None:  # the mean of c⁻¹ over this optimizer step's transitions on all ranks
                         weights = rectification_weights(scales[sub.step], inverse_sum / size).to(lp.device)
-                    terms = policy_loss(lp, old_lp[rows_run].to(lp.device), advantage, t.clip_range, weights, kl,
-                                        t.kl_beta)
+                    terms = policy_loss(
+                        lp, old_lp[rows_run].to(lp.device), advantage, t.clip_range, weights, kl, t.kl_beta
+                    )
                     loss = terms.loss
                     batch_stats = {"ratio": terms.ratio, "clipped": terms.clipped.float(), "approx_kl": terms.approx_kl}
                 loss = loss[: len(chunk)]  # a stand-in's pass (empty loss) only keeps FSDP2's collectives in step
@@ -490,23 +558,39 @@ def iteration(
         row[f"reward/{name}_std"] = values.std(unbiased=False).item()
     row[REWARD_WEIGHTED] = float(weighted_sum(rewards, cfg.reward.weights).mean())
     row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
-    stats = {k: dist.all_gather_cat(torch.tensor(v, dtype=torch.float64)).numpy() for k, v in stats.items()}  # all ranks
-    total, trained = dist.sum_over_ranks(torch.tensor([float(len(points)), float(keep.sum())], dtype=torch.float64)).tolist()
+    stats = {
+        k: dist.all_gather_cat(torch.tensor(v, dtype=torch.float64)).numpy() for k, v in stats.items()
+    }  # all ranks
+    total, trained = dist.sum_over_ranks(
+        torch.tensor([float(len(points)), float(keep.sum())], dtype=torch.float64)
+    ).tolist()
     ratio = stats["ratio"]
     if len(ratio):  # none when every sample of the iteration tied
-        row.update({
-            "train/ratio_mean": float(ratio.mean()), "train/ratio_min": float(ratio.min()),
-            "train/ratio_max": float(ratio.max()), "train/clip_fraction": float(np.mean(stats["clipped"])),
-            TRAIN_APPROX_KL: float(np.mean(stats["approx_kl"])),
-        })
-    row.update({
-        "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "train/transitions": trained,
-        "train/dropped_fraction": 1 - trained / total,
-        "train/rollout_logprob_gap": float(dist.all_gather_cat(
-            (old_lp - tr.rollout_log_prob).abs().amax(dim=0, keepdim=True) if len(tr) else torch.zeros(1)).max()),
-        "nfe/rollout_per_video": float(dist.all_gather_cat(torch.tensor([batch.passes_per_video])).mean()),  # equal rows per rank
-        "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * trained / (len(rows) * dist.world_size()),
-    })
+        row.update(
+            {
+                "train/ratio_mean": float(ratio.mean()),
+                "train/ratio_min": float(ratio.min()),
+                "train/ratio_max": float(ratio.max()),
+                "train/clip_fraction": float(np.mean(stats["clipped"])),
+                TRAIN_APPROX_KL: float(np.mean(stats["approx_kl"])),
+            }
+        )
+    row.update(
+        {
+            "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "train/transitions": trained,
+            "train/dropped_fraction": 1 - trained / total,
+            "train/rollout_logprob_gap": float(
+                dist.all_gather_cat(
+                    (old_lp - tr.rollout_log_prob).abs().amax(dim=0, keepdim=True) if len(tr) else torch.zeros(1)
+                ).max()
+            ),
+            "nfe/rollout_per_video": float(
+                dist.all_gather_cat(torch.tensor([batch.passes_per_video])).mean()
+            ),  # equal rows per rank
+            "nfe/train_per_video": (2 if sampling.guidance > 1 else 1) * trained / (len(rows) * dist.world_size()),
+        }
+    )
     for key in ("kl", "loss", "nft_positive", "nft_negative"):
         if len(stats[key]):
             row[series(TRAIN, key)] = float(np.mean(stats[key]))  # TRAIN_LOSS among them
@@ -515,7 +599,9 @@ def iteration(
     return row
 
 
-def micro_batches(keep: torch.Tensor, num_groups: int, minibatches: int, micro_batch_size: int | None) -> list[list[torch.Tensor]]:
+def micro_batches(
+    keep: torch.Tensor, num_groups: int, minibatches: int, micro_batch_size: int | None
+) -> list[list[torch.Tensor]]:
     """This rank's kept transitions (keep (M,) bool) in each minibatch (`minibatch_indices`), split in micro-batches.
 
     Ranks keep different numbers of transitions (dropped samples), but FSDP2 needs every rank to run the same

@@ -20,7 +20,8 @@ class PromptsConfig(Config):
     file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld prompts (`prompts`)")
     split: Literal["train", "eval", "heldout"] = Field("train", description="ShapeWorld split of the training prompts")
     prompts: Literal["canonical", "terse"] = Field(
-        "canonical", description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
+        "canonical",
+        description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
         "whose rollouts are rewarded against their intent",
     )
     n: int = Field(4096, ge=1, description="size of the training prompt pool")
@@ -36,7 +37,8 @@ class PromptsConfig(Config):
 def training_prompts(cfg: PromptsConfig) -> tuple[list[str], list[str]]:
     """The pool: (what each prompt asks, what its rollouts are rewarded against), in the same order.
 
-    A file's prompts are both; ShapeWorld's are captions twice, or terse prompts and their intents (`shapeworld_requests`).
+    A file's prompts are both; ShapeWorld's are captions twice, or terse prompts and their intents
+    (`shapeworld_requests`).
     """
     if cfg.file is not None:
         prompts = read_prompts(cfg.file)

@@ -2,7 +2,7 @@
 
     vidpost sft configs/shapeworld/sft.yaml --out runs/sft [key=value ...]
     vidpost pretrain configs/shapeworld/pretrain.yaml --out runs/base
-    torchrun --nproc_per_node 8 -m vidpost.cli sft CONFIG --out RUN     # FSDP2 over 8 GPUs (docs/guide/training-and-sampling.md)
+    torchrun --nproc_per_node 8 -m vidpost.cli sft CONFIG --out RUN     # FSDP2 over 8 GPUs (docs/guide/)
 
 Each step draws clips, a σ per clip and noise ε, forms x_σ = (1 − σ)·x₀ + σ·ε, and regresses the model's
 velocity on ε − x₀; captions are dropped (replaced by the empty prompt) with probability caption_dropout,
@@ -79,7 +79,6 @@ from vidpost.world.dataset import make_dataset
 log = logging.getLogger("vidpost")
 
 
-
 class DataConfig(Config):
     path: str | None = Field(None, description="dataset folder (metadata.jsonl + clips); null: generate `shapeworld`")
     shapeworld: DatasetConfig | None = Field(
@@ -131,7 +130,9 @@ class TrainConfig(Config):
     @model_validator(mode="after")
     def _micro_divides(self) -> TrainConfig:
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}"
+            )
         return self
 
 
@@ -224,7 +225,9 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     """
     out = Path(out)
     if cfg.train.batch_size % dist.world_size():
-        raise VidpostError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the world size {dist.world_size()}")
+        raise VidpostError(
+            f"train.batch_size {cfg.train.batch_size} must be a multiple of the world size {dist.world_size()}"
+        )
     final = start_run(cfg, out)
     if final is not None:
         return final
@@ -234,8 +237,13 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     model = WanVideoModel.from_config(cfg.model).to(dist.device())  # this rank's GPU under torchrun, else the CPU
     with dist.main_first():
         data = load_or_build_cache(
-            _dataset_dir(cfg.data, out), model, out / "cache", cfg.data.caption_key,
-            model_key=cfg.model.model_dump_json(), dtype=cfg.data.cache_dtype, progress=progress,
+            _dataset_dir(cfg.data, out),
+            model,
+            out / "cache",
+            cfg.data.caption_key,
+            model_key=cfg.model.model_dump_json(),
+            dtype=cfg.data.cache_dtype,
+            progress=progress,
         )
     if data.skipped:
         log.warning("%d clips of the dataset were skipped (see the warnings above)", data.skipped)
@@ -261,8 +269,12 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
     runlog = open_run_log(out, start, rewrite_metrics)
     if start == 0:
-        log.info("training %.2fM parameters on %d clips (%d captions)",
-                 sum(p.numel() for p in params.values()) / 1e6, len(data), len(data.captions) - 1)
+        log.info(
+            "training %.2fM parameters on %d clips (%d captions)",
+            sum(p.numel() for p in params.values()) / 1e6,
+            len(data),
+            len(data.captions) - 1,
+        )
 
     nonfinite = NonfiniteStreak(cfg.train.max_consecutive_nonfinite, out / "checkpoints")
 
@@ -307,19 +319,35 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
 
             if runlog is not None and (step % cfg.log_every_steps == 0 or step == cfg.train.steps):
                 seconds = float(np.mean(window["seconds"]))
-                runlog.write(step, {
-                    TRAIN_LOSS: float(np.mean(window["loss"])), "train/grad_norm": float(np.mean(window["grad_norm"])),
-                    "train/lr": lr, "train/seconds_per_step": seconds, "train/clips_per_second": cfg.train.batch_size / seconds,
-                    "train/nonfinite_steps": state["nonfinite_steps"],
-                })
+                runlog.write(
+                    step,
+                    {
+                        TRAIN_LOSS: float(np.mean(window["loss"])),
+                        "train/grad_norm": float(np.mean(window["grad_norm"])),
+                        "train/lr": lr,
+                        "train/seconds_per_step": seconds,
+                        "train/clips_per_second": cfg.train.batch_size / seconds,
+                        "train/nonfinite_steps": state["nonfinite_steps"],
+                    },
+                )
                 window = {key: [] for key in window}
             every = cfg.validation.every_steps
             if (every and step % every == 0) or step == cfg.train.steps:
                 model.transformer.eval()
                 with ema_weights(ema, params):
-                    metrics = validate(model, prompts, scorable, cfg.sampling, video, cfg.validation.seed,
-                                       cfg.train.precision, out / "samples" / f"step_{step:06d}",
-                                       acceleration=cfg.validation.acceleration, used=used, progress=progress)
+                    metrics = validate(
+                        model,
+                        prompts,
+                        scorable,
+                        cfg.sampling,
+                        video,
+                        cfg.validation.seed,
+                        cfg.train.precision,
+                        out / "samples" / f"step_{step:06d}",
+                        acceleration=cfg.validation.acceleration,
+                        used=used,
+                        progress=progress,
+                    )
                 model.transformer.train()
                 if runlog is not None:
                     runlog.write(step, metrics)

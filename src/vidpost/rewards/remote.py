@@ -51,8 +51,12 @@ def decode_videos(wire: object) -> np.ndarray:
     if not isinstance(wire, dict) or wire.get("dtype") != "uint8":
         raise VidpostError("videos must be an object with dtype 'uint8'")
     shape, data = wire.get("shape"), wire.get("data")
-    if not (isinstance(shape, list) and len(shape) == 5 and all(isinstance(s, int) and s >= 0 for s in shape)
-            and shape[-1] == 3):
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 5
+        and all(isinstance(s, int) and s >= 0 for s in shape)
+        and shape[-1] == 3
+    ):
         raise VidpostError(f"videos.shape must be [B, T, H, W, 3], got {shape!r}")
     if not isinstance(data, str):
         raise VidpostError("videos.data must be a base64 string")
@@ -82,8 +86,15 @@ class RemoteReward:
     timeouts and 5xx replies are retried `retries` times, waiting backoff_s, 2 backoff_s, ... in between.
     """
 
-    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 2, backoff_s: float = 0.5,
-                 names: Sequence[str] | None = None, token_env: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 60.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        names: Sequence[str] | None = None,
+        token_env: str | None = None,
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise VidpostError(f"reward server url {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
@@ -118,8 +129,9 @@ class RemoteReward:
             except (TypeError, ValueError):
                 raise VidpostError(f"reward {name!r}: server {self.url} sent non-numeric scores") from None
             if values.shape != (batch,):
-                raise VidpostError(f"reward {name!r}: server {self.url} sent scores of shape {values.shape} "
-                                   f"for {batch} videos")
+                raise VidpostError(
+                    f"reward {name!r}: server {self.url} sent scores of shape {values.shape} for {batch} videos"
+                )
             if not np.isfinite(values).all():
                 raise VidpostError(f"reward {name!r}: server {self.url} sent non-finite scores")
             results[name] = values
@@ -213,7 +225,6 @@ class _Handler(JSONHandler):
         self._send(200, {"scores": {n: s.tolist() for n, s in scores.items()}}, note)
 
 
-
 def _parse(request: object, served: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
     """(reward names, prompts, float videos) of a /score request, each checked against the protocol."""
     if not isinstance(request, dict):
@@ -232,22 +243,39 @@ def _parse(request: object, served: Sequence[str]) -> tuple[list[str], list[str]
     return names, prompts, videos
 
 
-def make_server(host: str, port: int, reward_names: Sequence[str] | None = None,
-                max_request_mb: float = DEFAULT_MAX_REQUEST_MB, token: str | None = None) -> ThreadingHTTPServer:
+def make_server(
+    host: str,
+    port: int,
+    reward_names: Sequence[str] | None = None,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+    token: str | None = None,
+) -> ThreadingHTTPServer:
     """A threaded HTTP server (not yet running) of `reward_names`, default every registered reward; requests
     above max_request_mb are refused, and with a token every request must carry it (jsonhttp)."""
     if reward_names is not None:
         check_reward_names(reward_names)
-    handler = type("RewardHandler", (_Handler,), {"served": None if reward_names is None else list(reward_names),
-                                                   "max_body": int(max_request_mb * 2**20), "token": token})
+    handler = type(
+        "RewardHandler",
+        (_Handler,),
+        {
+            "served": None if reward_names is None else list(reward_names),
+            "max_body": int(max_request_mb * 2**20),
+            "token": token,
+        },
+    )
     try:
         return ThreadingHTTPServer((host, port), handler)
     except OSError as err:
         raise VidpostError(f"cannot serve rewards on {host}:{port} ({err.strerror or err})") from None
 
 
-def serve(host: str = "127.0.0.1", port: int = 8765, reward_names: Sequence[str] | None = None,
-          max_request_mb: float = DEFAULT_MAX_REQUEST_MB, token: str | None = None) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    reward_names: Sequence[str] | None = None,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+    token: str | None = None,
+) -> None:
     """Serve rewards until Ctrl-C."""
     with make_server(host, port, reward_names, max_request_mb, token) as server:
         served = ", ".join(reward_names or REWARDS)

@@ -177,7 +177,8 @@ def _stability(area: np.ndarray, centroid: np.ndarray, present: np.ndarray) -> t
 
 
 def _shape_iou(mask: np.ndarray, shape: str, side: np.ndarray) -> np.ndarray:
-    """(T,) IoU of each frame's mask (T, H, W) with the stated shape's raster of `side` (T,), centred on the mask's box."""
+    """(T,) IoU of each frame's mask (T, H, W) with the stated shape's raster of `side` (T,), centred on the mask's
+    box."""
     _, height, width = mask.shape
     ious = np.zeros(len(mask))
     for t, frame in enumerate(mask):
@@ -188,7 +189,9 @@ def _shape_iou(mask: np.ndarray, shape: str, side: np.ndarray) -> np.ndarray:
         top = int(round((rows[0] + rows[-1] - raster.shape[0] + 1) / 2))
         left = int(round((cols[0] + cols[-1] - raster.shape[1] + 1) / 2))
         placed = np.zeros((height + 2 * raster.shape[0], width + 2 * raster.shape[1]), bool)  # room off the edges
-        placed[top + raster.shape[0] : top + 2 * raster.shape[0], left + raster.shape[1] : left + 2 * raster.shape[1]] = raster
+        placed[
+            top + raster.shape[0] : top + 2 * raster.shape[0], left + raster.shape[1] : left + 2 * raster.shape[1]
+        ] = raster
         placed = placed[raster.shape[0] : raster.shape[0] + height, raster.shape[1] : raster.shape[1] + width]
         ious[t] = (frame & placed).sum() / max((frame | placed).sum(), 1)
     return ious
@@ -227,12 +230,20 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> d
     area = mask.sum((1, 2))  # (T,)
     present, frame_ok = _frame_checks(mask, obj)
     safe_area = np.maximum(area, 1)
-    centroid = np.stack([(mask.sum(1) * np.arange(width)).sum(1) / safe_area,
-                         (mask.sum(2) * np.arange(height)).sum(1) / safe_area], -1)  # (T, 2) as (x, y)
+    centroid = np.stack(
+        [(mask.sum(1) * np.arange(width)).sum(1) / safe_area, (mask.sum(2) * np.arange(height)).sum(1) / safe_area], -1
+    )  # (T, 2) as (x, y)
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
-    return {"present": present, "frame_ok": frame_ok, "motion_score": motion_score, "motion_ok": motion_ok,
-            "identity": identity, "smoothness": smoothness, "graded": _graded_object(mask, centroid, obj)}
+    return {
+        "present": present,
+        "frame_ok": frame_ok,
+        "motion_score": motion_score,
+        "motion_ok": motion_ok,
+        "identity": identity,
+        "smoothness": smoothness,
+        "graded": _graded_object(mask, centroid, obj),
+    }
 
 
 def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
@@ -265,11 +276,13 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     bg_pixels = np.maximum(away.sum((1, 2)), 1)
     bg_mean = (video * away[..., None]).sum((1, 2)) / bg_pixels[:, None]  # (T, 3)
     flicker = np.abs(np.diff(bg_mean, axis=0)).max(-1).mean()
-    coherence = np.mean([
-        np.clip(1 - flicker / FLICKER_TOL, 0, 1),
-        np.mean([c["identity"] for c in checks]),
-        np.mean([c["smoothness"] for c in checks]),
-    ])
+    coherence = np.mean(
+        [
+            np.clip(1 - flicker / FLICKER_TOL, 0, 1),
+            np.mean([c["identity"] for c in checks]),
+            np.mean([c["smoothness"] for c in checks]),
+        ]
+    )
 
     palette_distance = bg_distance
     for obj in spec.objects:

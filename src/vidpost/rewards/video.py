@@ -63,9 +63,7 @@ def _farneback_params(height: int, width: int) -> dict:
     short = min(height, width)
     levels = 1 + math.floor(math.log2(short / 16)) if short >= 16 else 1
     winsize = max(5, (short // 8) | 1)
-    return dict(
-        pyr_scale=0.5, levels=levels, winsize=winsize, iterations=3, poly_n=5, poly_sigma=1.1, flags=0
-    )
+    return dict(pyr_scale=0.5, levels=levels, winsize=winsize, iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
 
 
 def _pad(frame: np.ndarray) -> np.ndarray:

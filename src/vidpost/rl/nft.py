@@ -47,17 +47,26 @@ class Renoised:
         return Renoised(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
 
 
-def renoise(final: torch.Tensor, train: torch.Tensor, sigmas: torch.Tensor, rows: torch.Tensor,
-            generators: list[torch.Generator]) -> Renoised:
+def renoise(
+    final: torch.Tensor,
+    train: torch.Tensor,
+    sigmas: torch.Tensor,
+    rows: torch.Tensor,
+    generators: list[torch.Generator],
+) -> Renoised:
     """The points of `train` (b, N) bool over a rollout's clean samples `final` (b, ...), whose batch rows are
     `rows` (b,): each noised with fresh ε from its row's generator (one per row, so any rank draws the same)."""
     local, step = train.nonzero(as_tuple=True)  # sample-major order
-    noise = torch.stack([torch.randn(final.shape[1:], generator=generators[int(j)]) for j in local]) \
-        if len(local) else final.new_zeros((0, *final.shape[1:])).cpu()
+    noise = (
+        torch.stack([torch.randn(final.shape[1:], generator=generators[int(j)]) for j in local])
+        if len(local)
+        else final.new_zeros((0, *final.shape[1:])).cpu()
+    )
     x0 = final[local]
     sigma = sigmas[step]
-    return Renoised(x=noisy_sample(x0, noise.to(x0.device), sigma.to(x0.device)), x0=x0, sample=rows[local],
-                    step=step, sigma=sigma)
+    return Renoised(
+        x=noisy_sample(x0, noise.to(x0.device), sigma.to(x0.device)), x0=x0, sample=rows[local], step=step, sigma=sigma
+    )
 
 
 def optimality(advantages: torch.Tensor, adv_clip: float) -> torch.Tensor:
@@ -72,12 +81,14 @@ class NFTLoss:
     negative: torch.Tensor  # (M,), detached: ‖x̂₀⁻ − x₀‖²/w⁻
 
 
-def nft_loss(v: torch.Tensor, v_old: torch.Tensor, points: Renoised, advantages: torch.Tensor, beta: float,
-             adv_clip: float) -> NFTLoss:
+def nft_loss(
+    v: torch.Tensor, v_old: torch.Tensor, points: Renoised, advantages: torch.Tensor, beta: float, adv_clip: float
+) -> NFTLoss:
     """Per-point DiffusionNFT loss (module docstring); v, v_old (M, ...) at the points, advantages (M,)."""
     if v.shape != v_old.shape or v.shape != points.x.shape:
-        raise ValueError(f"v, v_old and the points differ in shape: {tuple(v.shape)}, {tuple(v_old.shape)}, "
-                         f"{tuple(points.x.shape)}")
+        raise ValueError(
+            f"v, v_old and the points differ in shape: {tuple(v.shape)}, {tuple(v_old.shape)}, {tuple(points.x.shape)}"
+        )
     dims = tuple(range(1, v.ndim))
     x, x0 = points.x.to(v.device, torch.float32), points.x0.to(v.device, torch.float32)
     sigma = broadcast_over(points.sigma.to(v.device), v, torch.float32)

@@ -53,20 +53,36 @@ def _passes(velocity: GuidedVelocity, rows: int) -> int:
     return velocity.nfe * rows
 
 
-def _transitions(states: dict[int, torch.Tensor], log_probs: torch.Tensor, train: torch.Tensor,
-                 sigmas: torch.Tensor, g: torch.Tensor, rows: torch.Tensor) -> Transitions:
+def _transitions(
+    states: dict[int, torch.Tensor],
+    log_probs: torch.Tensor,
+    train: torch.Tensor,
+    sigmas: torch.Tensor,
+    g: torch.Tensor,
+    rows: torch.Tensor,
+) -> Transitions:
     """The trained transitions of one sampler run over batch rows `rows` (train (b, N) for those rows)."""
     local, step = train.nonzero(as_tuple=True)  # (M,), (M,): sample-major order
     if not len(local):  # nothing of the trajectory is trained (nft)
         return Transitions(**{name: torch.empty(0) for name in Transitions.__dataclass_fields__})
     x = torch.stack([states[int(i)][j] for j, i in zip(local, step, strict=True)])
     x_next = torch.stack([states[int(i) + 1][j] for j, i in zip(local, step, strict=True)])
-    return Transitions(x=x, x_next=x_next, sample=rows[local], step=step, sigma=sigmas[step],
-                       sigma_next=sigmas[step + 1], g=g[step], rollout_log_prob=log_probs[local, step])
+    return Transitions(
+        x=x,
+        x_next=x_next,
+        sample=rows[local],
+        step=step,
+        sigma=sigmas[step],
+        sigma_next=sigmas[step + 1],
+        g=g[step],
+        rollout_log_prob=log_probs[local, step],
+    )
 
 
 def _concat(parts: list[Transitions]) -> Transitions:
-    merged = Transitions(**{name: torch.cat([getattr(p, name) for p in parts]) for name in Transitions.__dataclass_fields__})
+    merged = Transitions(
+        **{name: torch.cat([getattr(p, name) for p in parts]) for name in Transitions.__dataclass_fields__}
+    )
     order = torch.argsort(merged.sample * (merged.step.max() + 1) + merged.step)  # back to (sample, step) order
     return merged.select(order)
 
@@ -130,7 +146,9 @@ def rollout(
             else:
                 x = run_steps(velocity, initial_noise(shape, seeds[rows].tolist(), model.device), sigmas, stop=k).final
             gen = [generator[r] for r in rows.tolist()] if isinstance(generator, list) else generator
-            step = run_steps(velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=gen, start=k, stop=k + 1, kind=kind)
+            step = run_steps(
+                velocity, x, sigmas, sde=plan.sde[rows], g=g, generator=gen, start=k, stop=k + 1, kind=kind
+            )
             parts.append(_transitions(step.states, step.log_probs.cpu(), plan.train[rows], sigmas, g, rows))
             final[rows] = run_steps(velocity, step.final, _suffix_grid(sigmas, k + 1, flash.suffix_steps)).final
             passes += _passes(velocity, len(rows))
@@ -156,13 +174,21 @@ def transition_log_probs(
     return transition_log_prob(transitions.x_next.to(model.device), mean, std), mean, std
 
 
-def guided_velocity(model, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, uncond: torch.Tensor | None,
-                    guidance: float, precision: str) -> torch.Tensor:
+def guided_velocity(
+    model,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    embeds: torch.Tensor,
+    uncond: torch.Tensor | None,
+    guidance: float,
+    precision: str,
+) -> torch.Tensor:
     """The velocity (M, ...) the rollouts followed, at x (M, ...) and σ (M,), under `precision`'s autocast."""
     device = model.device
     with autocast(precision, device):
         return GuidedVelocity(model, embeds.to(device), uncond, guidance)(
-            x.to(device), sigma.to(device=device, dtype=torch.float32))
+            x.to(device), sigma.to(device=device, dtype=torch.float32)
+        )
 
 
 __all__ = ["RolloutBatch", "Transitions", "guided_velocity", "rollout", "transition_log_probs"]

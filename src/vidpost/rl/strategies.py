@@ -32,19 +32,27 @@ STRATEGIES = ("flash", "full", "window", "nft")
 class FlashConfig(Config):
     k_min: int = Field(0, ge=0, description="first step index a group may take its SDE step at")
     k_max: int | None = Field(None, ge=0, description="last step index (inclusive); null = the first half, N/2 - 1")
-    rectify: bool = Field(True, description="temporal gradient rectification: weight each sample by c(sigma_k)^-1 / batch mean")
+    rectify: bool = Field(
+        True, description="temporal gradient rectification: weight each sample by c(sigma_k)^-1 / batch mean"
+    )
     shared_prefix: bool = Field(
         True,
         description="a group shares its initial noise and ODE prefix and branches at k, so the one SDE step is the "
         "only difference the advantage credits (false: independent noise per member, the paper's setting)",
     )
-    suffix_steps: int | None = Field(None, ge=1, description="ODE steps after k on a coarser grid (null = the rollout grid)")
+    suffix_steps: int | None = Field(
+        None, ge=1, description="ODE steps after k on a coarser grid (null = the rollout grid)"
+    )
 
 
 class FullConfig(Config):
-    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of each sample's steps trained: floor(N·f), at least 1")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="fraction of each sample's steps trained: floor(N·f), at least 1"
+    )
     steps: Literal["first", "random"] = Field(
-        "random", description="which steps are trained: the first floor(N·f) in order (Flow-GRPO) | a random subset per sample (DanceGRPO)"
+        "random",
+        description="which steps are trained: the first floor(N·f) in order (Flow-GRPO) "
+        "| a random subset per sample (DanceGRPO)",
     )
 
 
@@ -56,9 +64,14 @@ class WindowConfig(Config):
 
 
 class NFTConfig(Config):
-    beta: float = Field(1.0, gt=0, description="how far the implicit positive and negative policies sit from the old one")
+    beta: float = Field(
+        1.0, gt=0, description="how far the implicit positive and negative policies sit from the old one"
+    )
     train_fraction: float = Field(
-        0.99, gt=0, le=1, description="each sample is re-noised at floor(N·f) grid σ, drawn per sample (the reference's 9 of 10)"
+        0.99,
+        gt=0,
+        le=1,
+        description="each sample is re-noised at floor(N·f) grid σ, drawn per sample (the reference's 9 of 10)",
     )
     sampler: Literal["ode", "sde"] = Field(
         "ode", description="rollouts by the ODE (the reference) or by the SDE at every step (rollout.noise)"
@@ -69,7 +82,9 @@ class StrategyConfig(Config):
     name: Literal["flash", "full", "window", "nft"] = Field("flash", description="flash | full | window | nft")
     flash: FlashConfig | None = Field(None, description="settings of the flash strategy (defaults when null)")
     full: FullConfig | None = Field(None, description="settings of the full-trajectory strategy (defaults when null)")
-    window: WindowConfig | None = Field(None, description="settings of the sliding-window strategy (defaults when null)")
+    window: WindowConfig | None = Field(
+        None, description="settings of the sliding-window strategy (defaults when null)"
+    )
     nft: NFTConfig | None = Field(None, description="settings of DiffusionNFT (defaults when null)")
 
     @model_validator(mode="after")
@@ -132,7 +147,11 @@ def window_start(cfg: WindowConfig, num_steps: int, iteration: int) -> int:
 
 
 def plan_steps(
-    strategy: StrategyConfig, num_prompts: int, group_size: int, num_steps: int, iteration: int,
+    strategy: StrategyConfig,
+    num_prompts: int,
+    group_size: int,
+    num_steps: int,
+    iteration: int,
     generator: torch.Generator,
 ) -> StepPlan:
     """The SDE and training masks of one rollout batch of num_prompts groups of group_size samples."""

@@ -59,9 +59,7 @@ DEFECTS: dict[str, Defect] = {
 }
 
 
-def apply_random_defects(
-    video: np.ndarray, rng: np.random.Generator, p_defect: float
-) -> tuple[np.ndarray, list[str]]:
+def apply_random_defects(video: np.ndarray, rng: np.random.Generator, p_defect: float) -> tuple[np.ndarray, list[str]]:
     """With probability p_defect apply one or two distinct defects; returns the names applied."""
     if rng.random() >= p_defect:
         return video, []

@@ -26,13 +26,21 @@ from vidpost.world.spec import (
     SceneSpec,
 )
 
-SHAPE_WORDS = {"circle": ["circle", "ball", "dot", "disc"], "square": ["square", "box", "block"],
-               "triangle": ["triangle", "wedge"]}
-COLOUR_WORDS = {"red": ["red"], "green": ["green"], "blue": ["blue"], "yellow": ["yellow"],
-                "magenta": ["magenta", "pink"], "cyan": ["cyan", "teal", "aqua"]}
+SHAPE_WORDS = {
+    "circle": ["circle", "ball", "dot", "disc"],
+    "square": ["square", "box", "block"],
+    "triangle": ["triangle", "wedge"],
+}
+COLOUR_WORDS = {
+    "red": ["red"],
+    "green": ["green"],
+    "blue": ["blue"],
+    "yellow": ["yellow"],
+    "magenta": ["magenta", "pink"],
+    "cyan": ["cyan", "teal", "aqua"],
+}
 SIZE_WORDS = {"small": ["small", "little", "tiny"], "large": ["big", "large", "huge"]}
-DIRECTION_WORDS = {d: [f"going {d}", f"moving {d}", f"heading {d}", f"drifting {d}", f"to the {d}"]
-                   for d in DIRECTIONS}
+DIRECTION_WORDS = {d: [f"going {d}", f"moving {d}", f"heading {d}", f"drifting {d}", f"to the {d}"] for d in DIRECTIONS}
 DIRECTION_WORDS["up"] = ["going up", "moving up", "rising", "heading up", "floating up"]
 DIRECTION_WORDS["down"] = ["going down", "moving down", "falling", "dropping", "sinking"]
 SPEED_WORDS = {"slowly": ["slow", "slowly", "gently"], "quickly": ["fast", "quickly", "quick"]}
@@ -77,8 +85,10 @@ def terse_text(intent: SceneSpec, rng: np.random.Generator) -> str:
     if all_still:
         text += ", " + pick(rng, ALL_STILL_WORDS[len(intent.objects)])
     if intent.background is not None:
-        text += pick(rng, [f" on {intent.background}", f", {intent.background} background",
-                            f" on a {intent.background} background"])
+        text += pick(
+            rng,
+            [f" on {intent.background}", f", {intent.background} background", f" on a {intent.background} background"],
+        )
     return text
 
 
@@ -144,7 +154,8 @@ def web_caption(spec: SceneSpec, rng: np.random.Generator, p_wrong: float = 0.1)
     phrases = [_web_object_phrase(spec.objects[i], rng) for i in order]
     text = pick(rng, [" and ", ", ", " with "]).join(phrases)
     if _keep(rng, 0.6):
-        background = pick(rng, [f"{spec.background} background", f"against {spec.background}",
-                                 f"on a {spec.background} background"])
+        background = pick(
+            rng, [f"{spec.background} background", f"against {spec.background}", f"on a {spec.background} background"]
+        )
         text = f"{background}: {text}" if _keep(rng, 0.3) else f"{text}, {background}"
     return text, wrong

@@ -89,9 +89,7 @@ def fits(spec: SceneSpec, frames: int, height: int, width: int, min_gap: int = 2
     kinds = [(SIZES[o.size], o.velocity) for o in spec.objects]
     if any(len(_candidates(*k, frames, height, width)[0]) == 0 for k in kinds):
         return False
-    return all(
-        _pair_fits(a, b, frames, height, width, min_gap) for i, a in enumerate(kinds) for b in kinds[i + 1 :]
-    )
+    return all(_pair_fits(a, b, frames, height, width, min_gap) for i, a in enumerate(kinds) for b in kinds[i + 1 :])
 
 
 def layout(
@@ -132,9 +130,7 @@ def layout(
     return result
 
 
-def render(
-    spec: SceneSpec, placements: list[Placement], frames: int, height: int, width: int
-) -> np.ndarray:
+def render(spec: SceneSpec, placements: list[Placement], frames: int, height: int, width: int) -> np.ndarray:
     """Float32 video (T, H, W, 3) in [0, 1] with exactly the palette colours."""
     video = np.empty((frames, height, width, 3), np.float32)
     video[:] = BACKGROUNDS[spec.background]

@@ -56,9 +56,7 @@ class ObjectSpec:
 
     @property
     def is_complete(self) -> bool:
-        return self.size is not None and self.motion is not None and (
-            self.motion == STILL or self.speed is not None
-        )
+        return self.size is not None and self.motion is not None and (self.motion == STILL or self.speed is not None)
 
     @property
     def velocity(self) -> tuple[int, int]:
