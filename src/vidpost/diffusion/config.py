@@ -12,7 +12,7 @@ class SamplingConfig(Config):
     steps: int = Field(20, ge=1, description="denoising steps N (one or two forward passes each)")
     shift: float = Field(3.0, gt=0, description="timestep shift of the sigma grid (Wan2.1 uses 3.0 at 480p)")
     guidance: float = Field(5.0, ge=1, description="classifier-free guidance scale w; 1 = off (one pass per step)")
-    scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
+    scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "flow_match_euler", description="diffusers scheduler whose sigma grid is used: flow_match_euler | unipc"
     )
     negative_prompt: str = Field("", description="the unconditional prompt of guidance (Wan's default: empty)")

@@ -74,7 +74,9 @@ class OpenAIConfig(Config):
 
 
 class EnhancerConfig(Config):
-    backend: Literal[BACKENDS] = Field(..., description="toy (ShapeWorld LM) | hf (local causal LM) | openai (server)")  # type: ignore[valid-type]
+    backend: Literal[BACKENDS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
+        ..., description="toy (ShapeWorld LM) | hf (local causal LM) | openai (server)"
+    )
     path: str | None = Field(None, description="model directory of the toy and hf backends")
     openai: OpenAIConfig | None = Field(None, description="the endpoint of the openai backend")
     instruction: InstructionConfig = Field(default_factory=InstructionConfig, description="the chat system prompt")

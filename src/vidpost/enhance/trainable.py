@@ -82,7 +82,7 @@ class EnhancerModelConfig(Config):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="path: dtype the weights load in (full fine-tuning needs float32)"
     )
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "float32", description="path: autocast of every forward: auto (bf16 where the hardware has it) | bf16 | float32"
     )
     gradient_checkpointing: bool = Field(False, description="path: recompute activations in backward to save memory")

@@ -111,7 +111,7 @@ class DistillTrainConfig(Config):
         ge=1,
         description="training pairs per forward/backward on each rank (accumulation); null = all of its share",
     )
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "auto", description="autocast of teacher and student: auto (bf16 where the hardware has it) | bf16 | float32"
     )
     seed: int = Field(0, description="every step's randomness (prompts, noise) is drawn from (seed, step)")
@@ -135,7 +135,7 @@ class DistillConfig(Config):
         default_factory=lambda: ModelConfig(path="shapeworld-sft"),
         description="the teacher; the student starts as its copy (model.lora.enabled: a LoRA student)",
     )
-    mode: Literal[MODES] = Field(  # type: ignore[valid-type]
+    mode: Literal[MODES] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "both", description="cfg: one pass per step | steps: few steps | both"
     )
     teacher: TeacherConfig = Field(

@@ -130,7 +130,7 @@ class GRPOStageConfig(Config):
     video_dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights of the frozen video model")
     sampling: SamplingOverrides = Field(default_factory=SamplingOverrides, description="changes to the card's sampling")
     video: VideoConfig | None = Field(None, description="frames, height and width of the videos; null: the card's")
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "auto", description="autocast of the video model: auto (bf16 where the hardware has it) | bf16 | float32"
     )
     reward_weights: dict[str, float] = Field(

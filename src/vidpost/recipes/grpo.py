@@ -96,7 +96,7 @@ log = logging.getLogger("vidpost")
 
 
 class NoiseConfig(Config):
-    schedule: Literal[tuple(NOISE_SCHEDULES)] = Field(  # type: ignore[valid-type]
+    schedule: Literal[tuple(NOISE_SCHEDULES)] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "flash",
         description="SDE noise level g(σ): flash (linear) | flow_grpo (a·sqrt(σ/(1-σ))) | dance (constant eta) "
         "| cps (the coefficient-preserving step, noise share eta)",
@@ -111,17 +111,19 @@ class RolloutConfig(Config):
         default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation"
     )
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="noise level of the SDE steps")
-    precision: Literal[PRECISIONS] = Field(
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32"
-    )  # type: ignore[valid-type]
+    )
 
 
 class RewardConfig(Config):
     weights: dict[str, float] = Field(default_factory=lambda: {"total": 1.0}, description="reward name -> weight")
-    mode: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]
+    mode: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "weighted_sum", description="advantages of the weighted sum, or the weighted sum of per-reward advantages"
     )
-    std_scope: Literal[STD_SCOPES] = Field("group", description="advantage std per group or over the batch")  # type: ignore[valid-type]
+    std_scope: Literal[STD_SCOPES] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
+        "group", description="advantage std per group or over the batch"
+    )
     clip: float = Field(5.0, gt=0, description="advantages are clipped to [-clip, clip]")
     remote: list[RemoteRewardConfig] = Field(default_factory=list, description="reward servers to register")
 

@@ -85,7 +85,7 @@ class DataConfig(Config):
         None, description="ShapeWorld dataset generated into RUN_DIR/data when path is null"
     )
     caption_key: str = Field("caption", description="metadata field holding each clip's caption")
-    cache_dtype: Literal[tuple(CACHE_DTYPES)] = Field(  # type: ignore[valid-type]
+    cache_dtype: Literal[tuple(CACHE_DTYPES)] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "bfloat16", description="dtype of cached latents and embeddings (ShapeWorld pixels are exact in bf16)"
     )
 
@@ -97,7 +97,7 @@ class DataConfig(Config):
 
 
 class SigmaConfig(Config):
-    mode: Literal[TRAINING_SIGMA_MODES] = Field(  # type: ignore[valid-type]
+    mode: Literal[TRAINING_SIGMA_MODES] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "logit_normal", description="training σ distribution: uniform | logit_normal (SD3)"
     )
     shift: float = Field(1.0, gt=0, description="timestep shift applied to the drawn σ (1 = none)")
@@ -111,7 +111,7 @@ class TrainConfig(Config):
     micro_batch_size: int | None = Field(
         None, ge=1, description="clips per forward/backward on each rank (gradient accumulation); null = all of them"
     )
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "auto", description="autocast: auto (bf16 where the hardware has it natively, else float32) | bf16 | float32"
     )
     caption_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a clip on the empty prompt")
