@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from typing import TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -129,7 +130,7 @@ def _allowed_velocities(obj: ObjectSpec) -> np.ndarray | None:
 def _frame_checks(mask: np.ndarray, obj: ObjectSpec) -> tuple[np.ndarray, np.ndarray]:
     """(present, present with the stated size and shape), each (T,), from the object's mask (T, H, W)."""
     area = mask.sum((1, 2))
-    h, w = _extent(mask.any(2)), _extent(mask.any(1))
+    h, w = _extent(np.asarray(mask.any(2))), _extent(np.asarray(mask.any(1)))
     sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
     side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
     present = area >= 0.5 * min(shape_mask(obj.shape, s).sum() for s in sides)
@@ -203,7 +204,7 @@ def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> f
     present = area > 0
     if not present.any():
         return 0.0
-    h, w = _extent(mask.any(2)), _extent(mask.any(1))
+    h, w = _extent(np.asarray(mask.any(2))), _extent(np.asarray(mask.any(1)))
     sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
     side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
     coverage = np.minimum(area / np.array([shape_mask(obj.shape, int(s)).sum() for s in side]), 1.0)
@@ -223,7 +224,19 @@ def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> f
     return float(frames * speed * path)
 
 
-def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> dict[str, np.ndarray | float]:
+class _ObjectChecks(TypedDict):
+    """One stated object's checks: per-frame arrays (T,) and per-clip scores."""
+
+    present: np.ndarray
+    frame_ok: np.ndarray
+    motion_score: float
+    motion_ok: np.ndarray
+    identity: float
+    smoothness: float
+    graded: float
+
+
+def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _ObjectChecks:
     """Per-frame and per-clip checks of one stated object; rel = video - background (T, H, W, 3)."""
     mask = _object_mask(rel, background, obj.colour)  # (T, H, W)
     _, height, width = mask.shape

@@ -129,6 +129,7 @@ def _web_object_phrase(obj: ObjectSpec, rng: np.random.Generator) -> str:
         else:
             motion = f"moving {obj.motion}"
             if _keep(rng, 0.6):
+                assert obj.speed is not None  # a direction always has a speed in a complete object
                 motion += " " + obj.speed
     noun = f"{obj.colour} {obj.shape}"
     template = int(rng.integers(4))

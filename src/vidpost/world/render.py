@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 
 from vidpost.errors import VidpostError
-from vidpost.world.spec import BACKGROUNDS, COLOURS, SIZES, SceneSpec
+from vidpost.world.spec import BACKGROUNDS, COLOURS, SIZES, ObjectSpec, SceneSpec
 
 
 @cache
@@ -79,6 +79,12 @@ def _pair_fits(
     return any(_apart(boxes_b, box, min_gap).any() for box in boxes_a)
 
 
+def _side(obj: ObjectSpec) -> int:
+    """The object's side in pixels; only defined once its size is stated."""
+    assert obj.size is not None, f"size of a partial object {obj}"
+    return SIZES[obj.size]
+
+
 def fits(spec: SceneSpec, frames: int, height: int, width: int, min_gap: int = 2) -> bool:
     """Every object's path fits the canvas alone and every pair of objects can pass each other.
 
@@ -86,7 +92,7 @@ def fits(spec: SceneSpec, frames: int, height: int, width: int, min_gap: int = 2
     On the default 24x24, 8-frame canvas it rules out one family of scenes: two large objects that both
     move quickly, one along x and one along y, since each path sweeps 23 of the 24 pixels.
     """
-    kinds = [(SIZES[o.size], o.velocity) for o in spec.objects]
+    kinds = [(_side(o), o.velocity) for o in spec.objects]
     if any(len(_candidates(*k, frames, height, width)[0]) == 0 for k in kinds):
         return False
     return all(_pair_fits(a, b, frames, height, width, min_gap) for i, a in enumerate(kinds) for b in kinds[i + 1 :])
@@ -105,7 +111,7 @@ def layout(
     them for the second-to-last object, whose test is whether the last one still has a start)."""
     if not spec.is_complete:
         raise ValueError(f"layout needs a complete spec (every size and motion stated), got {spec}")
-    candidates = [_candidates(SIZES[o.size], o.velocity, frames, height, width) for o in spec.objects]
+    candidates = [_candidates(_side(o), o.velocity, frames, height, width) for o in spec.objects]
 
     def place(index: int, placed_boxes: list[np.ndarray]) -> list[Placement] | None:
         if index == len(spec.objects):
@@ -133,9 +139,10 @@ def layout(
 def render(spec: SceneSpec, placements: list[Placement], frames: int, height: int, width: int) -> np.ndarray:
     """Float32 video (T, H, W, 3) in [0, 1] with exactly the palette colours."""
     video = np.empty((frames, height, width, 3), np.float32)
+    assert spec.background is not None, f"render needs a complete spec, got {spec}"
     video[:] = BACKGROUNDS[spec.background]
     for obj, place in zip(spec.objects, placements, strict=True):
-        mask = shape_mask(obj.shape, SIZES[obj.size])
+        mask = shape_mask(obj.shape, _side(obj))
         side = mask.shape[0]
         vx, vy = obj.velocity
         for t in range(frames):

@@ -65,6 +65,7 @@ class ObjectSpec:
             raise ValueError(f"velocity of a partial object {self}")
         if self.motion == STILL:
             return (0, 0)
+        assert self.motion is not None and self.speed is not None  # is_complete
         dx, dy = DIRECTIONS[self.motion]
         step = SPEEDS[self.speed]
         return (dx * step, dy * step)
