@@ -111,15 +111,18 @@ class Enhancer(ABC):
         out = []
         for prompt, text in zip(prompts, raw, strict=True):
             reason = check_rewrite(text, self.cfg.check.max_words, self.cfg.checks_shapeworld)
-            if reason is None and self.cfg.checks_intent:
-                reason = keeps_prompt(prompt, normalise(text))
             if reason is None:
-                batch.rewritten += 1
-                out.append(normalise(text))
-            else:
-                setattr(batch, reason, getattr(batch, reason) + 1)
-                log.debug("enhancer %s: %s rewrite of %r; keeping the prompt", self.name, reason, prompt)
-                out.append(prompt)
+                assert text is not None  # check_rewrite fails a missing rewrite
+                rewrite = normalise(text)
+                if self.cfg.checks_intent:
+                    reason = keeps_prompt(prompt, rewrite)
+                if reason is None:
+                    batch.rewritten += 1
+                    out.append(rewrite)
+                    continue
+            setattr(batch, reason, getattr(batch, reason) + 1)
+            log.debug("enhancer %s: %s rewrite of %r; keeping the prompt", self.name, reason, prompt)
+            out.append(prompt)
         if batch.fallbacks:
             log.warning("enhancer %s: %s", self.name, batch.summary())
         self.counts.add(batch)

@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from vidpost.enhance.base import Enhancer
-from vidpost.enhance.config import EnhancerConfig
+from vidpost.enhance.config import EnhancerConfig, OpenAIConfig
 from vidpost.enhance.instruction import chat_messages
 from vidpost.errors import first_line
 
@@ -39,10 +41,24 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {first_line(err)}"
 
 
+def _message(message: dict[str, str]) -> ChatCompletionMessageParam:
+    """One of `chat_messages`' messages as the openai client's type (the same dict)."""
+    role, content = message["role"], message["content"]
+    if role == "system":
+        return {"role": "system", "content": content}
+    if role == "assistant":
+        return {"role": "assistant", "content": content}
+    if role == "user":
+        return {"role": "user", "content": content}
+    raise ValueError(f"unknown chat role {role!r}")
+
+
 class OpenAIEnhancer(Enhancer):
     def __init__(self, cfg: EnhancerConfig, name: str) -> None:
         super().__init__(cfg, name)
-        o = cfg.openai
+        assert cfg.openai is not None  # EnhancerConfig requires the openai section for this backend
+        o: OpenAIConfig = cfg.openai
+        self.endpoint = o
         key = os.environ.get(o.api_key_env) or None
         if key is not None and not o.send_api_key:
             log.warning(
@@ -64,16 +80,16 @@ class OpenAIEnhancer(Enhancer):
         if self.model_name is None:
             listed = self._client.models.list().data
             if not listed:
-                raise openai.OpenAIError(f"{self.cfg.openai.base_url} lists no models; set openai.model")
+                raise openai.OpenAIError(f"{self.endpoint.base_url} lists no models; set openai.model")
             self.model_name = listed[0].id
         return self.model_name
 
-    def _one(self, prompt: str) -> str | Exception:
+    def _one(self, model: str, prompt: str) -> str | Exception:
         g = self.cfg.generation
         try:
             reply = self._client.chat.completions.create(
-                model=self.model_name,
-                messages=chat_messages(prompt, self.cfg.instruction),
+                model=model,
+                messages=[_message(m) for m in chat_messages(prompt, self.cfg.instruction)],
                 max_tokens=g.max_new_tokens,
                 temperature=g.temperature,
                 top_p=g.top_p,
@@ -87,21 +103,21 @@ class OpenAIEnhancer(Enhancer):
 
     def generate(self, prompts: list[str]) -> list[str | None]:
         try:
-            self._resolve_model()
+            model = self._resolve_model()
         except openai.OpenAIError as err:
             results: list[str | Exception] = [err] * len(prompts)
         else:
             with ThreadPoolExecutor(max_workers=min(self.cfg.generation.batch_size, len(prompts))) as pool:
-                results = list(pool.map(self._one, prompts))
+                results = list(pool.map(partial(self._one, model), prompts))
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
-            attempts = self.cfg.openai.retries + 1
+            attempts = self.endpoint.retries + 1
             log.warning(
                 "enhancer %s: %d of %d requests to %s failed after %d attempt%s (%s); keeping those prompts",
                 self.name,
                 len(errors),
                 len(prompts),
-                self.cfg.openai.base_url,
+                self.endpoint.base_url,
                 attempts,
                 "s" * (attempts > 1),
                 _reason(errors[0]),

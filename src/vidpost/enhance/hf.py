@@ -48,6 +48,7 @@ def load_causal_lm(
 class HFEnhancer(Enhancer):
     def __init__(self, cfg: EnhancerConfig, name: str) -> None:
         super().__init__(cfg, name)
+        assert cfg.path is not None  # EnhancerConfig requires a path for the hf backend
         self.model, self.tokenizer = load_causal_lm(cfg.path)
         self.model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer.padding_side = "left"

@@ -93,9 +93,9 @@ def _lexicon() -> dict[str, tuple[str, str]]:
     )
     for background in BACKGROUNDS:
         words[background] = ("background", background)
-    for attribute, table in SYNONYMS.items():
-        for value, said in table.items():
-            for word in said:
+    for attribute, synonyms in SYNONYMS.items():
+        for value, synonyms_of_value in synonyms.items():
+            for word in synonyms_of_value:
                 words[word] = (attribute, value)
     return words
 

@@ -25,8 +25,12 @@ from vidpost.errors import VidpostError
 class TextFormat(Protocol):
     """How an enhancer LM reads a prompt and writes a rewrite, as token ids."""
 
-    pad_id: int
-    stop_ids: tuple[int, ...]  # a rewrite ends with the first of these (included in its ids)
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """A rewrite ends with the first of these (included in its ids)."""
 
     def prompt(self, text: str) -> list[int]:
         """The ids the model continues from: everything before the rewrite's first token."""

@@ -93,6 +93,7 @@ class PairSource:
 
     @cached_property
     def _split(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        assert self.cfg.pairs_file is not None  # only file pairs are split (ShapeWorld's are drawn)
         pairs = read_pairs(self.cfg.pairs_file)
         if len(pairs) <= self.cfg.eval_n:
             raise VidpostError(

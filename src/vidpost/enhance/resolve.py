@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from vidpost.config import load_config
@@ -66,12 +67,14 @@ def enhancer_config(ref: str, overrides: Sequence[str] = ()) -> EnhancerConfig:
     if ref.endswith((".yaml", ".yml")):
         return load_config(EnhancerConfig, ref, overrides)
     if ref.startswith(("http://", "https://")):
-        base = {"backend": "openai", "openai.base_url": ref}
+        base: dict[str, Any] = {"backend": "openai", "openai.base_url": ref}
         if not ref.startswith("https://") and urlsplit(ref).hostname not in LOOPBACK:
             base["openai.send_api_key"] = False  # not in clear text to a host only a command line named
     else:
         path = enhancer_dir(ref)
-        card = json.loads((path / CARD_NAME).read_text()) if (path / CARD_NAME).is_file() else {"backend": "hf"}
+        card: dict[str, Any] = (
+            json.loads((path / CARD_NAME).read_text()) if (path / CARD_NAME).is_file() else {"backend": "hf"}
+        )
         # an enhancer trained here is applied with the instruction and checks it was trained with
         base = {"backend": card.get("backend", "toy"), "path": str(path), **_dotted(card.get("enhancer", {}))}
     # JSON strings are YAML scalars, so a path or URL is never re-read as a number or a mapping

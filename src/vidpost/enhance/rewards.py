@@ -58,4 +58,6 @@ def rewrite_rewards(
             video_model, used[member::group_size], sampling, video, seed=seed, precision=precision, progress=False
         ).videos
         videos[member::group_size] = list(made)
-    return compute_rewards(names, to_float(np.stack(videos)), intents), passed
+    made_all = [v for v in videos if v is not None]
+    assert len(made_all) == len(videos)  # every member's slice is filled
+    return compute_rewards(names, to_float(np.stack(made_all)), intents), passed

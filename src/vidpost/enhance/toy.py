@@ -188,6 +188,7 @@ class ToyEnhancer(Enhancer):
 
     def __init__(self, cfg: EnhancerConfig, name: str) -> None:
         super().__init__(cfg, name)
+        assert cfg.path is not None  # EnhancerConfig requires a path for the toy backend
         self.model, self.tokenizer = load_toy(cfg.path)
         self.generator = torch.Generator().manual_seed(cfg.generation.seed)
 
