@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,12 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    found: list[tuple[int, Path]] = []
+    for p in root.iterdir():
+        match = _STEP_DIR.match(p.name)
+        if match and (p / "state.json").is_file():
+            found.append((int(match.group(1)), p))
+    return [p for _, p in sorted(found, key=lambda step_path: step_path[0])]
 
 
 def run_checkpoints(out: str | Path) -> list[Path]:
@@ -158,7 +163,7 @@ def _fsync(path: Path) -> None:
 
 
 def load_checkpoint(
-    path: str | Path, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
+    path: str | Path, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Restore trained weights (in place) and optimizer state; return state.json (step, counters).
 
@@ -194,7 +199,7 @@ def load_checkpoint(
 
 
 def load_latest_checkpoint(
-    root: str | Path, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
+    root: str | Path, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
 ) -> tuple[Path, dict[str, Any]] | None:
     """`load_checkpoint` of the newest checkpoint under root that reads; (its path, state.json), or None if none.
 

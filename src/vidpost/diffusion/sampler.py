@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -47,9 +47,9 @@ class Rollout:
     """
 
     final: torch.Tensor
-    states: dict[int, torch.Tensor] = field(default_factory=dict)
-    log_probs: torch.Tensor | None = None
-    sde: torch.Tensor | None = None
+    states: dict[int, torch.Tensor]
+    log_probs: torch.Tensor
+    sde: torch.Tensor
 
 
 class GuidedVelocity:
@@ -84,6 +84,7 @@ class GuidedVelocity:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.use_cfg and self.batch_cfg:
+            assert self.uncond_embeds is not None  # use_cfg needs them (__init__)
             uncond = self.uncond_embeds.expand(x.shape[0], -1, -1)
             with self.contexts("cond+uncond", sigma):
                 both = self.model.velocity(
@@ -97,6 +98,7 @@ class GuidedVelocity:
         self.nfe += 1
         if not self.use_cfg:
             return v
+        assert self.uncond_embeds is not None  # use_cfg needs them (__init__)
         uncond = self.uncond_embeds
         if uncond.shape[0] == 1:
             uncond = uncond.expand(x.shape[0], -1, -1)
@@ -190,6 +192,7 @@ def run_steps(
         v = velocity(x, sigma.to(torch.float32))
         rows = flags[:, i]
         if bool(rows.any()):
+            assert g is not None  # checked above: some step in [start, stop) is SDE
             g_i = torch.where(rows.cpu(), g[i], torch.zeros((), dtype=torch.float64))  # g = 0: the ODE step
             mean, std = sde_mean_std(x, v, sigma, sigmas[i + 1].expand(batch), g_i, kind)
             noise = _sde_noise(mean, rows, generator)

@@ -48,6 +48,7 @@ import functools
 import itertools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -406,6 +407,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
         model.transformer.train()
         if not dist.is_main():
             return {}
+        assert teacher_videos is not None  # rank 0 reads them back
         return {**metrics, VAL_MSE_TO_TEACHER: _mse_to_teacher(folder, teacher_videos)}
 
     metrics: dict[str, float] = {}
@@ -421,7 +423,8 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
             rounds[-1].student.guidance,
             t.steps_per_round,
         )
-        if scorable and runlog is not None:
+        if scorable and runlog is not None:  # rank 0, which holds the teacher's videos
+            assert teacher_videos is not None
             runlog.write(0, {f"teacher/{k}": v for k, v in score_videos(teacher_videos, prompts).items()})
         metrics = evaluate(0, rounds[-1].student)  # the teacher sampled as the final student: the baseline
         if runlog is not None:
@@ -527,9 +530,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
     return final
 
 
-def _checkpointed(
-    params: dict[str, torch.nn.Parameter], teacher: dict[str, torch.nn.Parameter]
-) -> dict[str, torch.Tensor]:
+def _checkpointed(params: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What a checkpoint holds besides the optimizer: the student's trained weights and the round teacher's."""
     return {**params, **{f"teacher.{name}": p for name, p in teacher.items()}}
 

@@ -85,8 +85,8 @@ from vidpost.rewards.registry import check_reward_names, compute_rewards, weight
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss, rectification_weights
-from vidpost.rl.nft import nft_loss, renoise, velocity_kl
-from vidpost.rl.rollout import guided_velocity, rollout, transition_log_probs
+from vidpost.rl.nft import Renoised, nft_loss, renoise, velocity_kl
+from vidpost.rl.rollout import Transitions, guided_velocity, rollout, transition_log_probs
 from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
 
 log = logging.getLogger("vidpost")
@@ -269,7 +269,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     noise = cfg.rollout.noise
     g = noise_levels(sigmas, noise.schedule, **noise.params)  # (N,)
     strategy = cfg.strategy
-    rectify = strategy.name == "flash" and strategy.settings.rectify
+    rectify = strategy.name == "flash" and strategy.flash_settings.rectify
     scales = gradient_scale(sigmas, noise.schedule, **noise.params) if rectify else None  # (N,) c(σ_i)
     pool_asked, pool = training_prompts(cfg.prompts)
     # once: rewrites are fixed for the run, and the enhancers' fallback counts open its log
@@ -435,7 +435,7 @@ def iteration(
             seeds,
             sde_generators,
             precision,
-            flash=cfg.strategy.settings if cfg.strategy.name == "flash" else None,
+            flash=cfg.strategy.flash_settings if cfg.strategy.name == "flash" else None,
             kind=kind,
         )
     with phase("reward"):
@@ -458,6 +458,7 @@ def iteration(
         )  # (B,) global
         local_advantages = advantages[rows]  # points.sample indexes this rank's rows
         tr = batch.transitions
+        points: Renoised | Transitions  # what is trained on: the re-noised clean samples, or the transitions
         if nft:  # the clean samples re-noised at the plan's σ, each row's ε from its own stream
             renoise_generators = [torch.Generator().manual_seed(derive_seed(t.seed, 5, step, int(r))) for r in rows]
             points = renoise(batch.final, plan.train[rows], sigmas, torch.arange(len(rows)), renoise_generators)
@@ -521,21 +522,28 @@ def iteration(
                 out = forward(model, sub)
                 advantage = local_advantages[sub.sample].to(out[0].device)
                 if nft:
-                    terms = nft_loss(out[0], old_v[n][m], sub, advantage, cfg.strategy.settings.beta, cfg.reward.clip)
+                    assert isinstance(sub, Renoised)  # nft trains on the re-noised points
+                    nft_terms = nft_loss(
+                        out[0], old_v[n][m], sub, advantage, cfg.strategy.nft_settings.beta, cfg.reward.clip
+                    )
                     kl = velocity_kl(out[0], ref[n][m]) if reference is not None else None
-                    loss = terms.loss + (t.kl_beta * kl if kl is not None else 0)
-                    batch_stats = {"nft_positive": terms.positive, "nft_negative": terms.negative}
+                    loss = nft_terms.loss + (t.kl_beta * kl if kl is not None else 0)
+                    batch_stats = {"nft_positive": nft_terms.positive, "nft_negative": nft_terms.negative}
                 else:
                     lp, mean, std = out
                     kl = transition_kl(mean, ref[n][m], std) if reference is not None else None
                     weights = None
                     if scales is not None:  # the mean of c⁻¹ over this optimizer step's transitions on all ranks
                         weights = rectification_weights(scales[sub.step], inverse_sum / size).to(lp.device)
-                    terms = policy_loss(
+                    pg_terms = policy_loss(
                         lp, old_lp[rows_run].to(lp.device), advantage, t.clip_range, weights, kl, t.kl_beta
                     )
-                    loss = terms.loss
-                    batch_stats = {"ratio": terms.ratio, "clipped": terms.clipped.float(), "approx_kl": terms.approx_kl}
+                    loss = pg_terms.loss
+                    batch_stats = {
+                        "ratio": pg_terms.ratio,
+                        "clipped": pg_terms.clipped.float(),
+                        "approx_kl": pg_terms.approx_kl,
+                    }
                 loss = loss[: len(chunk)]  # a stand-in's pass (empty loss) only keeps FSDP2's collectives in step
                 (loss.sum() / size).backward()  # FSDP2 sums over ranks: the global minibatch mean
                 finite = finite and bool(torch.isfinite(loss).all())
@@ -560,21 +568,21 @@ def iteration(
         row[f"reward/{name}_std"] = values.std(unbiased=False).item()
     row[REWARD_WEIGHTED] = float(weighted_sum(rewards, cfg.reward.weights).mean())
     row.update({f"advantage/{k}": v for k, v in advantage_stats(advantages, G).items()})
-    stats = {
+    gathered = {
         k: dist.all_gather_cat(torch.tensor(v, dtype=torch.float64)).numpy() for k, v in stats.items()
     }  # all ranks
     total, trained = dist.sum_over_ranks(
         torch.tensor([float(len(points)), float(keep.sum())], dtype=torch.float64)
     ).tolist()
-    ratio = stats["ratio"]
+    ratio = gathered["ratio"]
     if len(ratio):  # none when every sample of the iteration tied
         row.update(
             {
                 "train/ratio_mean": float(ratio.mean()),
                 "train/ratio_min": float(ratio.min()),
                 "train/ratio_max": float(ratio.max()),
-                "train/clip_fraction": float(np.mean(stats["clipped"])),
-                TRAIN_APPROX_KL: float(np.mean(stats["approx_kl"])),
+                "train/clip_fraction": float(np.mean(gathered["clipped"])),
+                TRAIN_APPROX_KL: float(np.mean(gathered["approx_kl"])),
             }
         )
     row.update(
@@ -594,8 +602,8 @@ def iteration(
         }
     )
     for key in ("kl", "loss", "nft_positive", "nft_negative"):
-        if len(stats[key]):
-            row[series(TRAIN, key)] = float(np.mean(stats[key]))  # TRAIN_LOSS among them
+        if len(gathered[key]):
+            row[series(TRAIN, key)] = float(np.mean(gathered[key]))  # TRAIN_LOSS among them
     row.update({f"time/{name}_s": seconds for name, seconds in phase.seconds.items()})
     row["nonfinite"] = nonfinite
     return row

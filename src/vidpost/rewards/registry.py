@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vidpost.errors import VidpostError
 from vidpost.rewards.shapeworld import REWARD_KEYS as SHAPEWORLD_KEYS
@@ -51,6 +52,6 @@ def compute_rewards(names: Sequence[str], videos: np.ndarray, prompts: Sequence[
     return {n: results[n] for n in names}
 
 
-def weighted_sum(rewards: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """sum_k w_k * r_k over the weighted rewards (B,)."""
-    return sum(float(w) * np.asarray(rewards[name], float) for name, w in weights.items())
+def weighted_sum(rewards: Mapping[str, ArrayLike], weights: Mapping[str, float]) -> np.ndarray:
+    """sum_k w_k * r_k over the weighted rewards (B,): arrays, or CPU tensors."""
+    return sum((float(w) * np.asarray(rewards[name], float) for name, w in weights.items()), np.zeros(()))

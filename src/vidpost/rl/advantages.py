@@ -55,7 +55,8 @@ def combine_advantages(
     if mode == "weighted_sum":
         return group_advantages(torch.as_tensor(weighted_sum(rewards, weights)), group_size, std_scope, clip)
     per_reward = sum(
-        float(w) * group_advantages(rewards[name], group_size, std_scope, clip) for name, w in weights.items()
+        (float(w) * group_advantages(rewards[name], group_size, std_scope, clip) for name, w in weights.items()),
+        torch.zeros(()),
     )
     return per_reward.clamp(-clip, clip)
 

@@ -132,6 +132,7 @@ def rollout(
             rows = torch.arange(batch)
             transitions = _transitions(out.states, out.log_probs.cpu(), plan.train, sigmas, g, rows)
             return RolloutBatch(out.final, transitions, _passes(velocity, batch) / batch)
+        assert plan.k is not None and flash is not None  # bucketed
         final = torch.empty(batch, *shape, device=model.device)
         parts, passes = [], 0
         for k in plan.k.unique().tolist():

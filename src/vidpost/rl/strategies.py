@@ -100,14 +100,32 @@ class StrategyConfig(Config):
         defaults = {"flash": FlashConfig, "full": FullConfig, "window": WindowConfig, "nft": NFTConfig}
         return getattr(self, self.name) or defaults[self.name]()
 
+    # One typed accessor per strategy: its section, or its defaults when the section is left out.
+    @property
+    def flash_settings(self) -> FlashConfig:
+        return self.flash if self.flash is not None else FlashConfig()
+
+    @property
+    def full_settings(self) -> FullConfig:
+        return self.full if self.full is not None else FullConfig()
+
+    @property
+    def window_settings(self) -> WindowConfig:
+        return self.window if self.window is not None else WindowConfig()
+
+    @property
+    def nft_settings(self) -> NFTConfig:
+        return self.nft if self.nft is not None else NFTConfig()
+
     def trained_steps(self, num_steps: int) -> int:
         """How many of a sample's `num_steps` steps are trained."""
-        cfg = self.settings
         if self.name == "flash":
             return 1
-        if self.name in ("full", "nft"):
-            return full_train_count(cfg, num_steps)
-        return min(cfg.size, num_steps)
+        if self.name == "full":
+            return full_train_count(self.full_settings, num_steps)
+        if self.name == "nft":
+            return full_train_count(self.nft_settings, num_steps)
+        return min(self.window_settings.size, num_steps)
 
 
 @dataclass
@@ -156,27 +174,29 @@ def plan_steps(
 ) -> StepPlan:
     """The SDE and training masks of one rollout batch of num_prompts groups of group_size samples."""
     batch = num_prompts * group_size
-    cfg = strategy.settings
     if strategy.name == "flash":
-        k_min, k_max = flash_range(cfg, num_steps)
+        k_min, k_max = flash_range(strategy.flash_settings, num_steps)
         k = torch.randint(k_min, k_max + 1, (num_prompts,), generator=generator)  # (P,)
         sde = torch.zeros(batch, num_steps, dtype=torch.bool)
         sde[torch.arange(batch), k.repeat_interleave(group_size)] = True
         return StepPlan(sde=sde, train=sde.clone(), k=k)
     if strategy.name == "full":
         sde = torch.ones(batch, num_steps, dtype=torch.bool)
-        n_train = full_train_count(cfg, num_steps)
-        if cfg.steps == "first":
+        full = strategy.full_settings
+        n_train = full_train_count(full, num_steps)
+        if full.steps == "first":
             train = torch.zeros_like(sde)
             train[:, :n_train] = True
             return StepPlan(sde=sde, train=train)
         return StepPlan(sde=sde, train=_random_steps(batch, num_steps, n_train, generator))
     if strategy.name == "nft":
-        sde = torch.full((batch, num_steps), cfg.sampler == "sde", dtype=torch.bool)
-        return StepPlan(sde=sde, train=_random_steps(batch, num_steps, full_train_count(cfg, num_steps), generator))
-    start = window_start(cfg, num_steps, iteration)
+        nft = strategy.nft_settings
+        sde = torch.full((batch, num_steps), nft.sampler == "sde", dtype=torch.bool)
+        return StepPlan(sde=sde, train=_random_steps(batch, num_steps, full_train_count(nft, num_steps), generator))
+    window = strategy.window_settings
+    start = window_start(window, num_steps, iteration)
     sde = torch.zeros(batch, num_steps, dtype=torch.bool)
-    sde[:, start : start + cfg.size] = True
+    sde[:, start : start + window.size] = True
     return StepPlan(sde=sde, train=sde.clone())
 
 
