@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from vidpost.atomic import atomic_path
@@ -45,7 +46,7 @@ class RunLog:
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
-    def write(self, step: int, metrics: dict[str, float]) -> None:
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

@@ -87,12 +87,15 @@ def load_or_build_cache(
         info = json.loads(info_path.read_text())
         if info["fingerprint"] == fingerprint:
             tensors = load_file(cache_dir / TENSORS_NAME)
+            frames, height, width = info["video"]
             return EncodedDataset(
                 tensors["latents"],
                 tensors["caption_ids"],
                 tensors["embeds"],
                 info["captions"],
-                *info["video"],
+                frames,
+                height,
+                width,
                 skipped=info["skipped"],
             )
         log.info("dataset or model changed since %s was built; re-encoding", cache_dir)
@@ -150,6 +153,7 @@ def _encode(dataset: Path, model, caption_key: str, dtype: torch.dtype, batch_si
             for i in range(0, len(captions), batch_size)
         ]
     )
+    assert shape is not None  # set by the first clip, and there is one
     frames, height, width = shape[:3]
     return EncodedDataset(
         torch.cat(latents),

@@ -118,7 +118,8 @@ def read_metadata(root: str | os.PathLike) -> tuple[list[dict], list[tuple[str, 
             continue
         record, reason = _parse_line(raw)
         if record is not None and not _inside(root, record["file"]):
-            record, reason = None, f"file {record['file']!r} is outside the dataset folder"
+            reason = f"file {record['file']!r} is outside the dataset folder"
+            record = None
         if record is None:
             problems.append((f"{METADATA_NAME}:{lineno}", reason))
             log.warning("skipping %s:%d: %s", meta_path, lineno, reason)

@@ -32,7 +32,9 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def gif(frames: np.ndarray, scale: int = GIF_SCALE, ms_per_frame: int = 150) -> bytes:
     """uint8 (T, H, W, 3) -> an endlessly looping animated GIF, upscaled without smoothing."""
-    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    images = [
+        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.Resampling.NEAREST) for f in frames
+    ]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
     return buffer.getvalue()

@@ -53,7 +53,8 @@ def check_stages(cfg: PipelineConfig, recipes: dict[str, Stage], out: Path, pipe
 
 def with_stage_overrides(cfg_overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Split command-line overrides into the pipeline's own and each stage's (`stages.NAME.key=value`)."""
-    own, per_stage = [], {}
+    own: list[str] = []
+    per_stage: dict[str, list[str]] = {}
     for item in cfg_overrides:
         key = item.split("=", 1)[0]
         if key.startswith("stages.") and key.count(".") >= 2:
@@ -92,7 +93,9 @@ def run_pipeline(
     prepare_run_dir(
         cfg, out, may_change=lambda key, old, new: key == "stages" and _only_unrun_stages_differ(old, new, out)
     )
-    recipes = {stage.name: stage_recipe(stage.name) for stage in cfg.stages}  # unknown stages fail before any work
+    recipes: dict[str, Stage] = {
+        stage.name: stage_recipe(stage.name) for stage in cfg.stages
+    }  # unknown stages fail before any work
     check_stages(cfg, recipes, out, pipeline_file)  # a bad key in the last stage fails now, not an hour in
     video_model, enhancer = cfg.base, None
     rows = {"base": heldout_row(video_model, out / "base", cfg)}

@@ -12,9 +12,11 @@ import math
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from types import FrameType
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -146,7 +148,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.raised: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -264,7 +266,7 @@ def prepare_run_dir(cfg: Config, out: Path, may_change=None) -> None:
 
 def _accept_changes(cfg: Config, out: Path, changes: list[tuple[str, object, object]], step: int) -> None:
     steps = dict((key, b) for key, _, b in changes).get("train.steps")
-    if steps is not None and step >= 0 and steps < step:
+    if isinstance(steps, int) and step >= 0 and steps < step:  # train.steps is an int when given
         raise VidpostError(f"train.steps {steps} is below the {step} steps {out} has already run")
     if not dist.is_main():
         return
@@ -390,13 +392,13 @@ def validate(
     writes and scores them all (the other ranks return {}).
     """
     rewritten = used is not None
-    used = used if rewritten else prompts
+    texts = used if used is not None else prompts
     share = dist.share(len(prompts))
     with dist.unsharded(model.transformer):
         part = (
             generate(
                 model,
-                used[share],
+                texts[share],
                 sampling,
                 video,
                 seed=seed + share.start,
@@ -412,9 +414,10 @@ def validate(
     parts = dist.gather_objects(part)
     if not dist.is_main():
         return {}
+    assert parts is not None  # rank 0 gathers every rank's part
     videos = np.concatenate([p for p in parts if p is not None])
     with DatasetWriter(out_dir, overwrite=True) as writer:
-        for frames, prompt, text in zip(videos, prompts, used, strict=True):
+        for frames, prompt, text in zip(videos, prompts, texts, strict=True):
             writer.add(frames, prompt, **({"prompt_used": text} if rewritten else {}))
     scores = score_videos(videos, prompts) if scorable else {}
     return {f"{prefix}/{name}": value for name, value in scores.items()}
@@ -473,7 +476,7 @@ def save_final(
         model.save_lora(tmp)
     else:
         model.save(tmp)
-    card = {
+    card: dict[str, Any] = {
         "codec": model_cfg.codec,
         "max_sequence_length": model_cfg.max_sequence_length,
         "prediction": model.prediction,
@@ -483,6 +486,7 @@ def save_final(
     if model.prediction == "preconditioned":  # a velocity model has no use for a data std
         card["sigma_data"] = model.sigma_data
     if model.lora_config is not None:
+        assert model_cfg.path is not None  # adapters are trained on a base model folder
         card["base"] = str(Path(model_cfg.path).resolve()) if Path(model_cfg.path).exists() else model_cfg.path
     write_card(tmp, card)
     shutil.rmtree(final, ignore_errors=True)

@@ -422,6 +422,7 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
         if not dist.is_main():
             return {}
         metrics = _validate_grpo(policy, video_model, cfg, source, held_out, sampling, video)
+        assert runlog is not None  # rank 0's
         runlog.write(offset + step, metrics)
         bar.write(f"grpo step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
         return metrics

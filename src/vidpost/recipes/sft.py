@@ -211,6 +211,7 @@ def training_loss(
 def _dataset_dir(cfg: DataConfig, out: Path) -> Path:
     if cfg.path is not None:
         return Path(cfg.path)
+    assert cfg.shapeworld is not None  # DataConfig sets exactly one of path and shapeworld
     target = out / "data"
     if (target / "metadata.jsonl").is_file() and (target / "config.yaml").is_file():
         if load_config(DatasetConfig, target / "config.yaml") == cfg.shapeworld:
@@ -287,7 +288,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
 
     bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", disable=not progress)
-    window = {"loss": [], "grad_norm": [], "seconds": []}
+    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "seconds": []}
     metrics: dict[str, float] = {}
     with StopFlag() as stop:
         for step in range(start + 1, cfg.train.steps + 1):
