@@ -21,11 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff on the code, mypy on src/ (config in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
-# mypy on src/ (config in pyproject.toml); not yet part of lint: it still reports errors to fix.
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
