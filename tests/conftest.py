@@ -1,5 +1,5 @@
-"""Shared across test folders: a random toy enhancer, and a "parrot" toy trained to write one fixed canonical
-caption."""
+"""Shared across test folders: tiny video models with a card, a random toy enhancer, and a "parrot" toy trained
+to write one fixed canonical caption."""
 
 import logging
 import queue
@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 
 from vidpost.enhance.losses import sft_loss
 from vidpost.enhance.toy import build_toy_model, build_toy_tokenizer, save_toy
+from vidpost.models.resolve import write_card
+from vidpost.models.wan import WanVideoModel
 
 PARROT_CAPTION = "a large red circle moving left slowly on a black background"
 PARROT_PROMPTS = [
@@ -25,6 +27,21 @@ PARROT_PROMPTS = [
 @pytest.fixture(autouse=True)
 def _quiet_transformers():
     logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_model(tmp_path_factory):
+    """make(name, sampling): a folder with a tiny random pixel-space video model (seed 2) and its card, 3x16x16
+    videos sampled with `sampling` (steps, shift, guidance): what sampling, distillation and enhancers read."""
+
+    def make(name: str, sampling: dict):
+        directory = tmp_path_factory.mktemp(name)
+        WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
+        card = {"codec": "pixel", "max_sequence_length": 64, "video": {"frames": 3, "height": 16, "width": 16}}
+        write_card(directory, {**card, "sampling": sampling})
+        return directory
+
+    return make
 
 
 @pytest.fixture(scope="session")

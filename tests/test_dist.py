@@ -18,7 +18,6 @@ from vidpost import dist
 from vidpost.config import load_config
 from vidpost.data.dataset import read_metadata
 from vidpost.errors import VidpostError
-from vidpost.models.resolve import write_card
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes import distill, enhance, grpo, sft
 from vidpost.recipes.grpo import minibatch_indices
@@ -94,20 +93,9 @@ def tiny_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
+def tiny_teacher(tiny_video_model):
     """The tiny model with a card (4 steps at guidance 2, 3x16x16 videos): what distillation reads its teacher from."""
-    path = tmp_path_factory.mktemp("teacher")
-    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(path)
-    write_card(
-        path,
-        {
-            "codec": "pixel",
-            "max_sequence_length": 64,
-            "video": {"frames": 3, "height": 16, "width": 16},
-            "sampling": {"steps": 4, "shift": 3.0, "guidance": 2.0},
-        },
-    )
-    return path
+    return tiny_video_model("teacher", {"steps": 4, "shift": 3.0, "guidance": 2.0})
 
 
 # ------------------------------------------------------------------------------------------ 2 processes

@@ -8,7 +8,7 @@ import torch
 from vidpost.cli import main
 from vidpost.data.prompts import read_prompts
 from vidpost.errors import VidpostError
-from vidpost.models.resolve import resolve_model, write_card
+from vidpost.models.resolve import resolve_model
 from vidpost.models.wan import WanVideoModel
 from vidpost.sample import sample_to_folder
 
@@ -16,19 +16,8 @@ PROMPTS = ["a red circle moving left", "a large blue square staying still on a w
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("model")
-    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
-    write_card(
-        directory,
-        {
-            "codec": "pixel",
-            "max_sequence_length": 64,
-            "video": {"frames": 3, "height": 16, "width": 16},
-            "sampling": {"steps": 3, "shift": 2.0, "guidance": 3.0},
-        },
-    )
-    return directory
+def model_dir(tiny_video_model):
+    return tiny_video_model("model", {"steps": 3, "shift": 2.0, "guidance": 3.0})
 
 
 @pytest.fixture()

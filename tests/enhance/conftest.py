@@ -8,8 +8,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from vidpost.enhance.pairs import training_pair
-from vidpost.models.resolve import write_card
-from vidpost.models.wan import WanVideoModel
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -65,17 +63,6 @@ def chat_lm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def video_model(tmp_path_factory):
+def video_model(tiny_video_model):
     """A tiny random video model with a card (2 steps, 3 frames of 16x16): what enhanced prompts are made into."""
-    directory = tmp_path_factory.mktemp("video_model")
-    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
-    write_card(
-        directory,
-        {
-            "codec": "pixel",
-            "max_sequence_length": 64,
-            "video": {"frames": 3, "height": 16, "width": 16},
-            "sampling": {"steps": 2, "shift": 2.0, "guidance": 1.0},
-        },
-    )
-    return directory
+    return tiny_video_model("video_model", {"steps": 2, "shift": 2.0, "guidance": 1.0})

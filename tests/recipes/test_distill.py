@@ -13,7 +13,7 @@ from vidpost.cli import main
 from vidpost.config import load_config, save_config
 from vidpost.diffusion.config import SamplingConfig
 from vidpost.errors import ConfigError, VidpostError
-from vidpost.models.resolve import resolve_model, write_card
+from vidpost.models.resolve import resolve_model
 from vidpost.models.wan import WanVideoModel
 from vidpost.recipes.distill import DistillConfig, plan_rounds, round_of, train
 from vidpost.runlog import read_metrics
@@ -33,20 +33,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
+def teacher_dir(tiny_video_model):
     """A tiny pixel-space teacher saved with a card: 4 steps, shift 3, guidance 2, 3x16x16 videos."""
-    directory = tmp_path_factory.mktemp("teacher")
-    WanVideoModel.build_tiny("pixel", patch_size=(1, 4, 4), seed=2).save(directory)
-    write_card(
-        directory,
-        {
-            "codec": "pixel",
-            "max_sequence_length": 64,
-            "video": {"frames": 3, "height": 16, "width": 16},
-            "sampling": CARD_SAMPLING,
-        },
-    )
-    return directory
+    return tiny_video_model("teacher", CARD_SAMPLING)
 
 
 def _config(teacher_dir, *overrides):
