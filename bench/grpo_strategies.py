@@ -2,17 +2,21 @@
 coefficient-preserving SDE step (flash-cps) on ShapeWorld: held-out reward versus time.
 
 Runs `vidpost grpo` with each shipped strategy config (configs/shapeworld/grpo_{flash,full,window,nft}.yaml;
-flash-cps is grpo_flash.yaml with rollout.noise.schedule=cps) for the same number of updates, evaluating on held-out
-captions every few iterations (deterministic ODE, fixed
-seeds). From each run's log it reads the training wall-clock (the sum of the timed phases; evaluation
-excluded) at every evaluation, and reports:
-- at an equal number of updates: each strategy's final held-out total and success rate, and its time;
-- at an equal wall-clock budget (the shortest run's time): each strategy's last held-out total by then;
+flash-cps is grpo_flash.yaml with rollout.noise.schedule=cps), evaluating on held-out captions every few
+iterations (deterministic ODE, fixed seeds). From each run's log it reads the training wall-clock (the sum of the
+timed phases; evaluation excluded) at every evaluation, and reports:
+- at an equal number of updates (`--updates`): each strategy's final held-out total and success rate, and its time;
+- at equal wall-clock budgets (`--minutes 15 45`: every run trains until its training wall-clock reaches the
+  largest budget, then stops as Ctrl-C would): each strategy's last held-out evaluation at or before each budget;
 - the time flash needed to reach full's final held-out total (the goal: at most a fifth of full's time).
 
     .venv/bin/python bench/grpo_strategies.py --updates 40 --eval-every 5
+    .venv/bin/python bench/grpo_strategies.py --minutes 15 45 --eval-every flash=20 full=4 window=10 nft=16 \
+        --set 'reward.weights={instruction_graded: 1.0}'
     .venv/bin/python bench/grpo_strategies.py --strategies flash full --set model.path=runs/my-sft
     .venv/bin/python bench/grpo_strategies.py --reward brightness   # a reward any model can move: does it learn?
+
+A run already in `--runs` resumes from its last checkpoint (runs are long; the bench can be stopped and rerun).
 
 `--reward brightness` trains on the mean pixel value of each video (a bench-only reward, registered here),
 a check that each strategy's loop learns while the ShapeWorld reward is still out of the model's reach.
@@ -26,8 +30,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -78,6 +85,7 @@ def curve(run_dir: Path) -> list[dict]:
                     "seconds": seconds,
                     "total": row["eval/total"],
                     "success": row["eval/success"],
+                    "graded": row.get("eval/instruction_graded"),
                     "coherence": row.get("eval/coherence"),
                     "quality": row.get("eval/quality"),
                     "brightness": heldout_brightness(run_dir, row["step"]),
@@ -91,6 +99,46 @@ def curve(run_dir: Path) -> list[dict]:
 def reward_at(points: list[dict], seconds: float, key: str = "total") -> float:
     """The last evaluated `key` at or before `seconds` of training."""
     return [p for p in points if p["seconds"] <= seconds + 1e-9][-1][key]
+
+
+def training_seconds(run_dir: Path) -> float:
+    """The training wall-clock so far (the sum of the timed phases in the run's log; evaluation excluded)."""
+    try:
+        rows = read_metrics(run_dir)
+    except (FileNotFoundError, json.JSONDecodeError):  # not started yet, or a line being written
+        return 0.0
+    return sum(v for row in rows for k, v in row.items() if k.startswith("time/"))
+
+
+class Budget:
+    """Stops the run in `run_dir` (SIGINT to this process: checkpoint, then return) once its training wall-clock
+    reaches `seconds`; the recipe's own stop handling does the rest, so the run stays resumable."""
+
+    def __init__(self, run_dir: Path, seconds: float, poll_s: float = 2.0) -> None:
+        self.run_dir, self.seconds, self.poll_s = run_dir, seconds, poll_s
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.done.wait(self.poll_s):
+            if training_seconds(self.run_dir) >= self.seconds and not self.done.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def __enter__(self) -> Budget:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+
+
+def eval_every_for(spec: list[str], name: str) -> int:
+    """`--eval-every 5` for every strategy, or `flash=20 full=4 ...` per strategy (a strategy left out: 5)."""
+    if len(spec) == 1 and "=" not in spec[0]:
+        return int(spec[0])
+    table = dict(item.split("=", 1) for item in spec)
+    return int(table.get(name, 5))
 
 
 def time_to_reach(points: list[dict], target: float) -> float | None:
@@ -108,7 +156,16 @@ def main() -> None:
         help="the configs' reward (ShapeWorld total), or the mean brightness",
     )
     parser.add_argument("--updates", type=int, default=40, help="iterations per strategy (equal updates)")
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        nargs="*",
+        default=[],
+        help="equal wall-clock budgets in training minutes; each run trains to the largest (--updates is then a cap)",
+    )
+    parser.add_argument(
+        "--eval-every", nargs="+", default=["5"], help="iterations between evaluations: N, or flash=N full=M ..."
+    )
     parser.add_argument("--eval-n", type=int, default=32, help="held-out prompts per evaluation")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     parser.add_argument("--runs", default=str(ROOT / "runs"), help="where the runs are written")
@@ -123,7 +180,7 @@ def main() -> None:
         config, variant = VARIANTS.get(name, (name, []))
         overrides = [
             f"train.steps={args.updates}",
-            f"evaluation.every_steps={args.eval_every}",
+            f"evaluation.every_steps={eval_every_for(args.eval_every, name)}",
             f"evaluation.n={args.eval_n}",
             "checkpoint.every_steps=1000",
             *variant,
@@ -134,7 +191,12 @@ def main() -> None:
         out = Path(args.runs) / (
             f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}"
         )
-        train(cfg, out)
+        if args.minutes:
+            if training_seconds(out) < 60 * max(args.minutes):  # else: this run already spent its budget
+                with Budget(out, 60 * max(args.minutes)):
+                    train(cfg, out)
+        else:
+            train(cfg, out)
         runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out)}
         print(
             f"{name}: "
@@ -165,9 +227,14 @@ def main() -> None:
                 "final_brightness": points[-1]["brightness"],
                 "brightness_at_equal_time": reward_at(points, budget, "brightness"),
                 "final_training_reward": points[-1]["training_reward"],
+                **{
+                    f"{key}_at_{minutes:g}min": reward_at(points, 60 * minutes, key)
+                    for minutes in args.minutes
+                    for key in ("total", "success", "graded", "coherence", "quality")
+                },
             }
         )
-    summary = {"equal_time_budget_s": budget}
+    summary = {"equal_time_budget_s": budget, "budgets_min": args.minutes}
     if "flash" in runs and "full" in runs:
         target = runs["full"]["curve"][-1]["total"]
         reach = time_to_reach(runs["flash"]["curve"], target)
@@ -198,16 +265,20 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     panels = [
         ("total", "held-out total reward"),
+        ("success", "held-out success"),
+        ("graded", "held-out graded instruction"),
         ("quality", "held-out quality"),
         ("training_reward", "training reward (reward.weights)"),
     ]
     if args.reward == "brightness":
         panels[0] = ("brightness", "held-out brightness")
-    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for name, r in runs.items():
             shown = [p for p in r["curve"] if p[key] is not None]
             ax.plot([p["seconds"] / 60 for p in shown], [p[key] for p in shown], marker="o", label=name)
+        for minutes in args.minutes:
+            ax.axvline(minutes, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("training wall-clock (min, evaluation excluded)")
         ax.set_ylabel(label)
         ax.legend()
