@@ -349,6 +349,38 @@ def test_rewards_lists_registered_names(capsys: pytest.CaptureFixture[str]) -> N
     assert {"total", "flicker", "instruction", "success", "dynamic_degree", "frame_consistency"} <= names
 
 
+@pytest.mark.parametrize("command", ["pretrain", "sft", "grpo", "distill", "enhance", "run", "world", "acceleration"])
+def test_config_describes_every_key_and_its_example_loads(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    from vidpost.cli import CONFIGS
+
+    code, out, _ = run(capsys, "config", command)
+    assert code == 0
+    module, name, example = CONFIGS[command]
+    schema = getattr(importlib.import_module(module), name)
+    lines = out.splitlines()
+    assert lines[0].startswith(f"# {command}:") and example in lines[0]
+    top_sections = {line.split(".")[0].split(":")[0] for line in lines[1:]}
+    assert top_sections == set(schema.model_fields)  # every section of the schema, nothing else
+    assert all(" = " in line or "(required)" in line for line in lines[1:])
+    assert all("  # " in line for line in lines[1:])
+    load_config(schema, Path(__file__).resolve().parents[1] / example)  # the example the help names is valid
+
+
+def test_config_lines_name_type_default_and_meaning(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "config", "sft")
+    (steps,) = [line for line in out.splitlines() if line.startswith("train.steps:")]
+    assert steps.startswith("train.steps: int = 1000  # ")
+
+
+def test_training_help_names_example_config_and_config_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["grpo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "configs/shapeworld/grpo_flash.yaml" in out and "vidpost config grpo" in out
+
+
 def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([])

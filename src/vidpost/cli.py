@@ -60,6 +60,35 @@ def cmd_score(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+# command -> (its config's module and class, an example config): `vidpost config COMMAND` documents the class
+CONFIGS = {
+    "pretrain": ("vidpost.recipes.sft", "SFTConfig", "configs/shapeworld/pretrain.yaml"),
+    "sft": ("vidpost.recipes.sft", "SFTConfig", "configs/shapeworld/sft.yaml"),
+    "grpo": ("vidpost.recipes.grpo", "GRPOConfig", "configs/shapeworld/grpo_flash.yaml"),
+    "distill": ("vidpost.recipes.distill", "DistillConfig", "configs/shapeworld/distill.yaml"),
+    "enhance": ("vidpost.recipes.enhance", "EnhanceConfig", "configs/shapeworld/enhance.yaml"),
+    "run": ("vidpost.pipeline.config", "PipelineConfig", "configs/shapeworld/pipeline.yaml"),
+    "world": ("vidpost.world.config", "DatasetConfig", "configs/shapeworld/world.yaml"),
+    "acceleration": ("vidpost.inference.acceleration", "AccelerationConfig", "configs/shapeworld/acceleration.yaml"),
+}
+
+
+def _config_epilog(command: str) -> str:
+    return (
+        f"example config: {CONFIGS[command][2]}; every key with its type, default and meaning: vidpost config {command}"
+    )
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import importlib
+
+    from vidpost.config import describe_config
+
+    module, name, example = CONFIGS[args.recipe]
+    print(f"# {args.recipe}: every config key as `key: type = default  # meaning` (example: {example})")
+    print(describe_config(getattr(importlib.import_module(module), name)))
+
+
 def cmd_rewards(args: argparse.Namespace) -> None:
     from vidpost.rewards.registry import REWARDS
 
@@ -314,11 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
             "distil a model into a few-step, one-pass-per-step student (CFG and step distillation)",
         ),
     ):
-        recipe = commands.add_parser(name, help=text)
+        recipe = commands.add_parser(name, help=text, epilog=_config_epilog(name))
         _add_recipe_args(recipe)
         recipe.set_defaults(func=func)
 
-    run = commands.add_parser("run", help="the post-training stages in order (SFT, GRPO, ...) in one run directory")
+    run = commands.add_parser(
+        "run",
+        help="the post-training stages in order (SFT, GRPO, ...) in one run directory",
+        epilog=_config_epilog("run"),
+    )
     _add_recipe_args(run)
     run.set_defaults(func=cmd_run)
     report = commands.add_parser("report", help="write RUN/report.html (self-contained) for a `vidpost run` directory")
@@ -373,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     enhance = commands.add_parser("enhance", help="prompt enhancement: train, apply or serve a prompt rewriter")
     enhance_commands = enhance.add_subparsers(dest="enhance_command", required=True)
     enhance_train = enhance_commands.add_parser(
-        "train", help="train an enhancer, the toy or a local chat LM (SFT, then GRPO on video rewards)"
+        "train",
+        help="train an enhancer, the toy or a local chat LM (SFT, then GRPO on video rewards)",
+        epilog=_config_epilog("enhance"),
     )
     _add_recipe_args(enhance_train)
     enhance_train.set_defaults(func=cmd_enhance_train)
@@ -392,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(enhance_serve, max_mb=1.0)
     enhance_serve.add_argument("overrides", nargs="*", metavar="key=value", help="enhancer config overrides")
     enhance_serve.set_defaults(func=cmd_enhance_serve)
+
+    config = commands.add_parser(
+        "config", help="print every key of a command's config: dotted name, type, default and meaning"
+    )
+    config.add_argument("recipe", choices=list(CONFIGS), help="the command whose config to describe")
+    config.set_defaults(func=cmd_config)
 
     rewards = commands.add_parser("rewards", help="list the registered rewards")
     rewards.set_defaults(func=cmd_rewards)
