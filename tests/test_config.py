@@ -200,3 +200,35 @@ def test_describe_config_lists_every_leaf() -> None:
         "name: str = 'run'  # Run name.",
         "scale: float = 1.5  # A float, to check round trips.",
     ]
+
+
+class Renamed(Top):
+    renamed_keys = {"rate": "scale", "old_world": "world", "world.count": "world.frames"}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "old", "new"),
+    [
+        ("rate: 2.0\n", (), "rate", "scale"),
+        (None, ("rate=2.0",), "rate", "scale"),
+        ("old_world:\n  frames: 3\n", (), "old_world", "world"),
+        (None, ("old_world.frames=3",), "old_world.frames", "world.frames"),
+        ("world:\n  count: 3\n", (), "world.count", "world.frames"),
+        (None, ("world.count=3",), "world.count", "world.frames"),
+    ],
+)
+def test_renamed_key_names_its_new_name(
+    tmp_path: Path, text: str | None, overrides: tuple[str, ...], old: str, new: str
+) -> None:
+    path = write(tmp_path, text) if text is not None else None
+    with pytest.raises(ConfigError) as info:
+        load_config(Renamed, path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"'{old}' is now called '{new}'" in message
+
+
+def test_unrenamed_unknown_key_still_lists_known_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'world.colour' \(known keys in 'world': frames"):
+        load_config(Renamed, None, ["world.colour=red"])
+    assert load_config(Renamed, None, ["scale=2"]).scale == 2.0  # the new names load

@@ -7,7 +7,7 @@ file or an override) and names the dotted key, because the CLI prints it without
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import pydantic
 import yaml
@@ -23,6 +23,9 @@ class Config(pydantic.BaseModel):
     """Base of every config section; unknown keys are errors so a typo never silently keeps a default."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # On a top-level (recipe) config: old dotted key or section -> its new name, so a config written for an
+    # earlier version fails with one line that says what to write instead of only "unknown key".
+    renamed_keys: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -46,23 +49,36 @@ def _section_type(schema: type[Config], name: str) -> type[Config] | None:
     return None
 
 
-def _unknown_key(schema: type[Config], dotted: str) -> str:
+def _new_name(renamed: Mapping[str, str], dotted: str) -> str | None:
+    """The new name of a renamed key, or of a key inside a renamed section; None if it was not renamed."""
+    for old, new in renamed.items():
+        if dotted == old or dotted.startswith(old + "."):
+            return new + dotted[len(old) :]
+    return None
+
+
+def _unknown_key(schema: type[Config], dotted: str, renamed: Mapping[str, str] = {}) -> str:
+    new = _new_name(renamed, dotted)
+    if new is not None:
+        return f"'{dotted}' is now called '{new}'"
     parent, _, _ = dotted.rpartition(".")
     where = f" in '{parent}'" if parent else ""
     return f"unknown key '{dotted}' (known keys{where}: {', '.join(schema.model_fields)})"
 
 
-def _check_keys(schema: type[Config], data: Mapping[str, Any], prefix: str, source: str) -> None:
+def _check_keys(
+    schema: type[Config], data: Mapping[str, Any], prefix: str, source: str, renamed: Mapping[str, str] = {}
+) -> None:
     """Report the first unknown key by its full dotted name, which pydantic's error alone does not list."""
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in schema.model_fields:
-            raise ConfigError(f"{source}: {_unknown_key(schema, dotted)}")
+            raise ConfigError(f"{source}: {_unknown_key(schema, dotted, renamed)}")
         section = _section_type(schema, key)
         if section is not None and value is not None:  # None: an optional section left out
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {dotted}: expected a section of keys (got {_shown(value)})")
-            _check_keys(section, value, f"{dotted}.", source)
+            _check_keys(section, value, f"{dotted}.", source, renamed)
 
 
 def _one_line(text: str) -> str:
@@ -115,14 +131,14 @@ def _apply_override(schema: type[Config], data: dict[str, Any], text: str) -> st
     section, node, prefix = schema, data, ""
     for part in parts[:-1]:
         if part not in section.model_fields:
-            raise ConfigError(f"{source}: {_unknown_key(section, prefix + part)}")
+            raise ConfigError(f"{source}: {_unknown_key(section, '.'.join(parts), schema.renamed_keys)}")
         sub_section = _section_type(section, part)
         if sub_section is None:
             raise ConfigError(f"{source}: '{prefix}{part}' is a single value and has no sub-keys")
         if node.get(part) is None:  # absent, or an optional section set to null
             node[part] = {}
         section, node, prefix = sub_section, node[part], f"{prefix}{part}."
-    _check_keys(section, {parts[-1]: value}, prefix, source)
+    _check_keys(section, {parts[-1]: value}, prefix, source, schema.renamed_keys)
     node[parts[-1]] = value
     return prefix + parts[-1]
 
@@ -151,7 +167,7 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Sequ
     """
     source = str(path) if path is not None else "config"
     data = _read_yaml(Path(path)) if path is not None else {}
-    _check_keys(schema, data, "", source)
+    _check_keys(schema, data, "", source, schema.renamed_keys)
     overridden = {_apply_override(schema, data, text): text for text in overrides}
     try:
         return schema.model_validate(data)
