@@ -29,17 +29,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config, load_config
 from vidpost.data.cache import CACHE_DTYPES, EncodedDataset, load_or_build_cache
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -56,7 +52,6 @@ from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS, autocast
 from vidpost.recipes.common import (
     CheckpointConfig,
-    NonfiniteStreak,
     OptimConfig,
     StopFlag,
     ValidationConfig,
@@ -65,13 +60,11 @@ from vidpost.recipes.common import (
     ema_weights,
     learning_rate,
     make_ema,
-    open_run_log,
     save_final,
     start_run,
     validate,
-    warn_stopped,
-    write_summary,
 )
+from vidpost.recipes.loop import Loop
 from vidpost.recipes.prompts import rewrite_prompts, validation_prompts
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
@@ -256,20 +249,53 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
     model.transformer.train()
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
-    o = cfg.optim
+    t, o = cfg.train, cfg.optim
     optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+    ema = make_ema(params, t.ema_decay)
 
-    ema = make_ema(params, cfg.train.ema_decay)
-    start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
-    resumed = load_latest_checkpoint(out / "checkpoints", ema_checkpointed(params, ema), optimizer)
-    if resumed is not None:
-        checkpoint, state = resumed
-        start = state.pop("step")
-        if ema is not None:
-            ema.optimization_step = state["ema_steps"]
-        log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.train.steps)
-    runlog = open_run_log(out, start, rewrite_metrics)
-    if start == 0:
+    def evaluate(step: int) -> dict[str, float]:
+        model.transformer.eval()
+        with ema_weights(ema, params):
+            metrics = validate(
+                model,
+                prompts,
+                scorable,
+                cfg.sampling,
+                video,
+                cfg.validation.seed,
+                t.precision,
+                out / "samples" / f"step_{step:06d}",
+                acceleration=cfg.validation.acceleration,
+                used=used,
+                progress=progress,
+            )
+        model.transformer.train()
+        return metrics
+
+    loop = Loop(
+        out=out,
+        steps=t.steps,
+        params=params,
+        optimizer=optimizer,
+        checkpoints=out / "checkpoints",
+        checkpointed=ema_checkpointed(params, ema),
+        validation=evaluate,
+        summary_series=f"{VAL}/",
+        checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last,
+        log_every=cfg.log_every_steps,
+        validate_every=cfg.validation.every_steps,
+        max_consecutive_nonfinite=t.max_consecutive_nonfinite,
+        progress=progress,
+        desc="train",
+        postfix=lambda metrics: {"loss": f"{metrics[TRAIN_LOSS]:.4f}"},
+        state={"nonfinite_steps": 0, "ema_steps": 0},
+        learning_rate=lambda step: learning_rate(o, step, t.steps),
+        ema=ema,
+        averaged=(TRAIN_LOSS, "train/grad_norm"),
+        rates={"train/clips_per_second": t.batch_size},
+    )
+    if loop.resume(rewrite_metrics) == 0:
         log.info(
             "training %.2fM parameters on %d clips (%d captions)",
             sum(p.numel() for p in params.values()) / 1e6,
@@ -277,100 +303,31 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
             len(data.captions) - 1,
         )
 
-    nonfinite = NonfiniteStreak(cfg.train.max_consecutive_nonfinite, out / "checkpoints")
+    def step(n: int) -> tuple[dict[str, float], bool]:
+        generator = torch.Generator().manual_seed(derive_seed(t.seed, 2, n))
+        torch.manual_seed(derive_seed(t.seed, 3, n))  # modules' own randomness (e.g. LoRA dropout)
+        indices = batch_indices(len(data), t.batch_size, n, t.seed)
+        losses = dist.all_gather_cat(training_loss(model, data, indices, t, generator))  # (B,)
+        grad_norm = dist.clip_grad_norm_(params.values(), o.grad_clip)  # over all ranks' shards
+        finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+        else:  # a bad batch must not poison the weights: skip it (the loop counts it)
+            log.warning("step %d: non-finite loss or gradient; update skipped", n)
+        optimizer.zero_grad(set_to_none=True)
+        return {TRAIN_LOSS: losses.mean().item(), "train/grad_norm": grad_norm.item()}, finite
 
-    def save(step: int) -> None:
-        if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
-            log.warning("step %d: no checkpoint while steps are non-finite", step)
-            return
-        weights, optimizer_state = full_training_state(ema_checkpointed(params, ema), optimizer)  # whole, on rank 0
-        if dist.is_main():
-            save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
+    def finish() -> Path:
+        with ema_weights(ema, params):
+            return save_final(model, cfg.model, cfg.sampling, video, out)
 
-    bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", disable=not progress)
-    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "seconds": []}
-    metrics: dict[str, float] = {}
-    with StopFlag() as stop:
-        for step in range(start + 1, cfg.train.steps + 1):
-            tick = time.perf_counter()
-            lr = learning_rate(o, step, cfg.train.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            generator = torch.Generator().manual_seed(derive_seed(cfg.train.seed, 2, step))
-            torch.manual_seed(derive_seed(cfg.train.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
-            indices = batch_indices(len(data), cfg.train.batch_size, step, cfg.train.seed)
-            losses = dist.all_gather_cat(training_loss(model, data, indices, cfg.train, generator))  # (B,)
-            grad_norm = dist.clip_grad_norm_(params.values(), o.grad_clip)  # over all ranks' shards
-            finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-            else:  # a bad batch must not poison the weights: skip it, count it
-                state["nonfinite_steps"] += 1
-                log.warning("step %d: non-finite loss or gradient; update skipped", step)
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite.record(step, finite)  # raises after max_consecutive_nonfinite in a row
-            if ema is not None:
-                ema.step(list(params.values()))
-                state["ema_steps"] = ema.optimization_step
-            window["loss"].append(losses.mean().item())
-            window["grad_norm"].append(grad_norm.item())
-            window["seconds"].append(time.perf_counter() - tick)
-            bar.update(1)
-            bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
-
-            if runlog is not None and (step % cfg.log_every_steps == 0 or step == cfg.train.steps):
-                seconds = float(np.mean(window["seconds"]))
-                runlog.write(
-                    step,
-                    {
-                        TRAIN_LOSS: float(np.mean(window["loss"])),
-                        "train/grad_norm": float(np.mean(window["grad_norm"])),
-                        "train/lr": lr,
-                        "train/seconds_per_step": seconds,
-                        "train/clips_per_second": cfg.train.batch_size / seconds,
-                        "train/nonfinite_steps": state["nonfinite_steps"],
-                    },
-                )
-                window = {key: [] for key in window}
-            every = cfg.validation.every_steps
-            if (every and step % every == 0) or step == cfg.train.steps:
-                model.transformer.eval()
-                with ema_weights(ema, params):
-                    metrics = validate(
-                        model,
-                        prompts,
-                        scorable,
-                        cfg.sampling,
-                        video,
-                        cfg.validation.seed,
-                        cfg.train.precision,
-                        out / "samples" / f"step_{step:06d}",
-                        acceleration=cfg.validation.acceleration,
-                        used=used,
-                        progress=progress,
-                    )
-                model.transformer.train()
-                if runlog is not None:
-                    runlog.write(step, metrics)
-                if metrics:
-                    bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items()))
-            stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
-            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps or stopping:
-                save(step)
-            if stopping:
-                bar.close()
-                if runlog is not None:  # rank 0, which wrote the checkpoint
-                    runlog.close()
-                    warn_stopped(step, out / "checkpoints")
-                return None
-    bar.close()
-    if runlog is not None:
-        runlog.close()
-    with ema_weights(ema, params):
-        final = save_final(model, cfg.model, cfg.sampling, video, out)
-    if dist.is_main():
-        write_summary(out, {"steps": cfg.train.steps, **state}, f"{VAL}/")
-    return final
+    return loop.run(
+        step,
+        stop=StopFlag(),
+        finish=finish,
+        summary=lambda: {"steps": t.steps, **loop.state},
+        stop_after=stop_after,
+    )
 
 
 def pretrain(cfg: SFTConfig, out: str | Path, progress: bool = True) -> Path | None:
