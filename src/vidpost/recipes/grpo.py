@@ -42,10 +42,8 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.video_io import to_float, to_uint8
 from vidpost.diffusion.config import SamplingConfig, VideoConfig
@@ -65,7 +63,6 @@ from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
-    NonfiniteStreak,
     RemoteRewardConfig,
     StopFlag,
     ValidationConfig,
@@ -73,13 +70,11 @@ from vidpost.recipes.common import (
     ema_checkpointed,
     ema_weights,
     make_ema,
-    open_run_log,
     save_final,
     start_run,
     validate,
-    warn_stopped,
-    write_summary,
 )
+from vidpost.recipes.loop import Loop
 from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
 from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
 from vidpost.rewards.remote import register_remote
@@ -286,26 +281,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     t = cfg.train
     optimizer = torch.optim.AdamW(params.values(), lr=t.learning_rate, betas=t.betas, weight_decay=t.weight_decay)
     ema = make_ema(params, t.ema_decay)
-    start, state = 0, {"nonfinite_steps": 0, "ema_steps": 0}
-    resumed = load_latest_checkpoint(out / "checkpoints", ema_checkpointed(params, ema), optimizer)
-    if resumed is not None:
-        checkpoint, state = resumed
-        start = state.pop("step")
-        if ema is not None:
-            ema.optimization_step = state["ema_steps"]
-        log.info("resuming from %s (iteration %d of %d)", checkpoint, start, t.steps)
-    runlog = open_run_log(out, start, rewrite_metrics)
-    if start == 0:
-        log.info(
-            "GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
-            strategy.name,
-            sum(p.numel() for p in params.values()) / 1e6,
-            P,
-            G,
-            sampling.steps,
-        )
 
-    def evaluate(step: int) -> dict[str, float]:
+    def evaluate(step: int) -> dict[str, float]:  # every rank samples its share; rank 0 writes and scores
         with ema_weights(ema, params):
             return validate(
                 model,
@@ -322,64 +299,56 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                 progress=progress,
             )
 
-    metrics: dict[str, float] = {}
-    if start == 0:
-        metrics = evaluate(0)  # every rank samples its share; rank 0 writes and scores
-        if runlog is not None:
-            runlog.write(0, metrics)
-    nonfinite = NonfiniteStreak(t.max_consecutive_nonfinite, out / "checkpoints", unit="iteration")
+    loop = Loop(
+        out=out,
+        steps=t.steps,
+        params=params,
+        optimizer=optimizer,
+        checkpoints=out / "checkpoints",
+        checkpointed=ema_checkpointed(params, ema),
+        validation=evaluate,
+        summary_series=f"{EVAL}/",
+        checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last,
+        log_every=cfg.log_every_steps,
+        validate_every=cfg.evaluation.every_steps,
+        max_consecutive_nonfinite=t.max_consecutive_nonfinite,
+        progress=progress,
+        desc=f"grpo {strategy.name}",
+        postfix=lambda row: {"reward": f"{row.get(REWARD_WEIGHTED, float('nan')):.3f}"},
+        state={"nonfinite_steps": 0, "ema_steps": 0},
+        ema=ema,
+        timed=False,  # an iteration logs its phases' seconds instead
+        unit="iteration",
+    )
+    if loop.resume(rewrite_metrics) == 0:
+        log.info(
+            "GRPO (%s) on %.2fM trained parameters: %d prompts x %d samples per iteration, %d steps",
+            strategy.name,
+            sum(p.numel() for p in params.values()) / 1e6,
+            P,
+            G,
+            sampling.steps,
+        )
+        loop.validate(0)  # the policy before training: the baseline
 
-    def save(step: int) -> None:
-        if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
-            log.warning("iteration %d: no checkpoint while iterations are non-finite", step)
-            return
-        weights, optimizer_state = full_training_state(ema_checkpointed(params, ema), optimizer)  # whole, on rank 0
-        if dist.is_main():  # one writer: whole tensors, so any world size resumes from it
-            save_checkpoint(out / "checkpoints", step, weights, optimizer_state, state, cfg.checkpoint.keep_last)
+    def step(n: int) -> tuple[dict[str, float], bool]:
+        torch.manual_seed(derive_seed(t.seed, 4, n))  # global-RNG draws (a stochastic reward) resume exactly
+        row = iteration(model, cfg, n, pool, pool_used, shape, sigmas, g, scales, uncond, reference, params, optimizer)
+        nonfinite = row.pop("nonfinite")
+        return row, not nonfinite
 
-    bar = tqdm(total=t.steps, initial=start, desc=f"grpo {strategy.name}", unit="it", disable=not progress)
-    with StopFlag() as stop:
-        for step in range(start + 1, t.steps + 1):
-            torch.manual_seed(derive_seed(t.seed, 4, step))  # global-RNG draws (a stochastic reward) resume exactly
-            row = iteration(
-                model, cfg, step, pool, pool_used, shape, sigmas, g, scales, uncond, reference, params, optimizer
-            )
-            if row["nonfinite"]:
-                state["nonfinite_steps"] += 1
-            nonfinite.record(step, not row["nonfinite"])  # raises after max_consecutive_nonfinite in a row
-            if ema is not None:
-                ema.step(list(params.values()))
-                state["ema_steps"] = ema.optimization_step
-            row["train/nonfinite_steps"] = state["nonfinite_steps"]
-            del row["nonfinite"]
-            bar.update(1)
-            bar.set_postfix(reward=f"{row.get(REWARD_WEIGHTED, float('nan')):.3f}")
-            if runlog is not None and (step % cfg.log_every_steps == 0 or step == t.steps):
-                runlog.write(step, row)
-            every = cfg.evaluation.every_steps
-            if (every and step % every == 0) or step == t.steps:
-                metrics = evaluate(step)
-                if runlog is not None:
-                    runlog.write(step, metrics)
-                if metrics:
-                    bar.write(f"iteration {step}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()))
-            stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
-            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
-                save(step)
-            if stopping:
-                bar.close()
-                if runlog is not None:  # rank 0, which wrote the checkpoint
-                    runlog.close()  # flush TensorBoard: nothing logged is lost on a stop
-                    warn_stopped(step, out / "checkpoints", "iteration")
-                return None
-    bar.close()
-    if runlog is not None:
-        runlog.close()
-    with ema_weights(ema, params):
-        final = save_final(model, cfg.model, sampling, video, out)
-    if dist.is_main():
-        write_summary(out, {"iterations": t.steps, **state}, f"{EVAL}/")
-    return final
+    def finish() -> Path:
+        with ema_weights(ema, params):
+            return save_final(model, cfg.model, sampling, video, out)
+
+    return loop.run(
+        step,
+        stop=StopFlag(),
+        finish=finish,
+        summary=lambda: {"iterations": t.steps, **loop.state},
+        stop_after=stop_after,
+    )
 
 
 def iteration(
