@@ -56,10 +56,8 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.data.dataset import iter_clips
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
@@ -75,19 +73,16 @@ from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS, autocast
 from vidpost.recipes.common import (
     CheckpointConfig,
-    NonfiniteStreak,
     OptimConfig,
     StopFlag,
     ValidationConfig,
     derive_seed,
     learning_rate,
-    open_run_log,
     save_final,
     start_run,
     validate,
-    warn_stopped,
-    write_summary,
 )
+from vidpost.recipes.loop import Loop
 from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
 
 log = logging.getLogger("vidpost")
@@ -373,22 +368,12 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
     teacher_params = {name: p for name, p in teacher.transformer.named_parameters() if name in params}
     teacher_videos = _teacher_videos(teacher, prompts, used, teacher_sampling, video, cfg, out / "samples" / "teacher")
     t, o = cfg.train, cfg.optim
+    optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
 
-    def new_optimizer() -> torch.optim.Optimizer:  # each round starts afresh, as its student is a new problem
-        return torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
-
-    optimizer = new_optimizer()
-    total_steps = len(rounds) * t.steps_per_round
-    start, state = 0, {"nonfinite_steps": 0}
-    resumed = load_latest_checkpoint(out / "checkpoints", _checkpointed(params, teacher_params), optimizer)
-    if resumed is not None:
-        checkpoint, state = resumed
-        start = state.pop("step")
-        log.info("resuming from %s (step %d of %d)", checkpoint, start, total_steps)
-    runlog = open_run_log(out, start, rewrite_metrics)
-
-    def evaluate(step: int, sampling: SamplingConfig) -> dict[str, float]:
+    def evaluate(step: int) -> dict[str, float]:
         """The student's validation metrics on rank 0 ({} on the others, which sample their share)."""
+        # step 0, the baseline: the teacher sampled as the final student
+        sampling = rounds[round_of(step, t.steps_per_round)[0]].student if step else rounds[-1].student
         model.transformer.eval()
         folder = out / "samples" / f"step_{step:06d}"
         metrics = validate(
@@ -410,8 +395,29 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
         assert teacher_videos is not None  # rank 0 reads them back
         return {**metrics, VAL_MSE_TO_TEACHER: _mse_to_teacher(folder, teacher_videos)}
 
-    metrics: dict[str, float] = {}
-    if start == 0:
+    total_steps = len(rounds) * t.steps_per_round
+    loop = Loop(
+        out=out,
+        steps=total_steps,
+        params=params,
+        optimizer=optimizer,
+        checkpoints=out / "checkpoints",
+        checkpointed=_checkpointed(params, teacher_params),
+        validation=evaluate,
+        summary_series=f"{VAL}/",
+        checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last,
+        log_every=cfg.log_every_steps,
+        validate_every=cfg.validation.every_steps,
+        validate_at=range(t.steps_per_round, total_steps + 1, t.steps_per_round),  # each round's end
+        max_consecutive_nonfinite=t.max_consecutive_nonfinite,
+        progress=progress,
+        desc=f"distill {cfg.mode}",
+        postfix=lambda metrics: {"loss": f"{metrics[TRAIN_LOSS]:.4f}", "round": metrics["train/round"]},
+        learning_rate=lambda step: learning_rate(o, round_of(step, t.steps_per_round)[1], t.steps_per_round),
+        averaged=(TRAIN_LOSS, "train/grad_norm", "time/teacher_s", "time/student_s"),
+    )
+    if loop.resume(rewrite_metrics) == 0:
         log.info(
             "distilling (%s) %.2fM trained parameters: teacher %d steps at guidance %g -> student %s steps at "
             "guidance %g, %d steps per round",
@@ -423,111 +429,58 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
             rounds[-1].student.guidance,
             t.steps_per_round,
         )
-        if scorable and runlog is not None:  # rank 0, which holds the teacher's videos
+        if scorable and loop.runlog is not None:  # rank 0, which holds the teacher's videos
             assert teacher_videos is not None
-            runlog.write(0, {f"teacher/{k}": v for k, v in score_videos(teacher_videos, prompts).items()})
-        metrics = evaluate(0, rounds[-1].student)  # the teacher sampled as the final student: the baseline
-        if runlog is not None:
-            runlog.write(0, metrics)
+            loop.runlog.write(0, {f"teacher/{k}": v for k, v in score_videos(teacher_videos, prompts).items()})
+        loop.validate(0)  # the baseline
 
-    nonfinite = NonfiniteStreak(t.max_consecutive_nonfinite, out / "checkpoints")
-
-    def save(step: int) -> None:
-        if nonfinite.length:  # keep the last good checkpoint the latest (see NonfiniteStreak)
-            log.warning("step %d: no checkpoint while steps are non-finite", step)
-            return
-        weights, optimizer_state = full_training_state(params, optimizer)  # whole tensors on rank 0
-        teacher_weights = dist.full_tensors(teacher_params)
-        if dist.is_main():
-            save_checkpoint(
-                out / "checkpoints",
-                step,
-                _checkpointed(weights, teacher_weights),
-                optimizer_state,
-                state,
-                cfg.checkpoint.keep_last,
-            )
+    def step(n: int) -> tuple[dict[str, float], bool]:
+        index, step_in_round = round_of(n, t.steps_per_round)
+        rnd = rounds[index]
+        if step_in_round == 1 and index > 0:  # the previous round's student becomes the teacher
+            with torch.no_grad():
+                for name, p in teacher_params.items():
+                    p.copy_(params[name])
+            _restart(optimizer, o)
+            log.info("round %d: teacher %d steps -> student %d steps", index + 1, rnd.teacher.steps, rnd.student.steps)
+        torch.manual_seed(derive_seed(t.seed, 3, n))  # modules' own randomness (e.g. LoRA dropout)
+        losses, seconds = distill_step(model, teacher, rnd, pool, shape, uncond, n, t)
+        losses = dist.all_gather_cat(losses)  # all ranks' pairs
+        grad_norm = dist.clip_grad_norm_(params.values(), o.grad_clip)  # over all ranks' shards
+        finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+        else:  # a bad batch must not poison the weights: skip it (the loop counts it)
+            log.warning("step %d: non-finite loss or gradient; update skipped", n)
+        optimizer.zero_grad(set_to_none=True)
+        return {
+            TRAIN_LOSS: losses.mean().item(),
+            "train/grad_norm": grad_norm.item(),
+            "train/round": index + 1,
+            "time/teacher_s": seconds["teacher"],
+            "time/student_s": seconds["student"],
+            "nfe/teacher_per_prompt": rnd.teacher.steps * (2 if rnd.teacher.guidance > 1 else 1),
+        }, finite
 
     model.transformer.train()
-    bar = tqdm(total=total_steps, initial=start, desc=f"distill {cfg.mode}", unit="step", disable=not progress)
-    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "seconds": [], "teacher": [], "student": []}
-    with StopFlag() as stop:
-        for step in range(start + 1, total_steps + 1):
-            index, step_in_round = round_of(step, t.steps_per_round)
-            rnd = rounds[index]
-            if step_in_round == 1 and index > 0:  # the previous round's student becomes the teacher
-                with torch.no_grad():
-                    for name, p in teacher_params.items():
-                        p.copy_(params[name])
-                optimizer = new_optimizer()
-                log.info(
-                    "round %d: teacher %d steps -> student %d steps", index + 1, rnd.teacher.steps, rnd.student.steps
-                )
-            tick = time.perf_counter()
-            lr = learning_rate(o, step_in_round, t.steps_per_round)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(derive_seed(t.seed, 3, step))  # modules' own randomness (e.g. LoRA dropout)
-            losses, seconds = distill_step(model, teacher, rnd, pool, shape, uncond, step, t)
-            losses = dist.all_gather_cat(losses)  # all ranks' pairs
-            grad_norm = dist.clip_grad_norm_(params.values(), o.grad_clip)  # over all ranks' shards
-            finite = bool(torch.isfinite(losses).all() and torch.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-            else:  # a bad batch must not poison the weights: skip it, count it
-                state["nonfinite_steps"] += 1
-                log.warning("step %d: non-finite loss or gradient; update skipped", step)
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite.record(step, finite)  # raises after max_consecutive_nonfinite in a row
-            for key, value in (
-                ("loss", losses.mean().item()),
-                ("grad_norm", grad_norm.item()),
-                ("seconds", time.perf_counter() - tick),
-                *seconds.items(),
-            ):
-                window[key].append(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{window['loss'][-1]:.4f}", round=index + 1)
+    return loop.run(
+        step,
+        stop=StopFlag(),
+        finish=lambda: save_final(model, cfg.model, rounds[-1].student, video, out),
+        summary=lambda: {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **loop.state},
+        stop_after=stop_after,
+    )
 
-            if runlog is not None and (step % cfg.log_every_steps == 0 or step == total_steps):
-                means = {key: float(np.mean(values)) for key, values in window.items()}
-                runlog.write(
-                    step,
-                    {
-                        TRAIN_LOSS: means["loss"],
-                        "train/grad_norm": means["grad_norm"],
-                        "train/lr": lr,
-                        "train/round": index + 1,
-                        "train/seconds_per_step": means["seconds"],
-                        "time/teacher_s": means["teacher"],
-                        "time/student_s": means["student"],
-                        "nfe/teacher_per_prompt": rnd.teacher.steps * (2 if rnd.teacher.guidance > 1 else 1),
-                        "train/nonfinite_steps": state["nonfinite_steps"],
-                    },
-                )
-                window = {key: [] for key in window}
-            every = cfg.validation.every_steps
-            if (every and step % every == 0) or step_in_round == t.steps_per_round:
-                metrics = evaluate(step, rnd.student)
-                if runlog is not None:
-                    runlog.write(step, metrics)
-                    bar.write(f"step {step}: " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items()))
-            stopping = dist.any_rank(stop.raised is not None) or step == stop_after  # every rank stops at one step
-            if step % cfg.checkpoint.every_steps == 0 or step == total_steps or stopping:
-                save(step)
-            if stopping:
-                bar.close()
-                if runlog is not None:  # rank 0, which wrote the checkpoint
-                    runlog.close()
-                    warn_stopped(step, out / "checkpoints")
-                return None
-    bar.close()
-    if runlog is not None:
-        runlog.close()
-    final = save_final(model, cfg.model, rounds[-1].student, video, out)
-    if dist.is_main():
-        write_summary(out, {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **state}, f"{VAL}/")
-    return final
+
+def _restart(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
+    """Make `optimizer` what a new one would be: each round starts afresh, as its student is a new problem.
+
+    In place, so the loop keeps one optimizer; the configured betas and weight decay come back too, as a resumed
+    run may have changed them (its checkpoint's apply until then).
+    """
+    optimizer.state.clear()
+    for group in optimizer.param_groups:
+        group.update(betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def _checkpointed(params: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
