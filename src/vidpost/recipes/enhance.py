@@ -51,17 +51,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import load_latest_checkpoint, save_checkpoint
 from vidpost.config import Config
 from vidpost.diffusion.config import SamplingConfig, SamplingOverrides, VideoConfig
 from vidpost.enhance.config import InstructionConfig
@@ -88,16 +85,14 @@ from vidpost.models.load import load_model
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
-    NonfiniteStreak,
     OptimConfig,
     RemoteRewardConfig,
     StopFlag,
     derive_seed,
     learning_rate,
-    open_run_log,
     start_run,
-    warn_stopped,
 )
+from vidpost.recipes.loop import Loop
 from vidpost.rewards.registry import check_reward_names, weighted_sum
 from vidpost.rewards.remote import register_remote
 from vidpost.rl.advantages import advantage_stats, combine_advantages
@@ -242,17 +237,6 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     return _train_grpo(cfg, out, progress, stop_after) if cfg.grpo.steps else sft
 
 
-def _resume(checkpoints: Path, params: dict, optimizer, progress_text: str) -> tuple[bool, int, dict]:
-    """(whether a checkpoint was found, steps done, counters) of a stage, loading its newest checkpoint."""
-    resumed = load_latest_checkpoint(checkpoints, params, optimizer)
-    if resumed is None:
-        return False, 0, {"nonfinite_steps": 0}
-    checkpoint, state = resumed
-    start = state.pop("step")
-    log.info("resuming from %s (%s)", checkpoint, progress_text % start)
-    return True, start, state
-
-
 def _sum_gradients(params: dict[str, torch.nn.Parameter]) -> None:
     """Sum every gradient over the ranks (each rank's loss is already divided by the global count)."""
     if dist.is_distributed():
@@ -296,99 +280,68 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
     optimizer = torch.optim.AdamW(
         params.values(), lr=s.optim.learning_rate, betas=s.optim.betas, weight_decay=s.optim.weight_decay
     )
-    checkpoints = out / "checkpoints" / STAGE_SFT
-    resumed, start, state = _resume(checkpoints, params, optimizer, f"step %d of {s.steps}")
-    if not resumed and progress:
+    source = PairSource(cfg.data)
+    held_out = source.held_out()
+    share = dist.local_slice(s.batch_size)
+    loop = Loop(
+        out=out,
+        steps=s.steps,
+        params=params,
+        optimizer=optimizer,
+        checkpoints=out / "checkpoints" / STAGE_SFT,
+        checkpointed=params,
+        validation=lambda step: _validate(lm, source, held_out, cfg.max_new_tokens) if dist.is_main() else {},
+        summary_series=f"{STAGE_SFT}/val_",
+        checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last,
+        log_every=cfg.log_every_steps,
+        validate_every=s.eval_every_steps,
+        max_consecutive_nonfinite=s.max_consecutive_nonfinite,
+        progress=progress,
+        desc="enhance sft",
+        postfix=lambda metrics: {"loss": f"{metrics[ENHANCE_SFT_LOSS]:.4f}"},
+        learning_rate=lambda step: learning_rate(s.optim, step, s.steps),
+        group=STAGE_SFT,
+        averaged=(ENHANCE_SFT_LOSS, f"{STAGE_SFT}/grad_norm"),
+    )
+    loop.resume()
+    if not loop.resumed and progress:
         log.info(
             "training a %.2fM-parameter enhancer from %s",
             sum(p.numel() for p in params.values()) / 1e6,
             cfg.model.path or cfg.model.init or "a random initialisation",
         )
-    runlog = open_run_log(out, start, {})
-    source = PairSource(cfg.data)
-    held_out = source.held_out()
-    nonfinite = NonfiniteStreak(s.max_consecutive_nonfinite, checkpoints)
-    share = dist.local_slice(s.batch_size)
 
-    def save(step: int) -> None:
-        if nonfinite.length:
-            log.warning("step %d: no checkpoint while steps are non-finite", step)
-        elif dist.is_main():
-            save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
+    def step(n: int) -> tuple[dict[str, float], bool]:
+        first = (n - 1) * s.batch_size
+        pairs = [source.pair(i) for i in range(first + share.start, first + share.stop)]
+        with lm.autocast():
+            nll, tokens = pairs_nll(model, lm.pairs_fmt, pairs)
+        # over the global batch's target tokens, so the summed gradients are the one-process gradient
+        loss, grad_norm, finite = _update(
+            nll / int(dist.sum_over_ranks(torch.tensor(tokens))), params, optimizer, s.optim.grad_clip
+        )
+        if not finite:
+            log.warning("step %d: non-finite loss or gradient; update skipped", n)
+        return {ENHANCE_SFT_LOSS: loss, f"{STAGE_SFT}/grad_norm": grad_norm}, finite
 
-    def validate(step: int) -> dict[str, float]:
-        metrics = _validate(lm, source, held_out, cfg.max_new_tokens) if dist.is_main() else {}
-        if runlog is not None:
-            runlog.write(step, metrics)
-        return metrics
+    def finish() -> Path:
+        # no step ran here (sft.steps 0, or resumed at the last step): validate now, so sft/ records its scores
+        metrics = loop.metrics if loop.metrics is not None else loop.validate(s.steps)
+        return _save_stage(lm, out, STAGE_SFT, {"stage": STAGE_SFT, "steps": s.steps, **metrics}, source.shapeworld)
 
-    bar = tqdm(total=s.steps, initial=start, desc="enhance sft", unit="step", disable=not progress)
-    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "seconds": []}
-    metrics: dict[str, float] = {}
-    ran = False
-    with StopFlag() as stop:
-        for step in range(start + 1, s.steps + 1):
-            tick, ran = time.perf_counter(), True
-            lr = learning_rate(s.optim, step, s.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            first = (step - 1) * s.batch_size
-            pairs = [source.pair(i) for i in range(first + share.start, first + share.stop)]
-            with lm.autocast():
-                nll, tokens = pairs_nll(model, lm.pairs_fmt, pairs)
-            # over the global batch's target tokens, so the summed gradients are the one-process gradient
-            loss_value, grad_norm, finite = _update(
-                nll / int(dist.sum_over_ranks(torch.tensor(tokens))), params, optimizer, s.optim.grad_clip
-            )
-            if not finite:
-                state["nonfinite_steps"] += 1
-                log.warning("step %d: non-finite loss or gradient; update skipped", step)
-            nonfinite.record(step, finite)
-            window["loss"].append(loss_value)
-            window["grad_norm"].append(grad_norm)
-            window["seconds"].append(time.perf_counter() - tick)
-            bar.update(1)
-            bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
-            if (step % cfg.log_every_steps == 0 or step == s.steps) and runlog is not None:
-                runlog.write(
-                    step,
-                    {
-                        ENHANCE_SFT_LOSS: float(np.mean(window["loss"])),
-                        f"{STAGE_SFT}/grad_norm": float(np.mean(window["grad_norm"])),
-                        f"{STAGE_SFT}/lr": lr,
-                        f"{STAGE_SFT}/seconds_per_step": float(np.mean(window["seconds"])),
-                        f"{STAGE_SFT}/nonfinite_steps": state["nonfinite_steps"],
-                    },
-                )
-            if step % cfg.log_every_steps == 0 or step == s.steps:
-                window = {key: [] for key in window}
-            if (s.eval_every_steps and step % s.eval_every_steps == 0) or step == s.steps:
-                metrics = validate(step)
-                if metrics:
-                    bar.write(f"step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
-            stopping = dist.any_rank(stop.raised is not None) or step == stop_after
-            if step % cfg.checkpoint.every_steps == 0 or step == s.steps or stopping:
-                save(step)
-            if stopping:
-                bar.close()
-                if runlog is not None:
-                    runlog.close()
-                warn_stopped(step, checkpoints)
-                return None
-    if not ran:  # no step ran: sft.steps 0 (the init's scores), or resumed from the last step's checkpoint
-        metrics = validate(s.steps)
-    bar.close()
-    if runlog is not None:
-        runlog.close()
-    final = _save_stage(lm, out, STAGE_SFT, {"stage": STAGE_SFT, "steps": s.steps, **metrics}, source.shapeworld)
-    if dist.is_main():
-        (out / "summary.json").write_text(json.dumps({"steps": s.steps, **state, **metrics}, indent=1) + "\n")
-    return final
+    return loop.run(
+        step,
+        stop=StopFlag(),
+        finish=finish,
+        summary=lambda: {"steps": s.steps, **loop.state},
+        stop_after=stop_after,
+    )
 
 
 def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 2, from sft/; returns grpo/, or None if stopped. GRPO step s is logged as step sft.steps + s."""
-    g, offset = cfg.grpo, cfg.sft.steps
+    g = cfg.grpo
     lm_args = (cfg.model, out / STAGE_SFT, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens)
     policy = stage_lm(*lm_args, trainable=True)
     policy.model.train()
@@ -402,9 +355,36 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
     optimizer = torch.optim.AdamW(
         params.values(), lr=g.optim.learning_rate, betas=g.optim.betas, weight_decay=g.optim.weight_decay
     )
-    checkpoints = out / "checkpoints" / STAGE_GRPO
-    resumed, start, state = _resume(checkpoints, params, optimizer, f"GRPO step %d of {g.steps}")
-    if not resumed and progress:
+    source = PairSource(cfg.data)
+    held_out = source.held_out()
+
+    def evaluate(step: int) -> dict[str, float]:
+        return _validate_grpo(policy, video_model, cfg, source, held_out, sampling, video) if dist.is_main() else {}
+
+    loop = Loop(
+        out=out,
+        steps=g.steps,
+        params=params,
+        optimizer=optimizer,
+        checkpoints=out / "checkpoints" / STAGE_GRPO,
+        checkpointed=params,
+        validation=evaluate,
+        summary_series=f"{STAGE_GRPO}/val_",
+        checkpoint_every=g.checkpoint_every_steps,
+        keep_last=cfg.checkpoint.keep_last,
+        log_every=1,
+        validate_every=g.eval_every_steps,
+        max_consecutive_nonfinite=g.max_consecutive_nonfinite,
+        progress=progress,
+        desc="enhance grpo",
+        postfix=lambda row: {"reward": f"{row[ENHANCE_GRPO_REWARD]:.3f}"},
+        learning_rate=lambda step: learning_rate(g.optim, step, g.steps),
+        group=STAGE_GRPO,
+        offset=cfg.sft.steps,  # the log reads as one run
+        last_step_finishes=True,  # so the final validation, which grpo/ records, is this process's
+    )
+    loop.resume()
+    if not loop.resumed and progress:
         log.info(
             "GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
             g.video_model,
@@ -412,84 +392,32 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
             g.group_size,
             sampling.steps,
         )
-    runlog = open_run_log(out, offset + start, {})
-    source = PairSource(cfg.data)
-    held_out = source.held_out()
-    nonfinite = NonfiniteStreak(g.max_consecutive_nonfinite, checkpoints)
-    bar = tqdm(total=g.steps, initial=start, desc="enhance grpo", unit="step", disable=not progress)
 
-    def evaluate(step: int) -> dict[str, float]:
-        if not dist.is_main():
-            return {}
-        metrics = _validate_grpo(policy, video_model, cfg, source, held_out, sampling, video)
-        assert runlog is not None  # rank 0's
-        runlog.write(offset + step, metrics)
-        bar.write(f"grpo step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()))
-        return metrics
+    def baseline() -> None:  # the SFT enhancer's scores; checkpoint 0 keeps a resumed run from logging them twice
+        if not loop.resumed:
+            loop.validate(0)
+            loop.save(0)
 
-    def save(step: int) -> None:
-        if nonfinite.length:
-            log.warning("GRPO step %d: no checkpoint while steps are non-finite", step)
-        elif dist.is_main():
-            save_checkpoint(checkpoints, step, params, optimizer, state, cfg.checkpoint.keep_last)
+    def finish() -> Path:
+        card = {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model, **(loop.metrics or {})}
+        return _save_stage(policy, out, STAGE_GRPO, card, source.shapeworld)
 
-    metrics: dict[str, float] = {}
-    with StopFlag() as stop:
-        if not resumed:  # the SFT enhancer's scores; checkpoint 0 keeps a resumed run from logging them twice
-            metrics = evaluate(0)
-            save(0)
-        for step in range(start + 1, g.steps + 1):
-            tick = time.perf_counter()
-            lr = learning_rate(g.optim, step, g.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            row, finite = _grpo_step(
-                policy, reference, video_model, cfg, source, step, params, optimizer, sampling, video
-            )
-            if not finite:
-                state["nonfinite_steps"] += 1
-            nonfinite.record(step, finite)
-            row.update(
-                {
-                    f"{STAGE_GRPO}/lr": lr,
-                    f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"],
-                    f"{STAGE_GRPO}/seconds_per_step": time.perf_counter() - tick,
-                }
-            )
-            if runlog is not None:
-                runlog.write(offset + step, row)
-            bar.update(1)
-            bar.set_postfix(reward=f"{row[ENHANCE_GRPO_REWARD]:.3f}")
-            if (g.eval_every_steps and step % g.eval_every_steps == 0) or step == g.steps:
-                metrics = evaluate(step)
-            # the last step always finishes the stage, so the final validation is the one grpo/ records
-            stopping = step < g.steps and (dist.any_rank(stop.raised is not None) or offset + step == stop_after)
-            if step % g.checkpoint_every_steps == 0 or step == g.steps or stopping:
-                save(step)
-            if stopping:
-                bar.close()
-                if runlog is not None:
-                    runlog.close()
-                warn_stopped(step, checkpoints)
-                return None
-    bar.close()
-    if runlog is not None:
-        runlog.close()
-    final = _save_stage(
-        policy,
-        out,
-        STAGE_GRPO,
-        {"stage": STAGE_GRPO, "steps": g.steps, "video_model": g.video_model, **metrics},
-        source.shapeworld,
+    def summary() -> dict[str, Any]:  # added to the SFT stage's
+        earlier = out / "summary.json"
+        return {
+            **(json.loads(earlier.read_text()) if earlier.is_file() else {}),
+            f"{STAGE_GRPO}/steps": g.steps,
+            f"{STAGE_GRPO}/nonfinite_steps": loop.state["nonfinite_steps"],
+        }
+
+    return loop.run(
+        lambda n: _grpo_step(policy, reference, video_model, cfg, source, n, params, optimizer, sampling, video),
+        stop=StopFlag(),
+        finish=finish,
+        summary=summary,
+        stop_after=stop_after,
+        before=baseline,
     )
-    if dist.is_main():
-        summary_file = out / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        summary.update(
-            {f"{STAGE_GRPO}/steps": g.steps, f"{STAGE_GRPO}/nonfinite_steps": state["nonfinite_steps"], **metrics}
-        )
-        summary_file.write_text(json.dumps(summary, indent=1) + "\n")
-    return final
 
 
 def _rollout_generators(cfg: EnhanceConfig, step: int, groups: range) -> torch.Generator | list[torch.Generator]:
