@@ -1,6 +1,6 @@
-"""What every training recipe shares: optimizer and checkpoint settings, the learning-rate schedule, seeds,
-the run directory, clean stops on SIGINT/SIGTERM and on runs of non-finite steps, validation videos and the
-final model.
+"""What every training recipe shares besides its loop (recipes/loop.py): optimizer and checkpoint settings, the
+learning-rate schedule, seeds, EMA, the run directory, clean stops on SIGINT/SIGTERM and on runs of non-finite
+steps, validation videos and the final model.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 from pydantic import Field
 
 from vidpost import dist
-from vidpost.atomic import atomic_path
 from vidpost.checkpoint import latest_checkpoint, run_checkpoints
 from vidpost.config import Config, load_config, save_config
 from vidpost.data.dataset import DatasetWriter
@@ -36,7 +35,6 @@ from vidpost.metric_names import VAL
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
-from vidpost.runlog import METRICS_NAME, RunLog, read_metrics
 from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
@@ -347,25 +345,6 @@ def start_run(cfg: Config, out: Path, finished=None) -> Path | None:
     return final
 
 
-def open_run_log(out: Path, start: int, opening: dict[str, int]) -> RunLog | None:
-    """Rank 0's run log, resumed at step `start` and opened with `opening` (an enhancer's counts; {}: none)."""
-    if not dist.is_main():
-        return None
-    runlog = RunLog(out, resume_step=start)
-    if opening:
-        runlog.write(start, opening)
-    return runlog
-
-
-def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
-    log.warning(
-        "stopped at %s %d; rerun the same command to resume from %s",
-        unit,
-        step,
-        latest_checkpoint(checkpoints) or "the start",
-    )
-
-
 def validate(
     model,
     prompts: list[str],
@@ -421,19 +400,6 @@ def validate(
             writer.add(frames, prompt, **({"prompt_used": text} if rewritten else {}))
     scores = score_videos(videos, prompts) if scorable else {}
     return {f"{prefix}/{name}": value for name, value in scores.items()}
-
-
-def write_summary(out: Path, counts: dict, prefix: str) -> None:
-    """summary.json, written atomically: the run's counts and the last logged value of every `prefix` metric.
-
-    Read from the run log, so a run resumed at its last step (nothing left to evaluate) still reports them.
-    """
-    last: dict = {}
-    if (out / "logs" / METRICS_NAME).is_file():
-        for row in read_metrics(out):
-            last.update({k: v for k, v in row.items() if k.startswith(prefix)})
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps({**counts, **last}, indent=1) + "\n")
 
 
 def finished_model(out: Path) -> Path | None:

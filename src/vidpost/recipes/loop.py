@@ -25,6 +25,7 @@ owns the rest, the same for every recipe:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -37,10 +38,11 @@ import torch
 from tqdm import tqdm
 
 from vidpost import dist
-from vidpost.checkpoint import full_training_state, load_latest_checkpoint, save_checkpoint
+from vidpost.atomic import atomic_path
+from vidpost.checkpoint import full_training_state, latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from vidpost.metric_names import TRAIN, series
-from vidpost.recipes.common import NonfiniteStreak, StopFlag, warn_stopped, write_summary
-from vidpost.runlog import RunLog
+from vidpost.recipes.common import NonfiniteStreak, StopFlag
+from vidpost.runlog import METRICS_NAME, RunLog, read_metrics
 
 log = logging.getLogger("vidpost")
 
@@ -199,3 +201,25 @@ class Loop:
             row.update({name: per_step / seconds for name, per_step in self.rates.items()})
         row[series(self.group, "nonfinite_steps")] = self.state["nonfinite_steps"]
         return row
+
+
+def warn_stopped(step: int, checkpoints: Path, unit: str = "step") -> None:
+    log.warning(
+        "stopped at %s %d; rerun the same command to resume from %s",
+        unit,
+        step,
+        latest_checkpoint(checkpoints) or "the start",
+    )
+
+
+def write_summary(out: Path, counts: dict, prefix: str) -> None:
+    """summary.json, written atomically: the run's counts and the last logged value of every `prefix` metric.
+
+    Read from the run log, so a run resumed at its last step (nothing left to evaluate) still reports them.
+    """
+    last: dict = {}
+    if (out / "logs" / METRICS_NAME).is_file():
+        for row in read_metrics(out):
+            last.update({k: v for k, v in row.items() if k.startswith(prefix)})
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps({**counts, **last}, indent=1) + "\n")
