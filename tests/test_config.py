@@ -189,6 +189,18 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert path.read_text().splitlines()[0] == "seed: 7"
 
 
+class Short(Config):
+    world: World = Field(default_factory=lambda: World(frames=3), description="A world of its own defaults.")
+    optional: World | None = Field(None, description="A section left out by default.")
+
+
+def test_describe_config_shows_the_defaults_a_parent_gives_its_section() -> None:
+    lines = describe_config(Short).splitlines()
+    assert lines[0] == "world.frames: int = 3  # Frames per clip."  # the parent's, not World's 10
+    assert lines[1] == "world.height: int = 32  # Frame height in pixels."
+    assert "optional.frames: int = 10  # Frames per clip." in lines  # a null section: its own class defaults
+
+
 def test_describe_config_lists_every_leaf() -> None:
     lines = describe_config(Top).splitlines()
     assert lines == [

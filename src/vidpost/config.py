@@ -197,18 +197,29 @@ def _type_name(annotation: Any) -> str:
     return repr(annotation).replace("typing.", "")
 
 
-def _describe_lines(schema: type[Config], prefix: str) -> list[str]:
+def _describe_lines(schema: type[Config], prefix: str, defaults: Config | None) -> list[str]:
     lines = []
     for name, field in schema.model_fields.items():
         section = _section_type(schema, name)
         if section is not None:
-            lines.extend(_describe_lines(section, f"{prefix}{name}."))
+            # a section's defaults are its own where the parent sets them (GRPO validates every 10 steps)
+            own = getattr(defaults, name) if defaults is not None else None
+            if own is None and not field.is_required():
+                own = field.get_default(call_default_factory=True)
+            lines.extend(_describe_lines(section, f"{prefix}{name}.", own))
             continue
-        default = "(required)" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
+        if defaults is not None:
+            default = f"= {getattr(defaults, name)!r}"
+        else:
+            default = "(required)" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
         lines.append(f"{prefix}{name}: {_type_name(field.annotation)} {default}  # {field.description}")
     return lines
 
 
 def describe_config(schema: type[Config]) -> str:
-    """Document every leaf field as `dotted.key: type = default  # description`, for docs and the CLI."""
-    return "\n".join(_describe_lines(schema, ""))
+    """Document every leaf field as `dotted.key: type = default  # description`, for docs and the CLI.
+
+    A leaf's default is the one the top-level config gives it: a section's default values where its parent
+    sets them, else the field's own.
+    """
+    return "\n".join(_describe_lines(schema, "", None))
