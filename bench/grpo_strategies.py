@@ -180,8 +180,8 @@ def main() -> None:
         config, variant = VARIANTS.get(name, (name, []))
         overrides = [
             f"train.steps={args.updates}",
-            f"evaluation.every_steps={eval_every_for(args.eval_every, name)}",
-            f"evaluation.n={args.eval_n}",
+            f"validation.every_steps={eval_every_for(args.eval_every, name)}",
+            f"validation.n={args.eval_n}",
             "checkpoint.every_steps=1000",
             *variant,
             *rewards,

@@ -41,7 +41,7 @@ SFT = [
     "validation.n=3",  # uneven shares over 2 ranks
     "validation.every_steps=1",
     "checkpoint.every_steps=1",
-    "log_every_steps=1",
+    "log.every_steps=1",
 ]
 TINY = ["model.path=null", "model.tiny.patch_size=[1,4,4]"]
 GRPO = [
@@ -51,20 +51,20 @@ GRPO = [
     "rollout.samples_per_prompt=2",
     "rollout.sampling.steps=4",
     "rollout.sampling.guidance=2.0",
-    "rollout.precision=float32",
     "strategy.flash.k_max=2",
     "strategy.flash.shared_prefix=true",  # buckets of equal k, and with
     "train.seed=1",  # k = 0 and 2 for the two groups: the ranks run different numbers of forwards in the rollout
     "reward.weights={frame_consistency: 1.0, flicker: 1.0}",  # dense: non-zero advantages from a random model
     "train.steps=1",
-    "train.learning_rate=1e-3",
+    "train.precision=float32",
+    "optim.learning_rate=1e-3",
     "train.clip_range=0.2",
-    "train.grad_clip=1e6",
+    "optim.grad_clip=1e6",
     "train.kl_beta=0.1",
     "train.ema_decay=0.5",
     "train.minibatches=2",
-    "evaluation.n=1",  # rank 1 samples nothing
-    "evaluation.every_steps=0",
+    "validation.n=1",  # rank 1 samples nothing
+    "validation.every_steps=0",
 ]
 LORA = ["model.lora.enabled=true", "model.lora.rank=2", "model.lora.alpha=2"]
 DISTILL = [
@@ -80,7 +80,7 @@ DISTILL = [
     "validation.n=3",  # uneven shares over 2 ranks
     "validation.every_steps=1",
     "checkpoint.every_steps=1",
-    "log_every_steps=1",
+    "log.every_steps=1",
 ]
 
 
@@ -320,3 +320,33 @@ def test_distill_needs_prompts_that_split_over_the_ranks(tmp_path, tiny_teacher,
 
 def test_the_toy_enhancer_trains_in_one_process(tmp_path, run_ranks):
     _world_size_2(run_ranks, _refuse_enhance, [], tmp_path / "run", tmp_path / "store")  # both ranks refuse
+
+
+def test_a_count_the_ranks_cannot_share_is_one_line_naming_its_key(monkeypatch):
+    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    dist.require_divisible({"train.batch_size": 8, "grpo.prompts_per_step": 4})  # both split evenly
+    with pytest.raises(VidpostError) as info:
+        dist.require_divisible({"train.batch_size": 8, "rollout.prompts_per_step": 6})
+    assert str(info.value) == "rollout.prompts_per_step 6 must be a multiple of the world size 4"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "schema", "overrides", "refused"),
+    [
+        (sft.train, sft.SFTConfig, ["train.batch_size=3"], "train.batch_size 3"),
+        (grpo.train, grpo.GRPOConfig, ["rollout.prompts_per_step=3"], "rollout.prompts_per_step 3"),
+        (distill.train, distill.DistillConfig, ["train.prompts_per_step=3"], "train.prompts_per_step 3"),
+        (enhance.train, enhance.EnhanceConfig, ["model.path=lm", "sft.pairs_per_step=3"], "sft.pairs_per_step 3"),
+        (enhance.train, enhance.EnhanceConfig, ["model.path=lm", "grpo.prompts_per_step=3"], "grpo.prompts_per_step 3"),
+    ],
+    ids=["sft", "grpo", "distill", "enhance-sft", "enhance-grpo"],
+)
+def test_every_recipe_checks_its_counts_against_the_world_size_before_any_work(
+    recipe, schema, overrides, refused, tmp_path, monkeypatch
+):
+    cfg = load_config(schema, None, overrides)  # a config loads at any world size; the run refuses it
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    with pytest.raises(VidpostError) as info:
+        recipe(cfg, tmp_path / "run", progress=False)
+    assert str(info.value) == f"{refused} must be a multiple of the world size 2"
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,8 @@ from vidpost.evaluation import shapeworld_prompts
 from vidpost.inference.acceleration import AccelerationConfig
 from vidpost.models.config import ModelConfig
 from vidpost.pipeline.config import PipelineConfig
+from vidpost.pipeline.run import check_stages
+from vidpost.pipeline.stages import stage_recipe
 from vidpost.recipes.distill import DistillConfig
 from vidpost.recipes.enhance import EnhanceConfig
 from vidpost.recipes.grpo import GRPOConfig
@@ -64,6 +66,12 @@ def test_shipped_config_loads(name, schema):
     cfg = load_config(schema, CONFIGS / name)
     if name in DOCUMENTS_DEFAULTS:
         assert cfg == schema()  # a drift between the file and the code's defaults is a bug
+
+
+@pytest.mark.parametrize("name", [name for name, schema in SCHEMAS.items() if schema is PipelineConfig])
+def test_every_stage_of_a_shipped_pipeline_loads_with_its_overrides(name, tmp_path):
+    cfg = load_config(PipelineConfig, CONFIGS / name)
+    check_stages(cfg, {stage.name: stage_recipe(stage.name) for stage in cfg.stages}, tmp_path, CONFIGS / name)
 
 
 def _worlds(cfg) -> list[WorldConfig]:

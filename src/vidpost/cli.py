@@ -168,7 +168,7 @@ def _acceleration(args: argparse.Namespace):
     """--acceleration FILE, or --cache, --cache-threshold, --compile, --attention-backend, as an AccelerationConfig.
 
     The flags cover the common cases (mag then calibrates itself); the file sets every key of the cache, e.g.
-    MagCache's calibrated ratios, as the recipes' `validation.acceleration` / `evaluation.acceleration` do.
+    MagCache's calibrated ratios, as the recipes' `validation.acceleration` does.
     """
     from pydantic import ValidationError
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -139,6 +139,18 @@ def max_over_ranks(value: int) -> int:
 def any_rank(flag: bool) -> bool:
     """Whether `flag` is true on any rank: ranks must agree on a decision (skip an update, stop) or they hang."""
     return bool(max_over_ranks(int(flag)))
+
+
+def require_divisible(counts: Mapping[str, int]) -> None:
+    """Refuse, in one line naming its config key, a count that `local_slice` could not split over the ranks.
+
+    Each recipe calls this once, before any work, with every global count it splits: the same count would
+    otherwise fail only when a step first splits it, after the model has loaded.
+    """
+    size = world_size()
+    for key, count in counts.items():
+        if count % size:
+            raise VidpostError(f"{key} {count} must be a multiple of the world size {size}")
 
 
 def local_slice(global_size: int) -> slice:

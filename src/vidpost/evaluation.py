@@ -149,18 +149,18 @@ def shapeworld_prompts(split: str, n: int, seed: int = 0, world: WorldConfig | N
 
 
 def shapeworld_requests(
-    split: str, n: int, seed: int = 0, style: str = "canonical", world: WorldConfig | None = None
+    split: str, n: int, seed: int = 0, wording: str = "canonical", world: WorldConfig | None = None
 ) -> tuple[list[str], list[str]]:
     """(what the model is asked, what its videos are scored against) for the first n clips of a split.
 
-    style "canonical": the canonical captions, twice. "terse": what a user types (an enhancer's input) and the
+    wording "canonical": the canonical captions, twice. "terse": what a user types (an enhancer's input) and the
     intent behind it, a partial canonical caption, so a video is judged by what was asked for, not by the rewrite.
     """
-    if style == "canonical":
+    if wording == "canonical":
         captions = shapeworld_prompts(split, n, seed, world)
         return captions, captions
-    if style != "terse":
-        raise ValueError(f"unknown prompt style {style!r}; expected canonical or terse")
+    if wording != "terse":
+        raise ValueError(f"unknown prompt wording {wording!r}; expected canonical or terse")
     records = shapeworld_records(split, n, seed, world)
     return [r["terse"] for r in records], [r["intent"] for r in records]
 

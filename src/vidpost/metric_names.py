@@ -32,9 +32,7 @@ EVAL_QUALITY: Final = series(EVAL, "quality")
 ENHANCE_SFT_LOSS: Final = series(ENHANCE_SFT, "loss")
 ENHANCE_SFT_VAL_INTENT: Final = series(ENHANCE_SFT, "val_intent")  # `rewrite_metrics`' intent, validated
 ENHANCE_GRPO_REWARD: Final = series(ENHANCE_GRPO, "reward")
-ENHANCE_GRPO_VAL_REWARD: Final = series(
-    ENHANCE_GRPO, "val_reward"
-)  # weighted as grpo.reward_weights, whatever they name
+ENHANCE_GRPO_VAL_REWARD: Final = series(ENHANCE_GRPO, "val_reward")  # weighted as reward.weights, whatever they name
 
 CURVES: Final[dict[str, tuple[str, ...]]] = {
     "sft": (TRAIN_LOSS, VAL_TOTAL, VAL_QUALITY),

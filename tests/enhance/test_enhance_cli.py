@@ -99,10 +99,10 @@ def test_enhance_train_runs_from_the_command_line(tmp_path, capsys):
         str(out),
         "sft.steps=2",
         "grpo.steps=0",
-        "sft.batch_size=4",
+        "sft.pairs_per_step=4",
         "data.eval_n=2",
         "max_new_tokens=4",
-        "log_every_steps=1",
+        "log.every_steps=1",
     ]
     assert main(args) == 0
     assert f"final model: {out / 'sft'}" in capsys.readouterr().out

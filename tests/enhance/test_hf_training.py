@@ -33,11 +33,11 @@ CONFIG = CONFIGS / "enhance_hf.yaml"
 SYSTEM_PROMPT = "Rewrite the prompt as one exact caption."  # in the fixture's BPE corpus (conftest.py)
 SMALL = [
     "model.dtype=float32",
-    "model.precision=float32",
+    "train.precision=float32",
     f"instruction.system_prompt='{SYSTEM_PROMPT}'",
     "data.eval_n=4",
     "max_new_tokens=12",
-    "log_every_steps=1",
+    "log.every_steps=1",
     "checkpoint.every_steps=1",
 ]
 
@@ -58,16 +58,15 @@ def _grpo(chat_lm, video_model, pairs, *more):
         *SMALL,
         f"data.pairs_file={pairs}",
         "sft.steps=2",
-        "sft.batch_size=4",
+        "sft.pairs_per_step=4",
         "grpo.steps=2",
         "grpo.prompts_per_step=2",
-        "grpo.group_size=3",
+        "grpo.samples_per_prompt=3",
         "grpo.temperature=1.5",
         f"grpo.video_model={video_model}",
-        "grpo.val_videos=2",
-        "grpo.precision=float32",
-        "grpo.reward_weights={frame_consistency: 1.0, flicker: 1.0}",
-        "grpo.checkpoint_every_steps=1",
+        "validation.videos=2",
+        "grpo.video_precision=float32",
+        "reward.weights={frame_consistency: 1.0, flicker: 1.0}",
         "grpo.optim.learning_rate=1e-2",
         *more,
     ]
@@ -101,8 +100,8 @@ def test_sft_lowers_the_loss(chat_lm, tmp_path):
         *SMALL,
         "model.lora.enabled=false",
         "sft.steps=10",
-        "sft.batch_size=8",
-        "sft.eval_every_steps=10",
+        "sft.pairs_per_step=8",
+        "validation.every_steps=10",
         "sft.optim.learning_rate=1e-2",
         "sft.optim.warmup_steps=0",
         "grpo.steps=0",
@@ -118,7 +117,7 @@ def test_a_lora_run_saves_a_plain_transformers_folder_that_enhancer_applies(chat
         f"model.path={chat_lm}",
         *SMALL,
         "sft.steps=3",
-        "sft.batch_size=4",
+        "sft.pairs_per_step=4",
         "sft.optim.learning_rate=1e-2",
         "grpo.steps=0",
         "model.lora.rank=4",
@@ -184,6 +183,8 @@ def test_a_bad_combination_of_model_keys_is_one_line(chat_lm):
         load_config(enhance.EnhanceConfig, CONFIGS / "enhance.yaml", ["model.lora.enabled=true"])
     with pytest.raises(ConfigError, match="instruction: only for a Hugging Face LM"):
         load_config(enhance.EnhanceConfig, CONFIGS / "enhance.yaml", ["instruction.words=30"])
+    with pytest.raises(ConfigError, match="train.precision: only for a Hugging Face LM"):
+        load_config(enhance.EnhanceConfig, CONFIGS / "enhance.yaml", ["train.precision=auto"])
     with pytest.raises(ConfigError, match="full fine-tuning"):
         load_config(enhance.EnhanceConfig, CONFIG, [f"model.path={chat_lm}", "model.lora.enabled=false"])
 
@@ -207,7 +208,7 @@ def test_an_sft_step_at_world_size_2_is_world_size_1(chat_lm, tmp_path, run_rank
         *SMALL,
         "model.lora.enabled=false",
         "sft.steps=2",
-        "sft.batch_size=4",
+        "sft.pairs_per_step=4",
         "sft.optim.learning_rate=1e-3",
         "sft.optim.grad_clip=1e6",
         "grpo.steps=0",

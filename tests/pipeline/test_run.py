@@ -36,12 +36,12 @@ GRPO = [
     "rollout.prompts_per_step=2",
     "rollout.samples_per_prompt=2",
     "rollout.sampling.steps=4",
-    "rollout.precision=float32",
     "strategy.flash.k_max=1",
     "reward.weights={quality: 1.0, coherence: 0.5}",
     "train.steps=1",
-    "evaluation.n=2",
-    "evaluation.every_steps=0",
+    "train.precision=float32",
+    "validation.n=2",
+    "validation.every_steps=0",
     "checkpoint.every_steps=1",
 ]
 
@@ -49,15 +49,15 @@ GRPO = [
 ENHANCE = [
     "model.init=shapeworld-enhancer",
     "sft.steps=1",
-    "sft.batch_size=4",
+    "sft.pairs_per_step=4",
     "grpo.steps=1",
     "grpo.prompts_per_step=2",
-    "grpo.group_size=2",
+    "grpo.samples_per_prompt=2",
     "grpo.sampling={steps: 2}",
-    "grpo.val_videos=2",
+    "validation.videos=2",
     "data.eval_n=4",
-    "grpo.reward_weights={quality: 1.0}",
-    "grpo.precision=float32",
+    "reward.weights={quality: 1.0}",
+    "grpo.video_precision=float32",
 ]
 DISTILL = [
     "student_steps=[2]",
@@ -65,7 +65,7 @@ DISTILL = [
     "train.prompts_per_step=2",
     "train.precision=float32",
     "validation.n=2",
-    "log_every_steps=1",
+    "log.every_steps=1",
 ]
 
 
@@ -220,7 +220,7 @@ def test_an_enhancer_row_keeps_the_user_prompt_and_records_the_rewrite(parrot_to
 
 
 def test_canonical_heldout_captions_are_scored_as_they_are_and_never_rewritten(parrot_toy, tmp_path):
-    cfg = load_config(PipelineConfig, None, ["stages=[]", "heldout.n=2", "heldout.prompts=canonical"])
+    cfg = load_config(PipelineConfig, None, ["stages=[]", "heldout.n=2", "heldout.wording=canonical"])
     row = heldout_row("shapeworld-sft", tmp_path, cfg, enhancer=parrot_toy)
     records = [json.loads(line) for line in (tmp_path / "heldout" / "metadata.jsonl").read_text().splitlines()]
     assert [r["caption"] for r in records] == shapeworld_prompts("heldout", 2, 0)
@@ -273,7 +273,7 @@ def test_only_stages_not_yet_run_may_change_when_a_pipeline_resumes(finished, tm
     assert not _only_unrun_stages_differ(stages, [{**stages[0], "overrides": []}, stages[1]], partial)  # sft ran
     assert not _only_unrun_stages_differ(stages, [stages[0], {**stages[1], "overrides": []}], out)  # grpo ran there
     changed = yaml.safe_load(config.read_text())
-    changed["stages"][1]["overrides"].append("train.learning_rate=1e-5")  # grpo has run: its past would change
+    changed["stages"][1]["overrides"].append("optim.learning_rate=1e-5")  # grpo has run: its past would change
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(changed))
     with pytest.raises(VidpostError, match="another config \\(stages:"):

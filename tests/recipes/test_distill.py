@@ -28,7 +28,7 @@ TINY = [
     "validation.n=2",
     "validation.every_steps=0",
     "checkpoint.every_steps=1",
-    "log_every_steps=1",
+    "log.every_steps=1",
 ]
 
 

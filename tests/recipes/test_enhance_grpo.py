@@ -17,25 +17,25 @@ from vidpost.runlog import read_metrics
 SFT_STEPS = 30
 
 
-def _config(**grpo) -> EnhanceConfig:
+def _config(reward: dict | None = None, validation: dict | None = None, **grpo) -> EnhanceConfig:
     return EnhanceConfig.model_validate(
         {
             "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
             "data": {"eval_n": 4},
-            "sft": {"steps": SFT_STEPS, "batch_size": 16, "optim": {"learning_rate": 1e-2}},  # parses most prompts
+            "sft": {"steps": SFT_STEPS, "pairs_per_step": 16, "optim": {"learning_rate": 1e-2}},  # parses most prompts
             "grpo": {
                 "steps": 2,
                 "prompts_per_step": 2,
-                "group_size": 3,
+                "samples_per_prompt": 3,
                 "sampling": {"steps": 2},
-                "val_videos": 2,
                 "optim": {"learning_rate": 3e-3},
-                "checkpoint_every_steps": 1,
                 **grpo,
             },
+            **({"reward": reward} if reward is not None else {}),
+            "validation": {"videos": 2, **(validation or {})},
             "max_new_tokens": 24,
             "checkpoint": {"every_steps": 100, "keep_last": 5},
-            "log_every_steps": 10,
+            "log": {"every_steps": 10},
         }
     )
 
@@ -100,7 +100,7 @@ def test_a_stopped_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_
 
 def test_bad_reward_names_and_too_many_validation_videos_fail_before_training(tmp_path):
     with pytest.raises(VidpostError, match="unknown reward 'sharpness'"):
-        train(_config(reward_weights={"sharpness": 1.0}), tmp_path, progress=False)
+        train(_config(reward={"weights": {"sharpness": 1.0}}), tmp_path, progress=False)
     assert not (tmp_path / "sft").exists()
-    with pytest.raises(ValueError, match="val_videos 5 exceeds data.eval_n 4"):
-        _config(val_videos=5)
+    with pytest.raises(ValueError, match="validation.videos 5 exceeds data.eval_n 4"):
+        _config(validation={"videos": 5})

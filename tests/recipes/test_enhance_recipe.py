@@ -18,15 +18,16 @@ from vidpost.world.grammar import parse_caption
 from vidpost.world.sampling import split_of
 
 
-def _config(model: dict | None = None, **sft) -> EnhanceConfig:
+def _config(model: dict | None = None, every_steps: int = 2, **sft) -> EnhanceConfig:
     return EnhanceConfig.model_validate(
         {
             "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, **(model or {})},
             "data": {"eval_n": 4},
-            "sft": {"steps": 4, "batch_size": 8, "eval_every_steps": 2, "optim": {"learning_rate": 3e-3}, **sft},
+            "sft": {"steps": 4, "pairs_per_step": 8, "optim": {"learning_rate": 3e-3}, **sft},
             "max_new_tokens": 12,
+            "validation": {"every_steps": every_steps},
             "checkpoint": {"every_steps": 1, "keep_last": 5},
-            "log_every_steps": 1,
+            "log": {"every_steps": 1},
         }
     )
 
@@ -117,7 +118,7 @@ def test_sft_starts_from_model_init_and_zero_steps_keeps_its_weights(finished_ru
     assert [m["step"] for m in read_metrics(tmp_path / "kept") if "sft/val_intent" in m] == [0]
 
     def distance_from_start(run: str, **model) -> float:
-        train(_config(model, steps=1, eval_every_steps=0), tmp_path / run, progress=False)
+        train(_config(model, steps=1, every_steps=0), tmp_path / run, progress=False)
         end = load_file(tmp_path / run / "sft" / "model.safetensors")
         return max(float((end[k] - start[k]).abs().max()) for k in start)
 

@@ -29,13 +29,13 @@ SHAPEWORLD = [
     "rollout.samples_per_prompt=2",
     "rollout.sampling.steps=4",
     "rollout.sampling.guidance=2.0",
-    "rollout.precision=float32",
     "reward.weights={quality: 1.0, coherence: 0.5, total: 1.0}",  # dense rewards: advantages are non-zero
     "train.steps=2",
-    "train.learning_rate=1e-3",
+    "train.precision=float32",
+    "optim.learning_rate=1e-3",
     "train.clip_range=0.2",
-    "evaluation.n=2",
-    "evaluation.every_steps=0",
+    "validation.n=2",
+    "validation.every_steps=0",
     "checkpoint.every_steps=1",
 ]
 STRATEGY = {
@@ -174,7 +174,7 @@ def test_tiny_wan_with_vae_runs_every_strategy(tmp_path):
         "video={frames: 5, height: 16, width: 16}",
         f"prompts.file={prompts}",
         "reward.weights={frame_consistency: 1.0, flicker: 1.0}",
-        f"evaluation.prompts_file={prompts}",
+        f"validation.prompts_file={prompts}",
     ]
     for name, overrides in STRATEGY.items():
         out = tmp_path / name
@@ -256,10 +256,10 @@ def seen(monkeypatch):
 
 def test_terse_prompts_are_what_the_model_is_asked_and_their_intents_what_is_rewarded(tmp_path, seen):
     encoded, rewarded = seen
-    cfg = _config("train.steps=1", "prompts.prompts=terse", "prompts.n=8", "evaluation.prompts=terse")
+    cfg = _config("train.steps=1", "prompts.wording=terse", "prompts.n=8", "validation.wording=terse")
     train(cfg, tmp_path / "run", progress=False)
     terse, intents = training_prompts(cfg.prompts)
-    eval_terse, eval_intents, _ = validation_prompts(cfg.evaluation)
+    eval_terse, eval_intents, _ = validation_prompts(cfg.validation)
     assert terse != intents and len(terse) == len(intents) == 8
     assert rewarded and set(rewarded) <= set(intents)  # a partial caption of what was asked: the rewards parse it
     assert set(encoded) - {""} <= set(terse) | set(eval_terse)
@@ -277,7 +277,7 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
         return [parrot_caption] * len(prompts), {f"{prefix}prompts": len(prompts)}
 
     monkeypatch.setattr(grpo, "rewrite_prompts", rewrite)
-    cfg = _config("train.steps=1", "prompts.enhancer=rollouts", "evaluation.enhancer=evaluation")
+    cfg = _config("train.steps=1", "prompts.enhancer=rollouts", "validation.enhancer=evaluation")
     train(cfg, tmp_path / "run", progress=False)
     assert asked == ["rollouts", "evaluation"]
     pool = training_prompts(cfg.prompts)[1]
@@ -287,7 +287,7 @@ def test_an_enhancer_rewrites_what_the_model_is_given_but_rewards_check_the_prom
     assert [c["prompt_used"] for c in clips] == [parrot_caption] * 2
     assert all(c["caption"] != parrot_caption for c in clips)  # kept, and scored, against the prompts
     first = read_metrics(tmp_path / "run")[0]  # the log opens with the enhancers' counts
-    assert first == {"step": 0, "enhance/train/prompts": len(pool), "enhance/eval/prompts": cfg.evaluation.n}
+    assert first == {"step": 0, "enhance/train/prompts": len(pool), "enhance/eval/prompts": cfg.validation.n}
 
 
 def test_a_config_without_a_flash_section_rolls_out_with_the_default_settings(tmp_path, monkeypatch):

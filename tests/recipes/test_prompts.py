@@ -35,7 +35,7 @@ def test_validation_prompts_come_from_a_file_or_a_shapeworld_split(tmp_path):
     )
     asked, prompts, scorable = validation_prompts(ValidationConfig(n=3))
     assert scorable and asked == prompts and len(prompts) == 3 and all(p.endswith("background") for p in prompts)
-    terse, intents, scorable = validation_prompts(ValidationConfig(n=3, prompts="terse"))
+    terse, intents, scorable = validation_prompts(ValidationConfig(n=3, wording="terse"))
     records = shapeworld_records("eval", 3)
     assert scorable and terse == [r["terse"] for r in records] and intents == [r["intent"] for r in records]
     assert all(len(t.split()) < len(c.split()) for t, c in zip(terse, prompts, strict=True))  # the same scenes, terser

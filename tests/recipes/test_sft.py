@@ -35,7 +35,7 @@ TINY = [
     "sampling.guidance=2.0",
     "validation.n=2",
     "checkpoint.every_steps=2",
-    "log_every_steps=1",
+    "log.every_steps=1",
 ]
 
 

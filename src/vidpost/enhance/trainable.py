@@ -5,12 +5,11 @@
     model:                      # a Hugging Face LM: its tokenizer and chat template, LoRA or all weights
       path: models/Qwen2.5-1.5B-Instruct
       lora: {enabled: true, rank: 16, alpha: 32}
-      dtype: bfloat16
-      precision: auto
+      dtype: bfloat16           # with the recipe's train.precision: auto, bf16 autocast
 
 `model.path` chooses: null is the toy (its architecture keys, `init` to start from a toy enhancer), a folder
-is that LM (`lora`, `dtype`, `precision`, `gradient_checkpointing`, and the config's `instruction`). A key of
-the other kind is a one-line error. Either way the recipe sees an `EnhancerLM`: the model, and the
+is that LM (`lora`, `dtype`, `gradient_checkpointing`, and the config's `instruction` and `train.precision`). A key
+of the other kind is a one-line error. Either way the recipe sees an `EnhancerLM`: the model, and the
 `TextFormat`s that turn prompts and rewrites into its token ids (enhance/lm.py).
 """
 
@@ -35,12 +34,12 @@ from vidpost.enhance.lm import TextFormat
 from vidpost.enhance.resolve import enhancer_dir
 from vidpost.enhance.toy import CARD_NAME, ToyFormat, build_toy_model, build_toy_tokenizer, load_toy, save_toy
 from vidpost.errors import VidpostError
-from vidpost.precision import PRECISIONS, autocast
+from vidpost.precision import autocast
 
 LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Qwen2/Llama names
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOY_KEYS = ("init", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
-HF_KEYS = ("lora", "dtype", "precision", "gradient_checkpointing")
+HF_KEYS = ("lora", "dtype", "gradient_checkpointing")
 
 
 class LMLoraConfig(Config):
@@ -81,9 +80,6 @@ class EnhancerModelConfig(Config):
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="path: dtype the weights load in (full fine-tuning needs float32)"
-    )
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
-        "float32", description="path: autocast of every forward: auto (bf16 where the hardware has it) | bf16 | float32"
     )
     gradient_checkpointing: bool = Field(False, description="path: recompute activations in backward to save memory")
 
@@ -144,7 +140,12 @@ def _toy(model, tokenizer, max_prompt_tokens: int, max_new_tokens: int) -> Enhan
 
 
 def _hf(
-    m: EnhancerModelConfig, path: str | Path, instruction: InstructionConfig, max_prompt_tokens: int, trainable: bool
+    m: EnhancerModelConfig,
+    precision: str,
+    path: str | Path,
+    instruction: InstructionConfig,
+    max_prompt_tokens: int,
+    trainable: bool,
 ) -> EnhancerLM:
     model, tokenizer = load_causal_lm(path, DTYPES[m.dtype])
     model.to(lm_device())
@@ -159,20 +160,21 @@ def _hf(
         if m.lora.enabled:  # the frozen embeddings' outputs must carry gradients into the checkpointed blocks
             model.enable_input_require_grads()
     fmt = ChatFormat(tokenizer, instruction, max_prompt_tokens)
-    return EnhancerLM(model, tokenizer, fmt, fmt, m.precision)
+    return EnhancerLM(model, tokenizer, fmt, fmt, precision)
 
 
 def initial_lm(
     m: EnhancerModelConfig,
+    precision: str,
     instruction: InstructionConfig,
     max_prompt_tokens: int,
     max_new_tokens: int,
     init: Path | None,
 ) -> EnhancerLM:
-    """What SFT starts from: model.path's LM; or the toy enhancer in `init` (model.init's folder, as `init_dir`
-    checked it); or else a seeded random toy of model.*'s architecture."""
+    """What SFT starts from: model.path's LM, every forward under autocast `precision`; or the toy enhancer in
+    `init` (model.init's folder, as `init_dir` checked it); or else a seeded random toy of model.*'s architecture."""
     if m.path is not None:
-        return _hf(m, m.path, instruction, max_prompt_tokens, trainable=True)
+        return _hf(m, precision, m.path, instruction, max_prompt_tokens, trainable=True)
     if init is not None:
         return _toy(*load_toy(init), max_prompt_tokens, max_new_tokens)
     tokenizer = build_toy_tokenizer(m.max_positions)
@@ -184,6 +186,7 @@ def initial_lm(
 
 def stage_lm(
     m: EnhancerModelConfig,
+    precision: str,
     directory: Path,
     instruction: InstructionConfig,
     max_prompt_tokens: int,
@@ -193,7 +196,7 @@ def stage_lm(
     """A saved stage (sft/) loaded again: GRPO's policy (trainable; with LoRA, fresh adapters on it) or its frozen
     reference."""
     if m.path is not None:
-        return _hf(m, directory, instruction, max_prompt_tokens, trainable)
+        return _hf(m, precision, directory, instruction, max_prompt_tokens, trainable)
     lm = _toy(*load_toy(directory), max_prompt_tokens, max_new_tokens)
     if not trainable:
         lm.model.requires_grad_(False)

@@ -22,7 +22,7 @@ class StageConfig(Config):
 
 class HeldoutConfig(Config):
     split: Literal["train", "eval", "heldout"] = Field("heldout", description="ShapeWorld prompt split of the table")
-    prompts: Literal["terse", "canonical"] = Field(
+    wording: Literal["terse", "canonical"] = Field(
         "terse",
         description="what the videos are made from: terse user prompts (scored against their intent; an enhance "
         "stage's enhancer rewrites them) or full canonical captions (scored against themselves; no rewriting)",
@@ -36,6 +36,8 @@ class HeldoutConfig(Config):
 
 
 class PipelineConfig(Config):
+    renamed_keys = {"heldout.prompts": "heldout.wording"}
+
     base: str = Field("shapeworld-base", description="the model the first stage starts from (name or directory)")
     stages: list[StageConfig] = Field(description="stages in order; each starts from the latest video model")
     heldout: HeldoutConfig = Field(default_factory=HeldoutConfig, description="the held-out table after each stage")

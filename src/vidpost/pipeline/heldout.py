@@ -29,7 +29,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     from vidpost.models.load import load_model
 
     prompts, references = heldout_prompts(cfg)
-    if cfg.heldout.prompts == "canonical":
+    if cfg.heldout.wording == "canonical":
         enhancer = None  # a canonical caption is already what an enhancer would write
     used, rewrite_metrics = rewrite_prompts(prompts, None if enhancer is None else str(enhancer))
     model = load_model(str(model_ref))
@@ -54,7 +54,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
         "enhancer": None if enhancer is None else str(enhancer),
         "sampling": sampling.model_dump(),
         "split": cfg.heldout.split,
-        "prompts": cfg.heldout.prompts,
+        "prompts": cfg.heldout.wording,
         "n": len(prompts),
         **rewrite_metrics,
     }
@@ -67,7 +67,7 @@ def heldout_prompts(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     """(what the videos are made from, what they are scored against): terse prompts and their intents, or the
     canonical captions twice. The same for every stage, so the rows compare models on the same requests."""
     h = cfg.heldout
-    return shapeworld_requests(h.split, h.n, h.seed, h.prompts, h.world)
+    return shapeworld_requests(h.split, h.n, h.seed, h.wording, h.world)
 
 
 def table_cells(row: dict) -> list[str]:

@@ -35,6 +35,8 @@ from vidpost.metric_names import VAL
 from vidpost.models.config import ModelConfig
 from vidpost.models.resolve import LORA_DIR, MODEL_DIR, write_card
 from vidpost.models.wan import WanVideoModel
+from vidpost.rewards.registry import check_reward_names
+from vidpost.rewards.remote import register_remote
 from vidpost.world.config import WorldConfig
 
 log = logging.getLogger("vidpost")
@@ -55,10 +57,10 @@ class ValidationConfig(Config):
         0, ge=0, description="generate and score validation videos every N steps (0: only at the end)"
     )
     prompts_file: str | None = Field(
-        None, description="text file, one prompt per line; null: prompts of a ShapeWorld split (see `prompts`)"
+        None, description="text file, one prompt per line; null: prompts of a ShapeWorld split (see `wording`)"
     )
     split: Literal["train", "eval", "heldout"] = Field("eval", description="ShapeWorld split of the prompts")
-    prompts: Literal["canonical", "terse"] = Field(
+    wording: Literal["canonical", "terse"] = Field(
         "canonical",
         description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
         "whose videos are scored against their intent",
@@ -67,7 +69,7 @@ class ValidationConfig(Config):
     world: WorldConfig = Field(
         default_factory=WorldConfig, description="canvas and object count of the ShapeWorld scenes the prompts describe"
     )
-    seed: int = Field(0, description="video j starts from noise seeded seed + j")
+    seed: int = Field(0, description="seed of the ShapeWorld prompts; video j's noise is seeded seed + j")
     acceleration: AccelerationConfig = Field(
         default_factory=AccelerationConfig, description="feature cache, compile and attention backend of these videos"
     )
@@ -86,9 +88,27 @@ class RemoteRewardConfig(Config):
     )
 
 
+class RewardConfig(Config):
+    weights: dict[str, float] = Field(default_factory=lambda: {"total": 1.0}, description="reward name -> weight")
+    remote: list[RemoteRewardConfig] = Field(default_factory=list, description="reward servers to register")
+
+
 class CheckpointConfig(Config):
     every_steps: int = Field(100, ge=1, description="write a checkpoint every N steps (and at the end)")
     keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+
+
+class LogConfig(Config):
+    every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
+
+
+def register_rewards(cfg: RewardConfig) -> None:
+    """Register the reward servers and check that every weighted reward exists, before any work is done."""
+    for server in cfg.remote:
+        register_remote(
+            server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries, token_env=server.token_env
+        )
+    check_reward_names(list(cfg.weights))
 
 
 def derive_seed(*parts: int) -> int:
@@ -194,14 +214,11 @@ class NonfiniteStreak:
 # stopped by a non-finite streak resumes at a lower learning rate; a finished run is extended by more steps.
 RESUMABLE_KEYS = (
     "train.steps",
-    "train.learning_rate",
-    "train.grad_clip",
     "train.max_consecutive_nonfinite",
     "optim.",
     "validation.",
-    "evaluation.",
     "checkpoint.",
-    "log_every_steps",
+    "log.",
 )
 CONFIG_CHANGES = "config_changes.jsonl"  # under logs/: every accepted change, with the step it applies from
 
@@ -241,7 +258,8 @@ def prepare_run_dir(cfg: Config, out: Path, may_change=None) -> None:
             previous = load_config(type(cfg), saved).model_dump()
         except VidpostError as error:
             raise VidpostError(
-                f"{out} holds a run whose config no longer loads ({error}); choose another --out"
+                f"{out} holds a run whose config no longer loads ({error}); correct {saved} to resume it, "
+                "or choose another --out"
             ) from None
         changes = config_changes(previous, cfg.model_dump())
         step = _started(out) if changes else None

@@ -73,6 +73,7 @@ from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS, autocast
 from vidpost.recipes.common import (
     CheckpointConfig,
+    LogConfig,
     OptimConfig,
     StopFlag,
     ValidationConfig,
@@ -127,6 +128,12 @@ class TeacherConfig(SamplingOverrides):
 
 
 class DistillConfig(Config):
+    renamed_keys = {
+        "log_every_steps": "log.every_steps",
+        "prompts.prompts": "prompts.wording",
+        "validation.prompts": "validation.wording",
+    }
+
     model: ModelConfig = Field(
         default_factory=lambda: ModelConfig(path="shapeworld-sft"),
         description="the teacher; the student starts as its copy (model.lora.enabled: a LoRA student)",
@@ -151,7 +158,7 @@ class DistillConfig(Config):
     checkpoint: CheckpointConfig = Field(
         default_factory=lambda: CheckpointConfig(every_steps=50), description="checkpointing"
     )
-    log_every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
+    log: LogConfig = Field(default_factory=LogConfig, description="training metrics")
 
     @model_validator(mode="after")
     def _trainable(self) -> DistillConfig:
@@ -336,11 +343,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
 
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
-    if cfg.train.prompts_per_step % dist.world_size():
-        raise VidpostError(
-            f"train.prompts_per_step {cfg.train.prompts_per_step} must be a multiple of the world "
-            f"size {dist.world_size()}"
-        )
+    dist.require_divisible({"train.prompts_per_step": cfg.train.prompts_per_step})
     out = Path(out)
     final = start_run(cfg, out)
     if final is not None:
@@ -407,7 +410,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
         summary_series=f"{VAL}/",
         checkpoint_every=cfg.checkpoint.every_steps,
         keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log_every_steps,
+        log_every=cfg.log.every_steps,
         validate_every=cfg.validation.every_steps,
         validate_at=range(t.steps_per_round, total_steps + 1, t.steps_per_round),  # each round's end
         max_consecutive_nonfinite=t.max_consecutive_nonfinite,

@@ -85,16 +85,17 @@ from vidpost.models.load import load_model
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
+    LogConfig,
     OptimConfig,
-    RemoteRewardConfig,
+    RewardConfig,
     StopFlag,
     derive_seed,
     learning_rate,
+    register_rewards,
     start_run,
 )
 from vidpost.recipes.loop import Loop
-from vidpost.rewards.registry import check_reward_names, weighted_sum
-from vidpost.rewards.remote import register_remote
+from vidpost.rewards.registry import weighted_sum
 from vidpost.rl.advantages import advantage_stats, combine_advantages
 
 log = logging.getLogger("vidpost")
@@ -103,18 +104,30 @@ STAGE_SFT = ENHANCE_SFT  # a stage's folders and the group of its logged series 
 STAGE_GRPO = ENHANCE_GRPO
 
 
+class EnhanceTrainConfig(Config):
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
+        "float32",
+        description="model.path: autocast of the LM's every forward: auto (bf16 where the hardware has it) | bf16 "
+        "| float32 (the toy: float32)",
+    )
+    seed: int = Field(
+        0, description="GRPO step s draws its rewrites and video noise from (seed, s); validation noise: seed"
+    )
+    max_consecutive_nonfinite: int = Field(
+        10, ge=1, description="stop a stage after this many steps in a row with a non-finite loss or gradient"
+    )
+
+
 class SFTStageConfig(Config):
     steps: int = Field(8000, ge=0, description="optimizer steps (0: model.init's weights as they are)")
-    batch_size: int = Field(64, ge=1, description="pairs per step")
+    pairs_per_step: int = Field(64, ge=1, description="(prompt, rewrite) pairs per optimizer step, over all ranks")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
-    max_consecutive_nonfinite: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
-    eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only at the end)")
 
 
 class GRPOStageConfig(Config):
     steps: int = Field(0, ge=0, description="GRPO steps after SFT, from the SFT enhancer (0: the stage is off)")
-    prompts_per_step: int = Field(4, ge=1, description="P: terse prompts (groups) per step")
-    group_size: int = Field(8, ge=2, description="G: rewrites sampled per prompt, each made into a video")
+    prompts_per_step: int = Field(4, ge=1, description="P: terse prompts (groups) per step, over all ranks")
+    samples_per_prompt: int = Field(8, ge=2, description="G: rewrites sampled per prompt, each made into a video")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the rewrites (and the trained policy's)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass of the rewrites; below 1, ratios start below 1")
     clip_range: float = Field(0.2, gt=0, description="PPO ratio clip epsilon")
@@ -123,26 +136,38 @@ class GRPOStageConfig(Config):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
     video_model: str = Field("shapeworld-sft", description="the frozen video model: a shipped name, model or run dir")
     video_dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights of the frozen video model")
-    sampling: SamplingOverrides = Field(default_factory=SamplingOverrides, description="changes to the card's sampling")
-    video: VideoConfig | None = Field(None, description="frames, height and width of the videos; null: the card's")
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
+    video_precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "auto", description="autocast of the video model: auto (bf16 where the hardware has it) | bf16 | float32"
     )
-    reward_weights: dict[str, float] = Field(
-        default_factory=lambda: {"total": 1.0, "coherence": 0.5, "quality": 0.5},
-        description="reward name -> weight, as the video GRPO's reward.weights (advantages of the weighted sum)",
+    sampling: SamplingOverrides = Field(default_factory=SamplingOverrides, description="changes to the card's sampling")
+    video: VideoConfig | None = Field(None, description="frames, height and width of the videos; null: the card's")
+
+
+class EnhanceValidationConfig(Config):
+    every_steps: int = Field(
+        0, ge=0, description="validate every N steps of either stage (0: only at the end, and GRPO's before step 1)"
     )
-    remote: list[RemoteRewardConfig] = Field(
-        default_factory=list, description="reward servers to register (docs/reward_protocol.md)"
-    )
-    seed: int = Field(0, description="step s draws its rewrites and video noise from (seed, s); validation noise: seed")
-    val_videos: int = Field(16, ge=1, description="validation: videos made from the first rewrites (<= data.eval_n)")
-    eval_every_steps: int = Field(0, ge=0, description="validate every N steps (0: only before step 1 and at the end)")
-    checkpoint_every_steps: int = Field(10, ge=1, description="write a checkpoint every N steps (and at the end)")
-    max_consecutive_nonfinite: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    videos: int = Field(16, ge=1, description="GRPO: videos made from the first rewrites (<= data.eval_n)")
 
 
 class EnhanceConfig(Config):
+    renamed_keys = {
+        "model.precision": "train.precision",
+        "sft.max_consecutive_nonfinite": "train.max_consecutive_nonfinite",
+        "grpo.max_consecutive_nonfinite": "train.max_consecutive_nonfinite",
+        "grpo.seed": "train.seed",
+        "grpo.precision": "grpo.video_precision",
+        "grpo.reward_weights": "reward.weights",
+        "grpo.remote": "reward.remote",
+        "grpo.group_size": "grpo.samples_per_prompt",
+        "grpo.checkpoint_every_steps": "checkpoint.every_steps",
+        "sft.eval_every_steps": "validation.every_steps",
+        "grpo.eval_every_steps": "validation.every_steps",
+        "grpo.val_videos": "validation.videos",
+        "sft.batch_size": "sft.pairs_per_step",
+        "log_every_steps": "log.every_steps",
+    }
+
     model: EnhancerModelConfig = Field(
         default_factory=EnhancerModelConfig, description="the LM trained: the toy's architecture, or model.path's LM"
     )
@@ -153,20 +178,36 @@ class EnhanceConfig(Config):
     data: PairsConfig = Field(
         default_factory=PairsConfig, description="(prompt, rewrite) pairs: ShapeWorld's or a file"
     )
+    train: EnhanceTrainConfig = Field(
+        default_factory=EnhanceTrainConfig, description="both stages: precision, seed, non-finite limit"
+    )
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="stage 1: supervised fine-tuning")
     grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig, description="stage 2: GRPO on video rewards")
+    reward: RewardConfig = Field(
+        default_factory=lambda: RewardConfig(weights={"total": 1.0, "coherence": 0.5, "quality": 0.5}),
+        description="GRPO: the rewards of the videos (advantages of their weighted sum)",
+    )
     max_new_tokens: int = Field(48, ge=1, description="most tokens of a rewrite (GRPO rollouts and validation)")
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing")
-    log_every_steps: int = Field(20, ge=1, description="write SFT metrics every N steps (GRPO: every step)")
+    validation: EnhanceValidationConfig = Field(
+        default_factory=EnhanceValidationConfig, description="held-out rewrites (and GRPO: their videos)"
+    )
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing of both stages")
+    log: LogConfig = Field(
+        default_factory=lambda: LogConfig(every_steps=20), description="SFT's training metrics (GRPO: every step)"
+    )
 
     @model_validator(mode="after")
     def _videos_fit(self) -> EnhanceConfig:
         self.model.check(self.instruction)
+        if self.model.path is None and self.train.precision != "float32":
+            raise ValueError(
+                "train.precision: only for a Hugging Face LM (model.path); the toy enhancer trains in float32"
+            )
         if self.sft.steps == 0 and self.model.init is None and self.model.path is None:
             raise ValueError("sft.steps 0 needs model.init (an enhancer to start from)")
-        if self.grpo.steps and self.grpo.val_videos > self.data.eval_n:
+        if self.grpo.steps and self.validation.videos > self.data.eval_n:
             raise ValueError(
-                f"grpo.val_videos {self.grpo.val_videos} exceeds data.eval_n {self.data.eval_n} "
+                f"validation.videos {self.validation.videos} exceeds data.eval_n {self.data.eval_n} "
                 "(the videos are made from the first validation rewrites)"
             )
         return self
@@ -212,22 +253,14 @@ def train(cfg: EnhanceConfig, out: str | Path, progress: bool = True, stop_after
     """
     if cfg.model.path is None and dist.world_size() > 1:  # 0.14M parameters: more processes would only race on `out`
         raise VidpostError("vidpost enhance train trains the toy enhancer in one process; launch it without torchrun")
-    for name, size in (("sft.batch_size", cfg.sft.batch_size), ("grpo.prompts_per_step", cfg.grpo.prompts_per_step)):
-        if size % dist.world_size():
-            raise VidpostError(f"{name} {size} must be a multiple of the world size {dist.world_size()}")
+    dist.require_divisible(
+        {"sft.pairs_per_step": cfg.sft.pairs_per_step, "grpo.prompts_per_step": cfg.grpo.prompts_per_step}
+    )
     out = Path(out)
     sft = out / STAGE_SFT
     final = out / STAGE_GRPO if cfg.grpo.steps else sft
     if cfg.grpo.steps:
-        for server in cfg.grpo.remote:
-            register_remote(
-                server.url,
-                server.rewards,
-                timeout_s=server.timeout_s,
-                retries=server.retries,
-                token_env=server.token_env,
-            )
-        check_reward_names(list(cfg.grpo.reward_weights))  # now, not after the SFT stage's minutes
+        register_rewards(cfg.reward)  # now, not after the SFT stage's minutes
     init = init_dir(cfg.model) if cfg.model.init is not None else None  # before the run directory records cfg
     if start_run(cfg, out, finished=lambda run: final if (final / CARD_NAME).is_file() else None) is not None:
         return final
@@ -274,7 +307,9 @@ def _save_stage(lm: EnhancerLM, out: Path, stage: str, card: dict, shapeworld: b
 def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 1 from `initial_lm(cfg.model, ...)`; returns sft/, or None if stopped."""
     s = cfg.sft
-    lm = initial_lm(cfg.model, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens, init)
+    lm = initial_lm(
+        cfg.model, cfg.train.precision, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens, init
+    )
     model = lm.model.train()
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}  # tied embeddings appear once
     optimizer = torch.optim.AdamW(
@@ -282,7 +317,7 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
     )
     source = PairSource(cfg.data)
     held_out = source.held_out()
-    share = dist.local_slice(s.batch_size)
+    share = dist.local_slice(s.pairs_per_step)
     loop = Loop(
         out=out,
         steps=s.steps,
@@ -294,9 +329,9 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
         summary_series=f"{STAGE_SFT}/val_",
         checkpoint_every=cfg.checkpoint.every_steps,
         keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log_every_steps,
-        validate_every=s.eval_every_steps,
-        max_consecutive_nonfinite=s.max_consecutive_nonfinite,
+        log_every=cfg.log.every_steps,
+        validate_every=cfg.validation.every_steps,
+        max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
         progress=progress,
         desc="enhance sft",
         postfix=lambda metrics: {"loss": f"{metrics[ENHANCE_SFT_LOSS]:.4f}"},
@@ -313,7 +348,7 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
         )
 
     def step(n: int) -> tuple[dict[str, float], bool]:
-        first = (n - 1) * s.batch_size
+        first = (n - 1) * s.pairs_per_step
         pairs = [source.pair(i) for i in range(first + share.start, first + share.stop)]
         with lm.autocast():
             nll, tokens = pairs_nll(model, lm.pairs_fmt, pairs)
@@ -342,7 +377,14 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
 def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int | None) -> Path | None:
     """Stage 2, from sft/; returns grpo/, or None if stopped. GRPO step s is logged as step sft.steps + s."""
     g = cfg.grpo
-    lm_args = (cfg.model, out / STAGE_SFT, cfg.instruction, cfg.data.max_prompt_tokens, cfg.max_new_tokens)
+    lm_args = (
+        cfg.model,
+        cfg.train.precision,
+        out / STAGE_SFT,
+        cfg.instruction,
+        cfg.data.max_prompt_tokens,
+        cfg.max_new_tokens,
+    )
     policy = stage_lm(*lm_args, trainable=True)
     policy.model.train()
     # the KL's anchor, and grpo/kl's: a frozen copy, or (LoRA) the policy with its adapters off
@@ -370,11 +412,11 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
         checkpointed=params,
         validation=evaluate,
         summary_series=f"{STAGE_GRPO}/val_",
-        checkpoint_every=g.checkpoint_every_steps,
+        checkpoint_every=cfg.checkpoint.every_steps,
         keep_last=cfg.checkpoint.keep_last,
         log_every=1,
-        validate_every=g.eval_every_steps,
-        max_consecutive_nonfinite=g.max_consecutive_nonfinite,
+        validate_every=cfg.validation.every_steps,
+        max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
         progress=progress,
         desc="enhance grpo",
         postfix=lambda row: {"reward": f"{row[ENHANCE_GRPO_REWARD]:.3f}"},
@@ -389,7 +431,7 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
             "GRPO of the enhancer on %s's video rewards: %d prompts x %d rewrites per step, %d sampling steps",
             g.video_model,
             g.prompts_per_step,
-            g.group_size,
+            g.samples_per_prompt,
             sampling.steps,
         )
 
@@ -423,11 +465,11 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
 def _rollout_generators(cfg: EnhanceConfig, step: int, groups: range) -> torch.Generator | list[torch.Generator]:
     """The toy's one stream per step (kept so its runs reproduce), or an LM's stream per group shared by the
     group's rows: a rewrite then does not depend on how the groups are split over ranks."""
-    g = cfg.grpo
+    seed = cfg.train.seed
     if cfg.model.path is None:
-        return torch.Generator().manual_seed(derive_seed(g.seed, 1, step))
-    streams = [torch.Generator().manual_seed(derive_seed(g.seed, 1, step, p)) for p in groups]
-    return [stream for stream in streams for _ in range(g.group_size)]
+        return torch.Generator().manual_seed(derive_seed(seed, 1, step))
+    streams = [torch.Generator().manual_seed(derive_seed(seed, 1, step, p)) for p in groups]
+    return [stream for stream in streams for _ in range(cfg.grpo.samples_per_prompt)]
 
 
 def _grpo_step(
@@ -445,9 +487,9 @@ def _grpo_step(
     """GRPO step `step` (1-based): rewrites, videos, rewards, advantages, update(s); (its metrics, all finite).
     Under torchrun each rank takes whole groups, so the group advantages are those of one process."""
     g = cfg.grpo
-    P, G = g.prompts_per_step, g.group_size
+    P, G = g.prompts_per_step, g.samples_per_prompt
     groups = range(P)[dist.local_slice(P)]
-    first = cfg.sft.steps * cfg.sft.batch_size + (step - 1) * P  # the records after SFT's pairs: unseen prompts
+    first = cfg.sft.steps * cfg.sft.pairs_per_step + (step - 1) * P  # the records after SFT's pairs: unseen prompts
     users = [source.request(first + p) for p in groups]
     prompts = [terse for terse, _ in users for _ in range(G)]  # group order
     intents = [intent for _, intent in users for _ in range(G)]
@@ -463,7 +505,7 @@ def _grpo_step(
             _rollout_generators(cfg, step, groups),
         )
     policy.model.train()
-    seed = (derive_seed(g.seed, 2, step) & 0x7FFFFFFF) + groups.start  # group p from seed + p on every rank
+    seed = (derive_seed(cfg.train.seed, 2, step) & 0x7FFFFFFF) + groups.start  # group p from seed + p on every rank
     scores, passed = rewrite_rewards(
         video_model,
         prompts,
@@ -473,12 +515,12 @@ def _grpo_step(
         sampling,
         video,
         seed,
-        g.precision,
-        list(g.reward_weights),
+        g.video_precision,
+        list(cfg.reward.weights),
         source.shapeworld,
     )
     rewards = {name: torch.as_tensor(r, dtype=torch.float64) for name, r in scores.items()}
-    advantages = combine_advantages(rewards, g.reward_weights, G)  # (P·G / world size,): whole groups
+    advantages = combine_advantages(rewards, cfg.reward.weights, G)  # (P·G / world size,): whole groups
 
     pad = policy.rollout_fmt.pad_id
     drawn = torch.nn.utils.rnn.pad_sequence(rollout.logprobs, batch_first=True).to(policy.device)  # (B, L)
@@ -516,7 +558,7 @@ def _grpo_step(
             stats[key].append(value)
     everyone = {name: dist.all_gather_cat(r) for name, r in rewards.items()}  # (P·G,) in group order
     row = {
-        ENHANCE_GRPO_REWARD: float(weighted_sum(everyone, g.reward_weights).mean()),
+        ENHANCE_GRPO_REWARD: float(weighted_sum(everyone, cfg.reward.weights).mean()),
         **{f"{STAGE_GRPO}/reward_{name}": r.mean().item() for name, r in everyone.items()},
         f"{STAGE_GRPO}/parse": float(dist.all_gather_cat(torch.as_tensor(passed, dtype=torch.float64)).mean()),
         **{f"{STAGE_GRPO}/{key}": float(np.mean(values)) for key, values in stats.items()},
@@ -536,13 +578,12 @@ def _validate_grpo(
     video: VideoConfig,
 ) -> dict[str, float]:
     """Greedy rewrites of the validation prompts: rewrite_metrics (ShapeWorld), and the rewards of the first
-    val_videos' videos (video j from the noise of seed grpo.seed + j at every validation)."""
-    g = cfg.grpo
+    validation.videos' videos (video j from the noise of seed train.seed + j at every validation)."""
     prompts, intents = [p for p, _ in held_out], [i for _, i in held_out]
     if not source.shapeworld:  # a file's held-out requests are scored against themselves
         intents = prompts
     rewrites = _greedy_rewrites(policy, prompts, cfg.max_new_tokens)
-    n = g.val_videos
+    n = cfg.validation.videos
     rewards, passed = rewrite_rewards(
         video_model,
         prompts[:n],
@@ -551,15 +592,15 @@ def _validate_grpo(
         1,
         sampling,
         video,
-        g.seed,
-        g.precision,
-        list(g.reward_weights),
+        cfg.train.seed,
+        cfg.grpo.video_precision,
+        list(cfg.reward.weights),
         source.shapeworld,
     )
     metrics = rewrite_metrics(rewrites, intents) if source.shapeworld else {"parse": float(passed.mean())}
     metrics.update(
         {
-            "reward": float(weighted_sum(rewards, g.reward_weights).mean()),
+            "reward": float(weighted_sum(rewards, cfg.reward.weights).mean()),
             **{f"reward_{name}": float(r.mean()) for name, r in rewards.items()},
         }
     )

@@ -63,21 +63,24 @@ from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS
 from vidpost.recipes.common import (
     CheckpointConfig,
-    RemoteRewardConfig,
+    LogConfig,
+    OptimConfig,
+    RewardConfig,
     StopFlag,
     ValidationConfig,
     derive_seed,
     ema_checkpointed,
     ema_weights,
+    learning_rate,
     make_ema,
+    register_rewards,
     save_final,
     start_run,
     validate,
 )
 from vidpost.recipes.loop import Loop
 from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
-from vidpost.rewards.registry import check_reward_names, compute_rewards, weighted_sum
-from vidpost.rewards.remote import register_remote
+from vidpost.rewards.registry import compute_rewards, weighted_sum
 from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.nft import Renoised, nft_loss, renoise, velocity_kl
@@ -106,13 +109,9 @@ class RolloutConfig(Config):
         default_factory=SamplingConfig, description="grid, shift and guidance of rollouts, training and evaluation"
     )
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="noise level of the SDE steps")
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
-        "auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32"
-    )
 
 
-class RewardConfig(Config):
-    weights: dict[str, float] = Field(default_factory=lambda: {"total": 1.0}, description="reward name -> weight")
+class GRPORewardConfig(RewardConfig):
     mode: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
         "weighted_sum", description="advantages of the weighted sum, or the weighted sum of per-reward advantages"
     )
@@ -120,15 +119,10 @@ class RewardConfig(Config):
         "group", description="advantage std per group or over the batch"
     )
     clip: float = Field(5.0, gt=0, description="advantages are clipped to [-clip, clip]")
-    remote: list[RemoteRewardConfig] = Field(default_factory=list, description="reward servers to register")
 
 
 class GRPOTrainConfig(Config):
     steps: int = Field(100, ge=1, description="iterations (rollout + update)")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (constant)")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
-    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip epsilon")
     kl_beta: float = Field(0.0, ge=0, description="weight of the closed-form KL to the reference (0: off)")
     minibatches: int = Field(
@@ -143,8 +137,11 @@ class GRPOTrainConfig(Config):
     micro_batch_size: int | None = Field(
         None, ge=1, description="transitions per forward/backward on each rank; null = its whole minibatch"
     )
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # Literal of a tuple: pydantic reads it
+        "auto", description="autocast of rollouts and training: auto (bf16 where the hardware has it) | bf16 | float32"
+    )
     ema_decay: float = Field(
-        0.0, ge=0, lt=1, description="EMA of the trained weights used for evaluation and the final model (0: off)"
+        0.0, ge=0, lt=1, description="EMA of the trained weights, used for validation and the final model (0: off)"
     )
     seed: int = Field(0, description="every iteration's randomness is drawn from (seed, iteration)")
     max_consecutive_nonfinite: int = Field(
@@ -153,6 +150,16 @@ class GRPOTrainConfig(Config):
 
 
 class GRPOConfig(Config):
+    renamed_keys = {
+        **{f"train.{key}": f"optim.{key}" for key in ("learning_rate", "weight_decay", "betas", "grad_clip")},
+        "rollout.precision": "train.precision",
+        "prompts.prompts": "prompts.wording",
+        "evaluation.prompts": "validation.wording",  # before the section's rename, which would name the old key
+        "evaluation": "validation",
+        "validation.prompts": "validation.wording",
+        "log_every_steps": "log.every_steps",
+    }
+
     model: ModelConfig = Field(
         default_factory=lambda: ModelConfig(path="shapeworld-sft"), description="the policy to train"
     )
@@ -162,23 +169,22 @@ class GRPOConfig(Config):
     strategy: StrategyConfig = Field(
         default_factory=StrategyConfig, description="which steps are stochastic and trained"
     )
-    reward: RewardConfig = Field(default_factory=RewardConfig, description="rewards and advantages")
-    train: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig, description="optimisation")
-    evaluation: ValidationConfig = Field(
+    reward: GRPORewardConfig = Field(default_factory=GRPORewardConfig, description="rewards and advantages")
+    train: GRPOTrainConfig = Field(
+        default_factory=GRPOTrainConfig, description="iterations, PPO clip, KL, minibatches, precision, seed"
+    )
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule")
+    validation: ValidationConfig = Field(
         default_factory=lambda: ValidationConfig(every_steps=10, split="heldout", n=32),
         description="held-out evaluation: deterministic ODE sampling with fixed seeds",
     )
     checkpoint: CheckpointConfig = Field(
         default_factory=lambda: CheckpointConfig(every_steps=10), description="checkpointing"
     )
-    log_every_steps: int = Field(1, ge=1, description="write training metrics every N iterations")
+    log: LogConfig = Field(default_factory=lambda: LogConfig(every_steps=1), description="training metrics")
 
     @model_validator(mode="after")
-    def _batch_fits(self) -> GRPOConfig:
-        if self.rollout.prompts_per_step % dist.world_size():
-            raise ValueError(
-                f"rollout.prompts_per_step {self.rollout.prompts_per_step} must be a multiple of the world size"
-            )
+    def _minibatches_fit(self) -> GRPOConfig:
         G = self.rollout.samples_per_prompt
         per_sample = self.strategy.trained_steps(self.rollout.sampling.steps)
         if self.train.minibatches > G * per_sample:
@@ -244,16 +250,13 @@ class _Phases:
 
 def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
     """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early."""
+    dist.require_divisible({"rollout.prompts_per_step": cfg.rollout.prompts_per_step})
     out = Path(out)
     final = start_run(cfg, out)
     if final is not None:
         return final
     progress = progress and dist.is_main()
-    for server in cfg.reward.remote:
-        register_remote(
-            server.url, server.rewards, timeout_s=server.timeout_s, retries=server.retries, token_env=server.token_env
-        )
-    check_reward_names(list(cfg.reward.weights))
+    register_rewards(cfg.reward)
 
     torch.manual_seed(cfg.train.seed)
     model = WanVideoModel.from_config(cfg.model).to(dist.device())
@@ -269,8 +272,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     pool_asked, pool = training_prompts(cfg.prompts)
     # once: rewrites are fixed for the run, and the enhancers' fallback counts open its log
     pool_used, rewrite_metrics = rewrite_prompts(pool_asked, cfg.prompts.enhancer, "enhance/train/")
-    eval_asked, eval_prompts, scorable = validation_prompts(cfg.evaluation)
-    eval_used, eval_rewrite_metrics = rewrite_prompts(eval_asked, cfg.evaluation.enhancer, "enhance/eval/")
+    eval_asked, eval_prompts, scorable = validation_prompts(cfg.validation)
+    eval_used, eval_rewrite_metrics = rewrite_prompts(eval_asked, cfg.validation.enhancer, "enhance/eval/")
     rewrite_metrics.update(eval_rewrite_metrics)
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     uncond = model.encode_prompts([sampling.negative_prompt]) if sampling.guidance > 1 else None
@@ -278,8 +281,8 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     dist.shard_model(model.transformer, model.transformer.blocks)  # FSDP2 under torchrun; nothing in one process
 
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
-    t = cfg.train
-    optimizer = torch.optim.AdamW(params.values(), lr=t.learning_rate, betas=t.betas, weight_decay=t.weight_decay)
+    t, o = cfg.train, cfg.optim
+    optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
     ema = make_ema(params, t.ema_decay)
 
     def evaluate(step: int) -> dict[str, float]:  # every rank samples its share; rank 0 writes and scores
@@ -290,11 +293,11 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
                 scorable,
                 sampling,
                 video,
-                cfg.evaluation.seed,
-                cfg.rollout.precision,
+                cfg.validation.seed,
+                t.precision,
                 out / "samples" / f"step_{step:06d}",
                 prefix=EVAL,
-                acceleration=cfg.evaluation.acceleration,
+                acceleration=cfg.validation.acceleration,
                 used=eval_used,
                 progress=progress,
             )
@@ -310,13 +313,14 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         summary_series=f"{EVAL}/",
         checkpoint_every=cfg.checkpoint.every_steps,
         keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log_every_steps,
-        validate_every=cfg.evaluation.every_steps,
+        log_every=cfg.log.every_steps,
+        validate_every=cfg.validation.every_steps,
         max_consecutive_nonfinite=t.max_consecutive_nonfinite,
         progress=progress,
         desc=f"grpo {strategy.name}",
         postfix=lambda row: {"reward": f"{row.get(REWARD_WEIGHTED, float('nan')):.3f}"},
         state={"nonfinite_steps": 0, "ema_steps": 0},
+        learning_rate=lambda step: learning_rate(o, step, t.steps),
         ema=ema,
         timed=False,  # an iteration logs its phases' seconds instead
         unit="iteration",
@@ -369,7 +373,7 @@ def iteration(
     """One GRPO iteration (1-based `step`): rollout, reward, advantage, old log-probs, update. Returns its metrics."""
     phase = _Phases()
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
-    sampling, precision, t = cfg.rollout.sampling, cfg.rollout.precision, cfg.train
+    sampling, precision, t = cfg.rollout.sampling, cfg.train.precision, cfg.train
     nft, kind = cfg.strategy.name == "nft", step_kind(cfg.rollout.noise.schedule)
     generator = torch.Generator().manual_seed(derive_seed(t.seed, 1, step))
     prompt_ids = torch.randint(len(pool), (P,), generator=generator)  # same draw on every rank
@@ -521,7 +525,7 @@ def iteration(
                     batch_stats["kl"] = kl.detach()
                 for key, value in batch_stats.items():
                     stats[key].extend(value[: len(chunk)].float().tolist())
-            grad_norm = dist.clip_grad_norm_(params.values(), t.grad_clip)  # over all ranks' shards
+            grad_norm = dist.clip_grad_norm_(params.values(), cfg.optim.grad_clip)  # over all ranks' shards
             skip = not (finite and bool(torch.isfinite(grad_norm)))
             if not dist.any_rank(skip):  # every rank steps, or none (their weights must stay equal)
                 optimizer.step()

@@ -17,9 +17,9 @@ from vidpost.world.config import WorldConfig
 
 
 class PromptsConfig(Config):
-    file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld prompts (`prompts`)")
+    file: str | None = Field(None, description="text file of training prompts; null: ShapeWorld prompts (`wording`)")
     split: Literal["train", "eval", "heldout"] = Field("train", description="ShapeWorld split of the training prompts")
-    prompts: Literal["canonical", "terse"] = Field(
+    wording: Literal["canonical", "terse"] = Field(
         "canonical",
         description="ShapeWorld prompts: canonical captions, or terse user prompts (for an enhancer) "
         "whose rollouts are rewarded against their intent",
@@ -43,7 +43,7 @@ def training_prompts(cfg: PromptsConfig) -> tuple[list[str], list[str]]:
     if cfg.file is not None:
         prompts = read_prompts(cfg.file)
         return prompts, prompts
-    return shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts, cfg.world)
+    return shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.wording, cfg.world)
 
 
 def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[str], bool]:
@@ -52,7 +52,7 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[str], boo
     A prompts file is asked and kept as it is (not scorable); ShapeWorld prompts are `shapeworld_requests`'.
     """
     if cfg.prompts_file is None:
-        return *shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.prompts, cfg.world), True
+        return *shapeworld_requests(cfg.split, cfg.n, cfg.seed, cfg.wording, cfg.world), True
     prompts = read_prompts(cfg.prompts_file)[: cfg.n]
     return prompts, prompts, False
 

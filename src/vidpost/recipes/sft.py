@@ -52,6 +52,7 @@ from vidpost.models.wan import WanVideoModel
 from vidpost.precision import PRECISIONS, autocast
 from vidpost.recipes.common import (
     CheckpointConfig,
+    LogConfig,
     OptimConfig,
     StopFlag,
     ValidationConfig,
@@ -100,7 +101,7 @@ class SigmaConfig(Config):
 
 class TrainConfig(Config):
     steps: int = Field(1000, ge=1, description="optimizer steps")
-    batch_size: int = Field(32, ge=1, description="clips per optimizer step")
+    batch_size: int = Field(32, ge=1, description="clips per optimizer step, over all ranks")
     micro_batch_size: int | None = Field(
         None, ge=1, description="clips per forward/backward on each rank (gradient accumulation); null = all of them"
     )
@@ -130,6 +131,8 @@ class TrainConfig(Config):
 
 
 class SFTConfig(Config):
+    renamed_keys = {"log_every_steps": "log.every_steps", "validation.prompts": "validation.wording"}
+
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train (path or tiny)")
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(shapeworld=DatasetConfig(n=1024)), description="training data"
@@ -141,7 +144,7 @@ class SFTConfig(Config):
     )
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="validation videos")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing")
-    log_every_steps: int = Field(10, ge=1, description="write training metrics every N steps")
+    log: LogConfig = Field(default_factory=LogConfig, description="training metrics")
 
     @model_validator(mode="after")
     def _trainable(self) -> SFTConfig:
@@ -217,11 +220,8 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
 
     stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
     """
+    dist.require_divisible({"train.batch_size": cfg.train.batch_size})
     out = Path(out)
-    if cfg.train.batch_size % dist.world_size():
-        raise VidpostError(
-            f"train.batch_size {cfg.train.batch_size} must be a multiple of the world size {dist.world_size()}"
-        )
     final = start_run(cfg, out)
     if final is not None:
         return final
@@ -283,7 +283,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         summary_series=f"{VAL}/",
         checkpoint_every=cfg.checkpoint.every_steps,
         keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log_every_steps,
+        log_every=cfg.log.every_steps,
         validate_every=cfg.validation.every_steps,
         max_consecutive_nonfinite=t.max_consecutive_nonfinite,
         progress=progress,
