@@ -42,6 +42,8 @@ def test_serve_then_apply_through_the_endpoint(monkeypatch, capsys, parrot_toy, 
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # a shell starts background jobs with SIGINT ignored, and the child would inherit that: Ctrl-C must reach it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = server.stdout.readline()  # printed once the socket listens: the readiness signal
