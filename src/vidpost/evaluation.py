@@ -131,7 +131,15 @@ def format_table(scores: Sequence[FolderScore]) -> str:
 
 
 # instruction_graded: partial credit, so a model whose strict total is still 0 shows where it moves
-SHAPEWORLD_SCORES = ("total", "instruction", "instruction_graded", "coherence", "quality", "success")
+SHAPEWORLD_SCORES = (
+    "total",
+    "instruction",
+    "instruction_graded",
+    "instruction_additive",
+    "coherence",
+    "quality",
+    "success",
+)
 
 
 def shapeworld_records(split: str, n: int, seed: int = 0, world: WorldConfig | None = None) -> list[dict]:

@@ -47,7 +47,7 @@ def test_ground_truth_scores_one_for_every_single_object_combination():
         for motion, speed in [(STILL, None), *itertools.product(DIRECTIONS, SPEEDS)]:
             spec = SceneSpec((ObjectSpec(colour, shape, size, motion, speed),), background)
             scores = score_clip(_truth(spec), spec)
-            totals.append(min(scores["total"], scores["instruction_graded"]))
+            totals.append(min(scores["total"], scores["instruction_graded"], scores["instruction_additive"]))
             success.append(scores["success"])
     assert len(totals) == 972
     assert min(totals) >= 0.99 and min(success) == 1.0
@@ -65,6 +65,7 @@ def test_ground_truth_scores_one_for_random_multi_object_scenes_after_uint8_stor
         scores = score_clip(stored, spec)
         assert scores["total"] >= 0.99 and scores["success"] == 1.0, caption(spec)
         assert scores["instruction_graded"] >= 0.99, caption(spec)
+        assert scores["instruction_additive"] >= 0.99, caption(spec)
         assert scores["blobs_per_frame"] == len(spec.objects), caption(spec)
 
 
@@ -181,7 +182,15 @@ def test_family_is_batched_and_rejects_bad_captions():
     spec = parse_caption("a small magenta triangle moving up slowly on a gray background")
     video = _truth(spec)
     out = shapeworld_rewards(np.stack([video, np.zeros_like(video)]), [caption(spec)] * 2)
-    assert set(out) == {"instruction", "coherence", "quality", "total", "success", "instruction_graded"}
+    assert set(out) == {
+        "instruction",
+        "coherence",
+        "quality",
+        "total",
+        "success",
+        "instruction_graded",
+        "instruction_additive",
+    }
     assert out["total"][0] >= 0.99 and out["total"][1] == 0.0
     assert all(((v >= 0) & (v <= 1)).all() for v in out.values())
     with pytest.raises(CaptionError, match="a purple blob"):
@@ -214,7 +223,7 @@ def test_check_shares_say_which_check_fails():
     assert scores["presence"] == pytest.approx(1 - 0.5 / 8) and scores["count"] == pytest.approx(7 / 8)
 
 
-# ---- instruction_graded: partial credit that rises as a sample moves towards its caption ----
+# ---- instruction_graded and instruction_additive: partial credit that rises as a sample moves towards its caption ----
 
 
 def _drawn(side: int, xs, ys, shape: str = "square", colour: str = "red", background: str = "black") -> np.ndarray:
@@ -226,23 +235,28 @@ def _drawn(side: int, xs, ys, shape: str = "square", colour: str = "red", backgr
     return video
 
 
-def _graded(video: np.ndarray, text: str) -> float:
-    return score_clip(video, parse_caption(text))["instruction_graded"]
+def _graded(video: np.ndarray, text: str, reward: str = "instruction_graded") -> float:
+    return score_clip(video, parse_caption(text))[reward]
 
 
-def test_graded_credit_rises_as_the_size_approaches_the_caption():
+GRADED = ["instruction_graded", "instruction_additive"]
+
+
+@pytest.mark.parametrize("reward", GRADED)
+def test_graded_credit_rises_as_the_size_approaches_the_caption(reward):
     text = "a large red square moving right slowly on a black background"  # 9 px, 1 px per frame
-    scores = [_graded(_drawn(side, range(2, 10), [4] * 8), text) for side in (3, 5, 7, 9)]
+    scores = [_graded(_drawn(side, range(2, 10), [4] * 8), text, reward) for side in (3, 5, 7, 9)]
     assert all(a < b for a, b in itertools.pairwise(scores)) and scores[-1] >= 0.99, scores
     assert scores[0] > 0  # far off, yet a signal (group-relative advantages need an order, not a scale)
-    too_big = [_graded(_drawn(side, range(1, 9), [2] * 8), text) for side in (15, 13, 11, 9)]
+    too_big = [_graded(_drawn(side, range(1, 9), [2] * 8), text, reward) for side in (15, 13, 11, 9)]
     assert all(a < b for a, b in itertools.pairwise(too_big)), too_big
 
 
-def test_graded_credit_rises_as_the_speed_and_path_approach_the_caption():
+@pytest.mark.parametrize("reward", GRADED)
+def test_graded_credit_rises_as_the_speed_and_path_approach_the_caption(reward):
     text = "a small blue circle moving right quickly on a white background"  # 2 px per frame
     speeds = [
-        _graded(_drawn(5, [10 + v * (t - 4) for t in range(8)], [9] * 8, "circle", "blue", "white"), text)
+        _graded(_drawn(5, [10 + v * (t - 4) for t in range(8)], [9] * 8, "circle", "blue", "white"), text, reward)
         for v in (-2, -1, 0, 1, 2)
     ]
     assert all(a < b for a, b in itertools.pairwise(speeds)) and speeds[-1] >= 0.99, speeds
@@ -257,6 +271,7 @@ def test_graded_credit_rises_as_the_speed_and_path_approach_the_caption():
                 "white",
             ),
             text,
+            reward,
         )
         for k in (3, 2, 1, 0)
     ]
@@ -268,3 +283,31 @@ def test_graded_credit_rewards_the_stated_shape_and_binds_it_per_object():
     by_shape = {k: _graded(_drawn(9, [6] * 8, [6] * 8, k, "green", "gray"), text) for k in SHAPES}
     assert by_shape["triangle"] >= 0.99 and by_shape["circle"] < by_shape["triangle"] and by_shape["square"] < 0.7
     assert _graded(_drawn(9, [6] * 8, [6] * 8, "triangle", "yellow", "gray"), text) == 0.0  # wrong colour: absent
+
+
+def test_additive_credit_ranks_samples_the_product_scores_zero():
+    """Where a weak model's graded products tie at 0 for a whole group, the additive parts still order them."""
+    text = "a large red square moving right slowly on a black background"
+    once = _drawn(9, [2] * 8, [4] * 8)
+    once[1:] = BACKGROUNDS["black"]  # present in one frame only: no fitted motion, so the product is 0
+    absent = np.broadcast_to(np.array(BACKGROUNDS["black"], np.float32), once.shape).copy()
+    frozen = _drawn(9, [5] * 8, [4] * 8)
+    right = _drawn(9, range(2, 10), [4] * 8)
+    assert _graded(once, text) == _graded(absent, text) == 0.0
+    additive = [_graded(v, text, "instruction_additive") for v in (absent, once, frozen, right)]
+    assert all(a < b for a, b in itertools.pairwise(additive)) and additive[-1] >= 0.99, additive
+    # the mean of the soft count and six parts, by hand: a frozen object of the stated shape and size loses only
+    # its speed part, exp(-(1 / 0.8)^2); an absent object keeps only the soft count's exp(-1)
+    assert additive[2] == pytest.approx((6 + np.exp(-((1 / 0.8) ** 2))) / 7, abs=1e-6)
+    assert additive[0] == pytest.approx(np.exp(-1) / 7, abs=1e-6)
+
+
+def test_additive_credit_prefers_the_stated_shape_and_colour():
+    text = "a large green triangle staying still on a gray background"
+    by_shape = {
+        k: _graded(_drawn(9, [6] * 8, [6] * 8, k, "green", "gray"), text, "instruction_additive") for k in SHAPES
+    }
+    assert by_shape["triangle"] >= 0.99 and max(by_shape["circle"], by_shape["square"]) < by_shape["triangle"]
+    wrong_colour = _graded(_drawn(9, [6] * 8, [6] * 8, "triangle", "yellow", "gray"), text, "instruction_additive")
+    # the count holds (one blob); all six parts of the absent object (a stated stillness is checked too) are 0
+    assert wrong_colour == pytest.approx(1 / 7)

@@ -30,6 +30,11 @@ contrast-invariant, so a blurred edge (alpha 2/3 for a 3x3 blur) never counts, o
   exp(-(r / GRADED_PATH_PX)^2), v_fit the least-squares velocity of the centroid, r its residual; combined
   over objects and with a soft count (mean of exp(-|blobs - objects|)) as `instruction` is. A frozen slow
   object keeps exp(-(1/0.8)^2) = 0.21 of its motion credit.
+- instruction_additive: the same parts averaged instead of multiplied: the soft count and, per object, the
+  fraction of frames present, coverage, size and shape IoU (means over the present frames), speed and path.
+  Where a weak model's products are 0 for whole groups of samples, this still ranks them; it is not
+  cheat-proof (a still object of the stated shape keeps most of it), so it is a training signal to be judged
+  by held-out `total` and `success`, never a figure to report as success.
 """
 
 from __future__ import annotations
@@ -73,7 +78,15 @@ GRADED_SIZE_PX = 3.0  # a side off by 3 px keeps 1/e of the size credit
 GRADED_SPEED_PX = 0.8  # px per frame of velocity error that keeps 1/e of the motion credit
 GRADED_PATH_PX = 1.5  # centroid residual from the fitted line that keeps 1/e
 
-REWARD_KEYS = ("instruction", "coherence", "quality", "total", "success", "instruction_graded")
+REWARD_KEYS = (
+    "instruction",
+    "coherence",
+    "quality",
+    "total",
+    "success",
+    "instruction_graded",
+    "instruction_additive",
+)
 _IN_FRAME = np.zeros((3, 3, 3), bool)
 _IN_FRAME[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within a frame, never across frames
 _NEAR = np.ones((1, 2 * NEAR_OBJECT_PX + 1, 2 * NEAR_OBJECT_PX + 1), bool)
@@ -198,30 +211,35 @@ def _shape_iou(mask: np.ndarray, shape: str, side: np.ndarray) -> np.ndarray:
     return ious
 
 
-def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> float:
-    """instruction_graded's credit of one object (module docstring) from its mask (T, H, W) and centroids (T, 2)."""
+def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> tuple[float, list[float]]:
+    """One object's graded credit (module docstring) from its mask (T, H, W) and centroids (T, 2): the product
+    `instruction_graded` multiplies, and the parts `instruction_additive` averages (presence, coverage, size and
+    shape IoU over the present frames, then speed and path for a moving object)."""
     area = mask.sum((1, 2))
     present = area > 0
+    velocities = _allowed_velocities(obj)
+    n_parts = 4 if velocities is None else 6
     if not present.any():
-        return 0.0
+        return 0.0, [0.0] * n_parts
     h, w = _extent(np.asarray(mask.any(2))), _extent(np.asarray(mask.any(1)))
     sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
     side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
     coverage = np.minimum(area / np.array([shape_mask(obj.shape, int(s)).sum() for s in side]), 1.0)
     size = np.exp(-(np.abs(h - side) + np.abs(w - side)) / 2 / GRADED_SIZE_PX)
-    frames = np.where(present, coverage * size * _shape_iou(mask, obj.shape, side), 0.0).mean()
-    velocities = _allowed_velocities(obj)
+    iou = _shape_iou(mask, obj.shape, side)
+    frames = float(np.where(present, coverage * size * iou, 0.0).mean())
+    parts = [float(present.mean())] + [float(x[present].mean()) for x in (coverage, size, iou)]
     if velocities is None:
-        return float(frames)
+        return frames, parts
     t = np.flatnonzero(present)
     if len(t) < 2:
-        return 0.0
+        return 0.0, parts + [0.0, 0.0]
     design = np.stack([np.ones(len(t)), t], 1)  # centroid = start + v t, least squares over the present frames
     coef = np.linalg.lstsq(design, centroid[t], rcond=None)[0]  # (2, 2): start, v
     residual = np.linalg.norm(design @ coef - centroid[t], axis=1)
-    path = np.exp(-((residual / GRADED_PATH_PX) ** 2)).sum() / len(present)  # absent frames earn nothing
-    speed = np.exp(-((np.linalg.norm(coef[1] - velocities, axis=1) / GRADED_SPEED_PX) ** 2)).max()
-    return float(frames * speed * path)
+    path = float(np.exp(-((residual / GRADED_PATH_PX) ** 2)).sum() / len(present))  # absent frames earn nothing
+    speed = float(np.exp(-((np.linalg.norm(coef[1] - velocities, axis=1) / GRADED_SPEED_PX) ** 2)).max())
+    return frames * speed * path, parts + [speed, path]
 
 
 class _ObjectChecks(TypedDict):
@@ -234,6 +252,7 @@ class _ObjectChecks(TypedDict):
     identity: float
     smoothness: float
     graded: float
+    graded_parts: list[float]
 
 
 def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _ObjectChecks:
@@ -248,6 +267,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
     )  # (T, 2) as (x, y)
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
+    graded, graded_parts = _graded_object(mask, centroid, obj)
     return {
         "present": present,
         "frame_ok": frame_ok,
@@ -255,7 +275,8 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
         "motion_ok": motion_ok,
         "identity": identity,
         "smoothness": smoothness,
-        "graded": _graded_object(mask, centroid, obj),
+        "graded": graded,
+        "graded_parts": graded_parts,
     }
 
 
@@ -283,6 +304,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     instruction = count_ok.mean() * np.prod([c["frame_ok"].mean() * c["motion_score"] for c in checks])
     soft_count = np.exp(-np.abs(blobs_per_frame - len(spec.objects))).mean()
     instruction_graded = soft_count * np.prod([c["graded"] for c in checks])
+    instruction_additive = np.mean([soft_count, *(part for c in checks for part in c["graded_parts"])])
 
     near = ndimage.binary_dilation(foreground, structure=_NEAR)
     away = ~near
@@ -314,6 +336,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         "total": float(instruction * (0.5 + 0.25 * coherence + 0.25 * quality)),
         "success": float(success),
         "instruction_graded": float(instruction_graded),
+        "instruction_additive": float(instruction_additive),
         "count": float(count_ok.mean()),
         # where instruction following fails, per stated object (mean over objects): frames present,
         # frames present with the stated size and shape, motion score
