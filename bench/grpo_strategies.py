@@ -7,7 +7,8 @@ iterations (deterministic ODE, fixed seeds). From each run's log it reads the tr
 timed phases; evaluation excluded) at every evaluation, and reports:
 - at an equal number of updates (`--updates`): each strategy's final held-out total and success rate, and its time;
 - at equal wall-clock budgets (`--minutes 15 45`: every run trains until its training wall-clock reaches the
-  largest budget, then stops as Ctrl-C would): each strategy's last held-out evaluation at or before each budget;
+  largest budget, then checkpoints and stops, the recipe's `stop_after_seconds`): each strategy's last held-out
+  evaluation at or before each budget;
 - the time flash needed to reach full's final held-out total (the goal: at most a fifth of full's time).
 
     .venv/bin/python bench/grpo_strategies.py --updates 40 --eval-every 5
@@ -30,11 +31,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import matplotlib
@@ -110,29 +108,6 @@ def training_seconds(run_dir: Path) -> float:
     return sum(v for row in rows for k, v in row.items() if k.startswith("time/"))
 
 
-class Budget:
-    """Stops the run in `run_dir` (SIGINT to this process: checkpoint, then return) once its training wall-clock
-    reaches `seconds`; the recipe's own stop handling does the rest, so the run stays resumable."""
-
-    def __init__(self, run_dir: Path, seconds: float, poll_s: float = 2.0) -> None:
-        self.run_dir, self.seconds, self.poll_s = run_dir, seconds, poll_s
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self.done.wait(self.poll_s):
-            if training_seconds(self.run_dir) >= self.seconds and not self.done.is_set():
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-
-    def __enter__(self) -> Budget:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-
-
 def eval_every_for(spec: list[str], name: str) -> int:
     """`--eval-every 5` for every strategy, or `flash=20 full=4 ...` per strategy (a strategy left out: 5)."""
     if len(spec) == 1 and "=" not in spec[0]:
@@ -193,8 +168,7 @@ def main() -> None:
         )
         if args.minutes:
             if training_seconds(out) < 60 * max(args.minutes):  # else: this run already spent its budget
-                with Budget(out, 60 * max(args.minutes)):
-                    train(cfg, out)
+                train(cfg, out, stop_after_seconds=60 * max(args.minutes))  # checkpointed there, resumable
         else:
             train(cfg, out)
         runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out)}

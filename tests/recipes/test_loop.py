@@ -65,7 +65,7 @@ class Run:
         self.finished = True
         return self.loop.out / "final"
 
-    def __call__(self, stop_after=None, before=None):
+    def __call__(self, stop_after=None, before=None, stop_after_seconds=None):
         self.loop.resume()
         return self.loop.run(
             self.step,
@@ -73,6 +73,7 @@ class Run:
             finish=self.finish,
             summary=lambda: {"steps": self.loop.steps, **self.loop.state},
             stop_after=stop_after,
+            stop_after_seconds=stop_after_seconds,
             before=before,
         )
 
@@ -162,6 +163,7 @@ def test_a_run_resumed_at_its_last_step_still_writes_its_summary(tmp_path):
     assert rerun() == tmp_path / "final"
     assert rerun.ran == [] and rerun.finished  # nothing left to run, but the final output is written
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary.pop("train_seconds") > 0  # the steps' wall-clock, kept in the checkpoint
     assert summary == {"steps": 5, "nonfinite_steps": 0, "ema_steps": 0, "val/score": 5.0}  # from the log
 
 
@@ -183,3 +185,17 @@ def test_before_runs_first_and_a_signal_during_it_stops_after_the_first_step(tmp
     assert run(before=baseline) is None
     assert run.ran == [1] and _checkpoints(tmp_path) == [1]
     assert [r["step"] for r in _rows(tmp_path, "val/score")] == [0]
+
+
+def test_stop_after_seconds_counts_the_steps_time_over_resumes(tmp_path, monkeypatch):
+    clock = iter(range(10_000))  # each reading one second later: a step (two readings) takes one second
+    monkeypatch.setattr("vidpost.recipes.loop.time.perf_counter", lambda: float(next(clock)))
+    run = Run(tmp_path, steps=8)
+    assert run(stop_after_seconds=2.5) is None and run.ran == [1, 2, 3]  # 3 s spent after step 3
+    assert _checkpoints(tmp_path)[-1] == 3
+    again = Run(tmp_path, steps=8)
+    assert again(stop_after_seconds=2.5) is None and again.ran == []  # resumed with the budget spent: no step
+    more = Run(tmp_path, steps=8)
+    assert more(stop_after_seconds=5.5) is None and more.ran == [4, 5, 6]  # the sum spans the resumes
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    assert json.loads((newest / "state.json").read_text())["train_seconds"] == 6.0

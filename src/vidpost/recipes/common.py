@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -50,6 +50,20 @@ class OptimConfig(Config):
     schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant or cosine decay")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to learning_rate times this")
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+
+    def adamw(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.AdamW:
+        """The AdamW these settings describe (a Loop's `learning_rate` then sets the rate of every step)."""
+        return torch.optim.AdamW(params, lr=self.learning_rate, **self._constants())
+
+    def restart(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make `optimizer` what `adamw` would build, in place: its moments dropped, its betas and weight decay
+        these settings' (a resumed run's checkpoint may hold others); the rate stays the loop's."""
+        optimizer.state.clear()
+        for group in optimizer.param_groups:
+            group.update(self._constants())
+
+    def _constants(self) -> dict[str, Any]:
+        return {"betas": self.betas, "weight_decay": self.weight_decay}
 
 
 class ValidationConfig(Config):

@@ -83,7 +83,7 @@ from vidpost.recipes.common import (
     start_run,
     validate,
 )
-from vidpost.recipes.loop import Loop
+from vidpost.recipes.loop import Loop, cadence
 from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
 
 log = logging.getLogger("vidpost")
@@ -371,7 +371,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
     teacher_params = {name: p for name, p in teacher.transformer.named_parameters() if name in params}
     teacher_videos = _teacher_videos(teacher, prompts, used, teacher_sampling, video, cfg, out / "samples" / "teacher")
     t, o = cfg.train, cfg.optim
-    optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+    optimizer = o.adamw(params.values())
 
     def evaluate(step: int) -> dict[str, float]:
         """The student's validation metrics on rank 0 ({} on the others, which sample their share)."""
@@ -408,12 +408,8 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
         checkpointed=_checkpointed(params, teacher_params),
         validation=evaluate,
         summary_series=f"{VAL}/",
-        checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log.every_steps,
-        validate_every=cfg.validation.every_steps,
+        **cadence(cfg),
         validate_at=range(t.steps_per_round, total_steps + 1, t.steps_per_round),  # each round's end
-        max_consecutive_nonfinite=t.max_consecutive_nonfinite,
         progress=progress,
         desc=f"distill {cfg.mode}",
         postfix=lambda metrics: {"loss": f"{metrics[TRAIN_LOSS]:.4f}", "round": metrics["train/round"]},
@@ -444,7 +440,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
             with torch.no_grad():
                 for name, p in teacher_params.items():
                     p.copy_(params[name])
-            _restart(optimizer, o)
+            o.restart(optimizer)  # each round starts afresh: its student is a new problem
             log.info("round %d: teacher %d steps -> student %d steps", index + 1, rnd.teacher.steps, rnd.student.steps)
         torch.manual_seed(derive_seed(t.seed, 3, n))  # modules' own randomness (e.g. LoRA dropout)
         losses, seconds = distill_step(model, teacher, rnd, pool, shape, uncond, n, t)
@@ -473,17 +469,6 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
         summary=lambda: {"steps": total_steps, "rounds": [r.student.steps for r in rounds], **loop.state},
         stop_after=stop_after,
     )
-
-
-def _restart(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
-    """Make `optimizer` what a new one would be: each round starts afresh, as its student is a new problem.
-
-    In place, so the loop keeps one optimizer; the configured betas and weight decay come back too, as a resumed
-    run may have changed them (its checkpoint's apply until then).
-    """
-    optimizer.state.clear()
-    for group in optimizer.param_groups:
-        group.update(betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def _checkpointed(params: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

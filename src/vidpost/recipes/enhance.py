@@ -94,7 +94,7 @@ from vidpost.recipes.common import (
     register_rewards,
     start_run,
 )
-from vidpost.recipes.loop import Loop
+from vidpost.recipes.loop import Loop, cadence
 from vidpost.rewards.registry import weighted_sum
 from vidpost.rl.advantages import advantage_stats, combine_advantages
 
@@ -312,9 +312,7 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
     )
     model = lm.model.train()
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}  # tied embeddings appear once
-    optimizer = torch.optim.AdamW(
-        params.values(), lr=s.optim.learning_rate, betas=s.optim.betas, weight_decay=s.optim.weight_decay
-    )
+    optimizer = s.optim.adamw(params.values())
     source = PairSource(cfg.data)
     held_out = source.held_out()
     share = dist.local_slice(s.pairs_per_step)
@@ -327,11 +325,7 @@ def _train_sft(cfg: EnhanceConfig, out: Path, init: Path | None, progress: bool,
         checkpointed=params,
         validation=lambda step: _validate(lm, source, held_out, cfg.max_new_tokens) if dist.is_main() else {},
         summary_series=f"{STAGE_SFT}/val_",
-        checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log.every_steps,
-        validate_every=cfg.validation.every_steps,
-        max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
+        **cadence(cfg),
         progress=progress,
         desc="enhance sft",
         postfix=lambda metrics: {"loss": f"{metrics[ENHANCE_SFT_LOSS]:.4f}"},
@@ -394,9 +388,7 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
         video_model = video_model.to(policy.device)
     sampling, video = g.sampling.resolve(recommended_sampling(video_model)), g.video or recommended_video(video_model)
     params = {name: p for name, p in policy.model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(
-        params.values(), lr=g.optim.learning_rate, betas=g.optim.betas, weight_decay=g.optim.weight_decay
-    )
+    optimizer = g.optim.adamw(params.values())
     source = PairSource(cfg.data)
     held_out = source.held_out()
 
@@ -412,11 +404,7 @@ def _train_grpo(cfg: EnhanceConfig, out: Path, progress: bool, stop_after: int |
         checkpointed=params,
         validation=evaluate,
         summary_series=f"{STAGE_GRPO}/val_",
-        checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last,
-        log_every=1,
-        validate_every=cfg.validation.every_steps,
-        max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
+        **cadence(cfg, log_every=1),
         progress=progress,
         desc="enhance grpo",
         postfix=lambda row: {"reward": f"{row[ENHANCE_GRPO_REWARD]:.3f}"},

@@ -78,14 +78,14 @@ from vidpost.recipes.common import (
     start_run,
     validate,
 )
-from vidpost.recipes.loop import Loop
+from vidpost.recipes.loop import Loop, cadence
 from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
 from vidpost.rewards.registry import compute_rewards, weighted_sum
 from vidpost.rl.advantages import REWARD_MODES, STD_SCOPES, advantage_stats, combine_advantages
 from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.nft import Renoised, nft_loss, renoise, velocity_kl
 from vidpost.rl.rollout import Transitions, guided_velocity, rollout, transition_log_probs
-from vidpost.rl.strategies import StepPlan, StrategyConfig, plan_steps
+from vidpost.rl.strategies import FlashConfig, NFTConfig, StepPlan, StrategyConfig, plan_steps
 
 log = logging.getLogger("vidpost")
 
@@ -248,8 +248,15 @@ class _Phases:
 # ------------------------------------------------------------------------------------------------ the recipe
 
 
-def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> Path | None:
-    """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early."""
+def train(
+    cfg: GRPOConfig,
+    out: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+    stop_after_seconds: float | None = None,
+) -> Path | None:
+    """Run (or resume) GRPO in `out`; return the final lora/ or model/ folder, or None if stopped early (a signal,
+    `stop_after` iterations, or `stop_after_seconds` of training over all resumes, validation not counted)."""
     dist.require_divisible({"rollout.prompts_per_step": cfg.rollout.prompts_per_step})
     out = Path(out)
     final = start_run(cfg, out)
@@ -267,7 +274,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
     noise = cfg.rollout.noise
     g = noise_levels(sigmas, noise.schedule, **noise.params)  # (N,)
     strategy = cfg.strategy
-    rectify = strategy.name == "flash" and strategy.flash_settings.rectify
+    rectify = strategy.name == "flash" and strategy.section(FlashConfig).rectify
     scales = gradient_scale(sigmas, noise.schedule, **noise.params) if rectify else None  # (N,) c(σ_i)
     pool_asked, pool = training_prompts(cfg.prompts)
     # once: rewrites are fixed for the run, and the enhancers' fallback counts open its log
@@ -282,7 +289,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
 
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     t, o = cfg.train, cfg.optim
-    optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+    optimizer = o.adamw(params.values())
     ema = make_ema(params, t.ema_decay)
 
     def evaluate(step: int) -> dict[str, float]:  # every rank samples its share; rank 0 writes and scores
@@ -311,11 +318,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         checkpointed=ema_checkpointed(params, ema),
         validation=evaluate,
         summary_series=f"{EVAL}/",
-        checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log.every_steps,
-        validate_every=cfg.validation.every_steps,
-        max_consecutive_nonfinite=t.max_consecutive_nonfinite,
+        **cadence(cfg),
         progress=progress,
         desc=f"grpo {strategy.name}",
         postfix=lambda row: {"reward": f"{row.get(REWARD_WEIGHTED, float('nan')):.3f}"},
@@ -352,6 +355,7 @@ def train(cfg: GRPOConfig, out: str | Path, progress: bool = True, stop_after: i
         finish=finish,
         summary=lambda: {"iterations": t.steps, **loop.state},
         stop_after=stop_after,
+        stop_after_seconds=stop_after_seconds,
     )
 
 
@@ -408,7 +412,7 @@ def iteration(
             seeds,
             sde_generators,
             precision,
-            flash=cfg.strategy.flash_settings if cfg.strategy.name == "flash" else None,
+            flash=cfg.strategy.section(FlashConfig) if cfg.strategy.name == "flash" else None,
             kind=kind,
         )
     with phase("reward"):
@@ -497,7 +501,7 @@ def iteration(
                 if nft:
                     assert isinstance(sub, Renoised)  # nft trains on the re-noised points
                     nft_terms = nft_loss(
-                        out[0], old_v[n][m], sub, advantage, cfg.strategy.nft_settings.beta, cfg.reward.clip
+                        out[0], old_v[n][m], sub, advantage, cfg.strategy.section(NFTConfig).beta, cfg.reward.clip
                     )
                     kl = velocity_kl(out[0], ref[n][m]) if reference is not None else None
                     loss = nft_terms.loss + (t.kl_beta * kl if kl is not None else 0)

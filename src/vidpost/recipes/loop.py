@@ -2,7 +2,7 @@
 
 A recipe builds its model, data and optimizer, then hands a `Loop` what is its own:
 
-    loop = Loop(out=out, steps=steps, params=params, optimizer=optimizer, validation=evaluate, ...)
+    loop = Loop(out=out, steps=steps, params=params, optimizer=optimizer, validation=evaluate, **cadence(cfg), ...)
     start = loop.resume(opening)      # the newest checkpoint loaded; rank 0's run log opened at its step
     final = loop.run(step, stop=StopFlag(), finish=save_final, summary=counts, stop_after=stop_after)
 
@@ -16,8 +16,9 @@ owns the rest, the same for every recipe:
                        the others as the latest step logged them); validation every `validate_every` steps, at
                        `validate_at` and at the last step; a checkpoint every `checkpoint_every` steps, at the
                        last step and at a stop, none while a non-finite streak runs
-    a stop             SIGINT/SIGTERM on any rank, or `stop_after`: every rank stops after the same step, which is
-                       checkpointed; the log is closed and `run` returns None; the rerun resumes after it
+    a stop             SIGINT/SIGTERM on any rank, `stop_after`, or `stop_after_seconds` of steps (validation not
+                       counted; the sum is checkpointed, so it spans resumes): every rank stops after the same step,
+                       which is checkpointed; the log is closed and `run` returns None; the rerun resumes after it
     the end            `finish()` writes the final model; summary.json holds `summary()` and the last logged value
                        of every `summary_series` metric, read from the run log, so a run resumed at its last step
                        (nothing left to run) reports its final validation too
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -47,6 +48,27 @@ from vidpost.runlog import METRICS_NAME, RunLog, read_metrics
 log = logging.getLogger("vidpost")
 
 Metrics = dict[str, float]
+
+
+class Cadence(TypedDict):
+    """The Loop settings that every recipe's config names alike (its checkpoint, log, validation and train)."""
+
+    checkpoint_every: int
+    keep_last: int
+    log_every: int
+    validate_every: int
+    max_consecutive_nonfinite: int
+
+
+def cadence(cfg: Any, log_every: int | None = None) -> Cadence:
+    """A recipe config's Cadence; `log_every` in place of its log section's (a stage whose steps are few)."""
+    return Cadence(
+        checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last,
+        log_every=cfg.log.every_steps if log_every is None else log_every,
+        validate_every=cfg.validation.every_steps,
+        max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
+    )
 
 
 @dataclass(eq=False, kw_only=True)
@@ -69,7 +91,7 @@ class Loop:
     progress: bool  # show the bar (rank 0)
     desc: str  # the bar's
     postfix: Callable[[Metrics], dict[str, Any]]  # the bar's postfix from a step's metrics
-    state: dict[str, int] = field(default_factory=lambda: {"nonfinite_steps": 0})  # counters a checkpoint keeps
+    state: dict[str, Any] = field(default_factory=lambda: {"nonfinite_steps": 0})  # counters a checkpoint keeps
     learning_rate: Callable[[int], float] | None = None  # step n's; None: the optimizer's own, not logged
     ema: Any = None  # diffusers' EMAModel of params, or None
     group: str = TRAIN  # the series group of the loop's own metrics: lr, seconds_per_step, nonfinite_steps
@@ -130,14 +152,22 @@ class Loop:
         finish: Callable[[], Path],
         summary: Callable[[], dict[str, Any]],
         stop_after: int | None = None,
+        stop_after_seconds: float | None = None,
         before: Callable[[], None] | None = None,
     ) -> Path | None:
         """Run the steps after `resume`'s; return finish()'s final output, or None if stopped early.
 
         stop: entered for the steps only, so a signal during the final save is not taken for a stop.
         stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
+        stop_after_seconds: stop (as SIGINT would) once the steps have taken this long, over all resumes: an
+            equal wall-clock budget for runs compared with one another.
         before: run first, inside the stop's scope (a baseline validation that a signal must not cut short).
         """
+        if stop_after_seconds is not None and self.state.get("train_seconds", 0.0) >= stop_after_seconds:
+            warn_stopped(self.start, self.checkpoints, self.unit)  # resumed with its budget already spent
+            if self.runlog is not None:
+                self.runlog.close()
+            return None
         bar = tqdm(total=self.steps, initial=self.start, desc=self.desc, unit=self.unit, disable=not self.progress)
         window: list[tuple[Metrics, float]] = []  # (metrics, seconds) of the steps since the last row
         with stop:
@@ -157,7 +187,9 @@ class Loop:
                 if self.ema is not None:
                     self.ema.step(list(self.params.values()))
                     self.state["ema_steps"] = self.ema.optimization_step
-                window.append((metrics, time.perf_counter() - tick))
+                seconds = time.perf_counter() - tick
+                self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + seconds
+                window.append((metrics, seconds))
                 bar.update(1)
                 bar.set_postfix(self.postfix(metrics))
                 if n % self.log_every == 0 or n == self.steps:
@@ -166,7 +198,7 @@ class Loop:
                     window = []
                 if (self.validate_every and n % self.validate_every == 0) or n == self.steps or n in self.validate_at:
                     self.validate(n)
-                stopping = self._stopping(n, stop, stop_after)  # every rank stops at the same step
+                stopping = self._stopping(n, stop, stop_after, stop_after_seconds)  # every rank at the same step
                 if n % self.checkpoint_every == 0 or n == self.steps or stopping:
                     self.save(n)
                 if stopping:
@@ -182,10 +214,11 @@ class Loop:
             write_summary(self.out, summary(), self.summary_series)
         return final
 
-    def _stopping(self, n: int, stop: StopFlag, stop_after: int | None) -> bool:
+    def _stopping(self, n: int, stop: StopFlag, stop_after: int | None, stop_after_seconds: float | None) -> bool:
         if self.last_step_finishes and n == self.steps:
             return False
-        return dist.any_rank(stop.raised is not None) or self.offset + n == stop_after
+        spent = stop_after_seconds is not None and self.state["train_seconds"] >= stop_after_seconds
+        return dist.any_rank(stop.raised is not None or spent) or self.offset + n == stop_after
 
     def _row(self, window: list[tuple[Metrics, float]], lr: float | None) -> Metrics:
         """The log row of the steps in `window`: `averaged` series as their mean, the others as the latest step's."""

@@ -65,7 +65,7 @@ from vidpost.recipes.common import (
     start_run,
     validate,
 )
-from vidpost.recipes.loop import Loop
+from vidpost.recipes.loop import Loop, cadence
 from vidpost.recipes.prompts import rewrite_prompts, validation_prompts
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
@@ -250,7 +250,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
     model.transformer.train()
     params = {name: p for name, p in model.transformer.named_parameters() if p.requires_grad}
     t, o = cfg.train, cfg.optim
-    optimizer = torch.optim.AdamW(params.values(), lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+    optimizer = o.adamw(params.values())
     ema = make_ema(params, t.ema_decay)
 
     def evaluate(step: int) -> dict[str, float]:
@@ -281,11 +281,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
         checkpointed=ema_checkpointed(params, ema),
         validation=evaluate,
         summary_series=f"{VAL}/",
-        checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last,
-        log_every=cfg.log.every_steps,
-        validate_every=cfg.validation.every_steps,
-        max_consecutive_nonfinite=t.max_consecutive_nonfinite,
+        **cadence(cfg),
         progress=progress,
         desc="train",
         postfix=lambda metrics: {"loss": f"{metrics[TRAIN_LOSS]:.4f}"},

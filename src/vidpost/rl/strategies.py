@@ -19,14 +19,12 @@ stochastically, and the steps trained (for nft: the grid σ each clean sample is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from pydantic import Field, model_validator
 
 from vidpost.config import Config
-
-STRATEGIES = ("flash", "full", "window", "nft")
 
 
 class FlashConfig(Config):
@@ -78,6 +76,17 @@ class NFTConfig(Config):
     )
 
 
+Settings = FlashConfig | FullConfig | WindowConfig | NFTConfig
+SECTIONS: dict[str, type[Settings]] = {
+    "flash": FlashConfig,
+    "full": FullConfig,
+    "window": WindowConfig,
+    "nft": NFTConfig,
+}
+STRATEGIES = tuple(SECTIONS)
+_Section = TypeVar("_Section", FlashConfig, FullConfig, WindowConfig, NFTConfig)
+
+
 class StrategyConfig(Config):
     name: Literal["flash", "full", "window", "nft"] = Field("flash", description="flash | full | window | nft")
     flash: FlashConfig | None = Field(None, description="settings of the flash strategy (defaults when null)")
@@ -95,37 +104,24 @@ class StrategyConfig(Config):
         return self
 
     @property
-    def settings(self) -> FlashConfig | FullConfig | WindowConfig | NFTConfig:
+    def settings(self) -> Settings:
         """The chosen strategy's settings (its defaults when the section is left out)."""
-        defaults = {"flash": FlashConfig, "full": FullConfig, "window": WindowConfig, "nft": NFTConfig}
-        return getattr(self, self.name) or defaults[self.name]()
+        return getattr(self, self.name) or SECTIONS[self.name]()
 
-    # One typed accessor per strategy: its section, or its defaults when the section is left out.
-    @property
-    def flash_settings(self) -> FlashConfig:
-        return self.flash if self.flash is not None else FlashConfig()
-
-    @property
-    def full_settings(self) -> FullConfig:
-        return self.full if self.full is not None else FullConfig()
-
-    @property
-    def window_settings(self) -> WindowConfig:
-        return self.window if self.window is not None else WindowConfig()
-
-    @property
-    def nft_settings(self) -> NFTConfig:
-        return self.nft if self.nft is not None else NFTConfig()
+    def section(self, kind: type[_Section]) -> _Section:
+        """The settings of the strategy `kind` configures: its section, or its defaults when left out."""
+        value = getattr(self, next(name for name, k in SECTIONS.items() if k is kind))
+        return value if value is not None else kind()
 
     def trained_steps(self, num_steps: int) -> int:
         """How many of a sample's `num_steps` steps are trained."""
         if self.name == "flash":
             return 1
         if self.name == "full":
-            return full_train_count(self.full_settings, num_steps)
+            return full_train_count(self.section(FullConfig), num_steps)
         if self.name == "nft":
-            return full_train_count(self.nft_settings, num_steps)
-        return min(self.window_settings.size, num_steps)
+            return full_train_count(self.section(NFTConfig), num_steps)
+        return min(self.section(WindowConfig).size, num_steps)
 
 
 @dataclass
@@ -175,14 +171,14 @@ def plan_steps(
     """The SDE and training masks of one rollout batch of num_prompts groups of group_size samples."""
     batch = num_prompts * group_size
     if strategy.name == "flash":
-        k_min, k_max = flash_range(strategy.flash_settings, num_steps)
+        k_min, k_max = flash_range(strategy.section(FlashConfig), num_steps)
         k = torch.randint(k_min, k_max + 1, (num_prompts,), generator=generator)  # (P,)
         sde = torch.zeros(batch, num_steps, dtype=torch.bool)
         sde[torch.arange(batch), k.repeat_interleave(group_size)] = True
         return StepPlan(sde=sde, train=sde.clone(), k=k)
     if strategy.name == "full":
         sde = torch.ones(batch, num_steps, dtype=torch.bool)
-        full = strategy.full_settings
+        full = strategy.section(FullConfig)
         n_train = full_train_count(full, num_steps)
         if full.steps == "first":
             train = torch.zeros_like(sde)
@@ -190,10 +186,10 @@ def plan_steps(
             return StepPlan(sde=sde, train=train)
         return StepPlan(sde=sde, train=_random_steps(batch, num_steps, n_train, generator))
     if strategy.name == "nft":
-        nft = strategy.nft_settings
+        nft = strategy.section(NFTConfig)
         sde = torch.full((batch, num_steps), nft.sampler == "sde", dtype=torch.bool)
         return StepPlan(sde=sde, train=_random_steps(batch, num_steps, full_train_count(nft, num_steps), generator))
-    window = strategy.window_settings
+    window = strategy.section(WindowConfig)
     start = window_start(window, num_steps, iteration)
     sde = torch.zeros(batch, num_steps, dtype=torch.bool)
     sde[:, start : start + window.size] = True
