@@ -22,7 +22,8 @@ A run already in `--runs` resumes from its last checkpoint (runs are long; the b
 `--reward brightness` trains on the mean pixel value of each video (a bench-only reward, registered here),
 a check that each strategy's loop learns while the ShapeWorld reward is still out of the model's reach.
 
-Writes bench/results/grpo_strategies{,_brightness}.{json,png}; the runs stay in
+Writes bench/results/grpo_strategies{,_brightness}.{json,png} and `_samples.png` (the first held-out clips at the
+start and after each strategy); the runs stay in
 runs/bench-grpo-<strategy>[-brightness]/.
 """
 
@@ -33,6 +34,7 @@ import datetime
 import json
 import platform
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -65,6 +67,33 @@ def heldout_brightness(run_dir: Path, iteration: int) -> float:
     folder = run_dir / "samples" / f"step_{iteration:06d}"
     records, _ = read_metadata(folder)
     return float(np.mean([to_float(np.load(folder / r["file"])).mean() for r in records]))
+
+
+def sample_sheet(runs: dict[str, dict], path: Path, clips: int = 6, scale: int = 4) -> None:
+    """The first held-out clips, frames left to right: the starting model's, then each strategy's at its last
+    evaluation (the same captions and seeds), to look for what the reward liked (an artefact, a vanished object)."""
+    first = next(iter(runs.values()))
+    rows = [("start", Path(first["run"]), first["curve"][0]["iteration"])]
+    rows += [(name, Path(r["run"]), r["curve"][-1]["iteration"]) for name, r in runs.items()]
+    strips, labels = [], []
+    for k in range(clips):
+        for name, run_dir, iteration in rows:
+            folder = run_dir / "samples" / f"step_{iteration:06d}"
+            record = read_metadata(folder)[0][k]
+            frames = to_float(np.load(folder / record["file"]))  # (T, H, W, 3)
+            framed = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
+            strips.append(np.concatenate(list(framed), axis=1))
+            caption = "\n".join(textwrap.wrap(record["caption"], 48)) + "\n" if name == "start" else ""
+            labels.append(f"{caption}{name}, iteration {iteration}")
+    image = np.concatenate(strips, axis=0).repeat(scale, 0).repeat(scale, 1)
+    row_px = image.shape[0] / len(strips)
+    fig, ax = plt.subplots(figsize=(image.shape[1] / 100 + 6, image.shape[0] / 100))
+    ax.imshow(image, interpolation="nearest")
+    ax.set_yticks([(i + 0.5) * row_px for i in range(len(strips))], labels, fontsize=7)
+    ax.set_xticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def curve(run_dir: Path) -> list[dict]:
@@ -261,6 +290,7 @@ def main() -> None:
     )
     fig.tight_layout()
     fig.savefig(RESULTS / f"{stem}.png", dpi=120)
+    sample_sheet(runs, RESULTS / f"{stem}_samples.png")
     for row in table:
         print(json.dumps(row))
     print(json.dumps(summary))
