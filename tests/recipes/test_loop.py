@@ -193,6 +193,7 @@ def test_stop_after_seconds_counts_the_steps_time_over_resumes(tmp_path, monkeyp
     run = Run(tmp_path, steps=8)
     assert run(stop_after_seconds=2.5) is None and run.ran == [1, 2, 3]  # 3 s spent after step 3
     assert _checkpoints(tmp_path)[-1] == 3
+    assert [r["step"] for r in _rows(tmp_path, "val/score")] == [3]  # validated where the budget ran out
     again = Run(tmp_path, steps=8)
     assert again(stop_after_seconds=2.5) is None and again.ran == []  # resumed with the budget spent: no step
     more = Run(tmp_path, steps=8)

@@ -159,8 +159,8 @@ class Loop:
 
         stop: entered for the steps only, so a signal during the final save is not taken for a stop.
         stop_after: stop (as SIGINT would) once this step is done; tests use it to interrupt a run.
-        stop_after_seconds: stop (as SIGINT would) once the steps have taken this long, over all resumes: an
-            equal wall-clock budget for runs compared with one another.
+        stop_after_seconds: stop (as SIGINT would, after a validation) once the steps have taken this long, over
+            all resumes: an equal wall-clock budget for runs compared with one another.
         before: run first, inside the stop's scope (a baseline validation that a signal must not cut short).
         """
         if stop_after_seconds is not None and self.state.get("train_seconds", 0.0) >= stop_after_seconds:
@@ -196,9 +196,13 @@ class Loop:
                     if self.runlog is not None:
                         self.runlog.write(self.offset + n, self._row(window, lr))
                     window = []
-                if (self.validate_every and n % self.validate_every == 0) or n == self.steps or n in self.validate_at:
+                validating = (self.validate_every and n % self.validate_every == 0) or n == self.steps
+                if validating or n in self.validate_at:
                     self.validate(n)
-                stopping = self._stopping(n, stop, stop_after, stop_after_seconds)  # every rank at the same step
+                out_of_time = self._out_of_time(n, stop_after_seconds)  # every rank agrees
+                if out_of_time and not (validating or n in self.validate_at):
+                    self.validate(n)  # a run given a time budget ends measured
+                stopping = out_of_time or self._stopping(n, stop, stop_after)  # every rank at the same step
                 if n % self.checkpoint_every == 0 or n == self.steps or stopping:
                     self.save(n)
                 if stopping:
@@ -214,11 +218,15 @@ class Loop:
             write_summary(self.out, summary(), self.summary_series)
         return final
 
-    def _stopping(self, n: int, stop: StopFlag, stop_after: int | None, stop_after_seconds: float | None) -> bool:
+    def _stopping(self, n: int, stop: StopFlag, stop_after: int | None) -> bool:
         if self.last_step_finishes and n == self.steps:
             return False
-        spent = stop_after_seconds is not None and self.state["train_seconds"] >= stop_after_seconds
-        return dist.any_rank(stop.raised is not None or spent) or self.offset + n == stop_after
+        return dist.any_rank(stop.raised is not None) or self.offset + n == stop_after
+
+    def _out_of_time(self, n: int, stop_after_seconds: float | None) -> bool:
+        if stop_after_seconds is None or n == self.steps:  # the last step finishes the run anyway
+            return False
+        return dist.any_rank(self.state["train_seconds"] >= stop_after_seconds)
 
     def _row(self, window: list[tuple[Metrics, float]], lr: float | None) -> Metrics:
         """The log row of the steps in `window`: `averaged` series as their mean, the others as the latest step's."""
