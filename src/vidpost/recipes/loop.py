@@ -104,6 +104,7 @@ class Loop:
     last_step_finishes: bool = False  # a stop raised during the last step is ignored: the run finishes
 
     def __post_init__(self) -> None:
+        self.state.setdefault("train_seconds", 0.0)  # the steps' wall-clock (checkpoints of older runs lack it)
         self.nonfinite = NonfiniteStreak(self.max_consecutive_nonfinite, self.checkpoints, self.unit)
         self.start = 0  # the step resumed from
         self.resumed = False  # whether a checkpoint was found
@@ -117,6 +118,7 @@ class Loop:
         if resumed is not None:
             checkpoint, self.state = resumed
             self.start, self.resumed = self.state.pop("step"), True
+            self.state.setdefault("train_seconds", 0.0)
             if self.ema is not None:
                 self.ema.optimization_step = self.state["ema_steps"]
             log.info("resuming from %s (%s %d of %d)", checkpoint, self.unit, self.start, self.steps)
@@ -163,7 +165,7 @@ class Loop:
             all resumes: an equal wall-clock budget for runs compared with one another.
         before: run first, inside the stop's scope (a baseline validation that a signal must not cut short).
         """
-        if stop_after_seconds is not None and self.state.get("train_seconds", 0.0) >= stop_after_seconds:
+        if stop_after_seconds is not None and self.state["train_seconds"] >= stop_after_seconds:
             warn_stopped(self.start, self.checkpoints, self.unit)  # resumed with its budget already spent
             if self.runlog is not None:
                 self.runlog.close()
@@ -188,7 +190,7 @@ class Loop:
                     self.ema.step(list(self.params.values()))
                     self.state["ema_steps"] = self.ema.optimization_step
                 seconds = time.perf_counter() - tick
-                self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + seconds
+                self.state["train_seconds"] += seconds
                 window.append((metrics, seconds))
                 bar.update(1)
                 bar.set_postfix(self.postfix(metrics))
@@ -196,12 +198,10 @@ class Loop:
                     if self.runlog is not None:
                         self.runlog.write(self.offset + n, self._row(window, lr))
                     window = []
-                validating = (self.validate_every and n % self.validate_every == 0) or n == self.steps
-                if validating or n in self.validate_at:
-                    self.validate(n)
                 out_of_time = self._out_of_time(n, stop_after_seconds)  # every rank agrees
-                if out_of_time and not (validating or n in self.validate_at):
-                    self.validate(n)  # a run given a time budget ends measured
+                cadenced = (self.validate_every and n % self.validate_every == 0) or n in self.validate_at
+                if cadenced or n == self.steps or out_of_time:  # a run given a time budget ends measured
+                    self.validate(n)
                 stopping = out_of_time or self._stopping(n, stop, stop_after)  # every rank at the same step
                 if n % self.checkpoint_every == 0 or n == self.steps or stopping:
                     self.save(n)
