@@ -9,15 +9,19 @@ timed phases; evaluation excluded) at every evaluation, and reports:
 - at equal wall-clock budgets (`--minutes 15 45`: every run trains until its training wall-clock reaches the
   largest budget, then checkpoints and stops, the recipe's `stop_after_seconds`): each strategy's last held-out
   evaluation at or before each budget;
-- the time flash needed to reach full's final held-out total (the goal: at most a fifth of full's time).
+- the time flash needed to reach full's final held-out total (the goal: at most a fifth of full's time), and
+  full's final graded and additive instruction scores.
 
     .venv/bin/python bench/grpo_strategies.py --updates 40 --eval-every 5
     .venv/bin/python bench/grpo_strategies.py --minutes 15 45 --eval-every flash=20 full=4 window=10 nft=16 \
         --set 'reward.weights={instruction_graded: 1.0}'
     .venv/bin/python bench/grpo_strategies.py --strategies flash full --set model.path=runs/my-sft
     .venv/bin/python bench/grpo_strategies.py --reward brightness   # a reward any model can move: does it learn?
+    .venv/bin/python bench/grpo_strategies.py --minutes 15 45 --run flash=runs/grpo-additive --name grpo_additive
 
 A run already in `--runs` resumes from its last checkpoint (runs are long; the bench can be stopped and rerun).
+`--run STRATEGY=DIR` reads a run made elsewhere with the same settings; a longer one is read up to the largest
+budget (its evaluations of steps begun within it).
 
 `--reward brightness` trains on the mean pixel value of each video (a bench-only reward, registered here),
 a check that each strategy's loop learns while the ShapeWorld reward is still out of the model's reach.
@@ -96,13 +100,18 @@ def sample_sheet(runs: dict[str, dict], path: Path, clips: int = 6, scale: int =
     plt.close(fig)
 
 
-def curve(run_dir: Path) -> list[dict]:
+def curve(run_dir: Path, until_seconds: float = float("inf")) -> list[dict]:
     """Per evaluation: iteration, training seconds so far, the held-out rewards (with the held-out videos'
     brightness), and the mean training reward (reward/weighted, what the run optimises) over the iterations
-    since the previous evaluation (the training prompts change every iteration, so it is noisy)."""
-    seconds, points, trained = 0.0, [], []
+    since the previous evaluation (the training prompts change every iteration, so it is noisy). Steps begun
+    after `until_seconds` of training are left out, as a run stopped by that budget would not have made them."""
+    seconds, step_began, points, trained = 0.0, 0.0, [], []
     for row in read_metrics(run_dir):
-        seconds += sum(v for k, v in row.items() if k.startswith("time/"))
+        spent = sum(v for k, v in row.items() if k.startswith("time/"))
+        if spent:
+            step_began, seconds = seconds, seconds + spent
+        if step_began >= until_seconds:  # a step begun after the budget: a longer run read at that budget
+            break
         if "reward/weighted" in row:
             trained.append(row["reward/weighted"])
         if "eval/total" in row:
@@ -113,6 +122,7 @@ def curve(run_dir: Path) -> list[dict]:
                     "total": row["eval/total"],
                     "success": row["eval/success"],
                     "graded": row.get("eval/instruction_graded"),
+                    "additive": row.get("eval/instruction_additive"),
                     "coherence": row.get("eval/coherence"),
                     "quality": row.get("eval/quality"),
                     "brightness": heldout_brightness(run_dir, row["step"]),
@@ -145,8 +155,8 @@ def eval_every_for(spec: list[str], name: str) -> int:
     return int(table.get(name, 5))
 
 
-def time_to_reach(points: list[dict], target: float) -> float | None:
-    reached = [p["seconds"] for p in points if p["total"] >= target]
+def time_to_reach(points: list[dict], target: float, key: str = "total") -> float | None:
+    reached = [p["seconds"] for p in points if p[key] is not None and p[key] >= target]
     return reached[0] if reached else None
 
 
@@ -157,7 +167,7 @@ def main() -> None:
         "--reward",
         choices=["config", "brightness"],
         default="config",
-        help="the configs' reward (ShapeWorld total), or the mean brightness",
+        help="the configs' reward (instruction_additive), or the mean brightness",
     )
     parser.add_argument("--updates", type=int, default=40, help="iterations per strategy (equal updates)")
     parser.add_argument(
@@ -173,7 +183,17 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=32, help="held-out prompts per evaluation")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     parser.add_argument("--runs", default=str(ROOT / "runs"), help="where the runs are written")
+    parser.add_argument(
+        "--run",
+        nargs="*",
+        default=[],
+        metavar="STRATEGY=DIR",
+        help="a strategy's run directory instead of --runs/bench-grpo-STRATEGY (a run trained with the same settings)",
+    )
+    parser.add_argument("--name", help="results file stem (default: grpo_strategies[_REWARD])")
     args = parser.parse_args()
+    run_dirs = dict(item.split("=", 1) for item in args.run)
+    horizon = 60 * max(args.minutes) if args.minutes else float("inf")
 
     rewards = []
     if args.reward == "brightness":
@@ -192,15 +212,17 @@ def main() -> None:
             *args.set,
         ]
         cfg = load_config(GRPOConfig, ROOT / "configs" / "shapeworld" / f"grpo_{config}.yaml", overrides)
-        out = Path(args.runs) / (
-            f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}"
+        out = Path(
+            run_dirs.get(name)
+            or Path(args.runs)
+            / (f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}")
         )
         if args.minutes:
             if training_seconds(out) < 60 * max(args.minutes):  # else: this run already spent its budget
                 train(cfg, out, stop_after_seconds=60 * max(args.minutes))  # checkpointed there, resumable
         else:
             train(cfg, out)
-        runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out)}
+        runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out, horizon)}
         print(
             f"{name}: "
             + ", ".join(f"it {p['iteration']} {p['seconds']:.0f}s total {p['total']:.3f}" for p in runs[name]["curve"]),
@@ -233,22 +255,20 @@ def main() -> None:
                 **{
                     f"{key}_at_{minutes:g}min": reward_at(points, 60 * minutes, key)
                     for minutes in args.minutes
-                    for key in ("total", "success", "graded", "coherence", "quality")
+                    for key in ("total", "success", "graded", "additive", "coherence", "quality")
                 },
             }
         )
     summary = {"equal_time_budget_s": budget, "budgets_min": args.minutes}
     if "flash" in runs and "full" in runs:
-        target = runs["full"]["curve"][-1]["total"]
-        reach = time_to_reach(runs["flash"]["curve"], target)
-        summary.update(
-            {
-                "full_final_total": target,
-                "flash_seconds_to_full_final": reach,
-                "full_seconds": runs["full"]["curve"][-1]["seconds"],
-                "flash_time_fraction": None if reach is None else reach / runs["full"]["curve"][-1]["seconds"],
-            }
-        )
+        full_seconds = runs["full"]["curve"][-1]["seconds"]
+        summary["full_seconds"] = full_seconds
+        for key in ("total", "graded", "additive"):
+            target = runs["full"]["curve"][-1][key]
+            reach = None if target is None else time_to_reach(runs["flash"]["curve"], target, key)
+            summary[f"full_final_{key}"] = target
+            summary[f"flash_seconds_to_full_final_{key}"] = reach
+            summary[f"flash_time_fraction_{key}"] = None if reach is None else reach / full_seconds
 
     RESULTS.mkdir(exist_ok=True)
     payload = {
@@ -264,12 +284,13 @@ def main() -> None:
         },
         "date": datetime.date.today().isoformat(),
     }
-    stem = "grpo_strategies" if args.reward == "config" else f"grpo_strategies_{args.reward}"
+    stem = args.name or ("grpo_strategies" if args.reward == "config" else f"grpo_strategies_{args.reward}")
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     panels = [
         ("total", "held-out total reward"),
         ("success", "held-out success"),
         ("graded", "held-out graded instruction"),
+        ("additive", "held-out additive instruction"),
         ("quality", "held-out quality"),
         ("training_reward", "training reward (reward.weights)"),
     ]
