@@ -222,7 +222,12 @@ def main() -> None:
                 train(cfg, out, stop_after_seconds=60 * max(args.minutes))  # checkpointed there, resumable
         else:
             train(cfg, out)
-        runs[name] = {"run": str(out), "overrides": overrides, "curve": curve(out, horizon)}
+        runs[name] = {
+            "run": str(out),
+            "overrides": overrides,
+            "reward": cfg.reward.weights,
+            "curve": curve(out, horizon),
+        }
         print(
             f"{name}: "
             + ", ".join(f"it {p['iteration']} {p['seconds']:.0f}s total {p['total']:.3f}" for p in runs[name]["curve"]),
@@ -306,9 +311,8 @@ def main() -> None:
         ax.set_xlabel("training wall-clock (min, evaluation excluded)")
         ax.set_ylabel(label)
         ax.legend()
-    fig.suptitle(
-        f"RL strategies on ShapeWorld ({'reward: ' + args.reward if args.reward != 'config' else 'config rewards'})"
-    )
+    rewards_trained = {json.dumps(r["reward"]) for r in runs.values()}
+    fig.suptitle(f"RL strategies on ShapeWorld, trained on {' / '.join(sorted(rewards_trained))}")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{stem}.png", dpi=120)
     sample_sheet(runs, RESULTS / f"{stem}_samples.png")
