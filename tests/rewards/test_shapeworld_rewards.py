@@ -311,3 +311,14 @@ def test_additive_credit_prefers_the_stated_shape_and_colour():
     wrong_colour = _graded(_drawn(9, [6] * 8, [6] * 8, "triangle", "yellow", "gray"), text, "instruction_additive")
     # the count holds (one blob); all six parts of the absent object (a stated stillness is checked too) are 0
     assert wrong_colour == pytest.approx(1 / 7)
+
+
+def test_additive_credit_charges_a_blob_drawn_larger_than_stated():
+    """Averaged, a coverage capped at 1 paid an oversized blob more than the size part charged it (RL grew
+    objects); the additive coverage charges excess area as it charges missing area."""
+    small = SIZES["small"]
+    text = "a small red square staying still on a black background"
+    for side in (small + 2, small + 4, small + 6):
+        share = small**2 / side**2  # the stated square's area over the drawn one's: coverage, and the centred IoU
+        by_hand = (4 + 2 * share + np.exp(-(side - small) / 3)) / 7  # count, presence, speed, path: 1 each
+        assert _graded(_drawn(side, [6] * 8, [6] * 8), text, "instruction_additive") == pytest.approx(by_hand)

@@ -32,6 +32,8 @@ contrast-invariant, so a blurred edge (alpha 2/3 for a 3x3 blur) never counts, o
   object keeps exp(-(1/0.8)^2) = 0.21 of its motion credit.
 - instruction_additive: the same parts averaged instead of multiplied: the soft count and, per object, the
   fraction of frames present, coverage, size and shape IoU (means over the present frames), speed and path.
+  Its coverage also charges excess area (the smaller of area / stated area and its inverse): averaged, a capped
+  coverage paid a blob drawn larger than stated more than the size part charged it, and RL grew objects.
   Where a weak model's products are 0 for whole groups of samples, this still ranks them; it is not
   cheat-proof (a still object of the stated shape keeps most of it), so it is a training signal to be judged
   by held-out `total` and `success`, never a figure to report as success.
@@ -224,11 +226,13 @@ def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> t
     h, w = _extent(np.asarray(mask.any(2))), _extent(np.asarray(mask.any(1)))
     sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
     side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
-    coverage = np.minimum(area / np.array([shape_mask(obj.shape, int(s)).sum() for s in side]), 1.0)
+    ratio = area / np.array([shape_mask(obj.shape, int(s)).sum() for s in side])
+    coverage = np.minimum(ratio, 1.0)
     size = np.exp(-(np.abs(h - side) + np.abs(w - side)) / 2 / GRADED_SIZE_PX)
     iou = _shape_iou(mask, obj.shape, side)
     frames = float(np.where(present, coverage * size * iou, 0.0).mean())
-    parts = [float(present.mean())] + [float(x[present].mean()) for x in (coverage, size, iou)]
+    both_ways = np.minimum(ratio, 1.0 / np.maximum(ratio, 1e-9))  # excess area costs as much as missing area
+    parts = [float(present.mean())] + [float(x[present].mean()) for x in (both_ways, size, iou)]
     if velocities is None:
         return frames, parts
     t = np.flatnonzero(present)
