@@ -212,14 +212,11 @@ def main() -> None:
             *args.set,
         ]
         cfg = load_config(GRPOConfig, ROOT / "configs" / "shapeworld" / f"grpo_{config}.yaml", overrides)
-        out = Path(
-            run_dirs.get(name)
-            or Path(args.runs)
-            / (f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}")
-        )
+        default_dir = f"bench-grpo-{name}" if args.reward == "config" else f"bench-grpo-{name}-{args.reward}"
+        out = Path(run_dirs.get(name) or Path(args.runs) / default_dir)
         if args.minutes:
-            if training_seconds(out) < 60 * max(args.minutes):  # else: this run already spent its budget
-                train(cfg, out, stop_after_seconds=60 * max(args.minutes))  # checkpointed there, resumable
+            if training_seconds(out) < horizon:  # else: this run already spent its budget
+                train(cfg, out, stop_after_seconds=horizon)  # checkpointed there, resumable
         else:
             train(cfg, out)
         runs[name] = {
