@@ -6,7 +6,7 @@ scores it with the ShapeWorld rewards: total, success rate, instruction, coheren
 one-object and two-object scenes apart, and the share of each instruction check that passes (count: frames
 with as many blobs as objects; presence and size_shape: frames where each stated object is present, and
 present with its stated size and shape; motion: the motion score), so the lowest one says where the
-headroom is.
+headroom is; and the objects' area over the stated shape's (area_ratio), where drawing objects too large shows.
 
     .venv/bin/python bench/shapeworld_models.py                       # shapeworld-base, shapeworld-sft
     .venv/bin/python bench/shapeworld_models.py --models runs/my-sft  # any model or run directory
@@ -40,6 +40,7 @@ from vidpost.world.grammar import parse_caption  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHECKS = ("count", "presence", "size_shape", "motion")
+AREA = "area_ratio"  # objects' area over the stated shape's (1: as stated); not a share, so off the bar chart
 
 
 def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
@@ -48,7 +49,10 @@ def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
     clips = [score_clip(to_float(v), spec) for v, spec in zip(videos, specs, strict=True)]
 
     def mean(rows: list[dict]) -> dict:
-        return {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in (*SHAPEWORLD_SCORES, *CHECKS)}}
+        return {
+            "n": len(rows),
+            **{k: float(np.mean([r[k] for r in rows])) for k in (*SHAPEWORLD_SCORES, *CHECKS, AREA)},
+        }
 
     counts = sorted({len(spec.objects) for spec in specs})
     by_objects = {
@@ -89,7 +93,7 @@ def main() -> None:
             for group, part in [("all", scores), *scores["by_objects"].items()]:
                 print(
                     f"{ref:<24} {split:<8} {group:>3} (n={part['n']:>3}) "
-                    + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS)),
+                    + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS, AREA)),
                     flush=True,
                 )
 

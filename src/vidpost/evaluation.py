@@ -136,6 +136,7 @@ SHAPEWORLD_SCORES = (
     "instruction",
     "instruction_graded",
     "instruction_additive",
+    "instruction_checks",
     "coherence",
     "quality",
     "success",

@@ -47,7 +47,9 @@ def test_ground_truth_scores_one_for_every_single_object_combination():
         for motion, speed in [(STILL, None), *itertools.product(DIRECTIONS, SPEEDS)]:
             spec = SceneSpec((ObjectSpec(colour, shape, size, motion, speed),), background)
             scores = score_clip(_truth(spec), spec)
-            totals.append(min(scores["total"], scores["instruction_graded"], scores["instruction_additive"]))
+            totals.append(
+                min(scores[k] for k in ("total", "instruction_graded", "instruction_additive", "instruction_checks"))
+            )
             success.append(scores["success"])
     assert len(totals) == 972
     assert min(totals) >= 0.99 and min(success) == 1.0
@@ -66,6 +68,7 @@ def test_ground_truth_scores_one_for_random_multi_object_scenes_after_uint8_stor
         assert scores["total"] >= 0.99 and scores["success"] == 1.0, caption(spec)
         assert scores["instruction_graded"] >= 0.99, caption(spec)
         assert scores["instruction_additive"] >= 0.99, caption(spec)
+        assert scores["instruction_checks"] >= 0.99, caption(spec)
         assert scores["blobs_per_frame"] == len(spec.objects), caption(spec)
 
 
@@ -190,6 +193,7 @@ def test_family_is_batched_and_rejects_bad_captions():
         "success",
         "instruction_graded",
         "instruction_additive",
+        "instruction_checks",
     }
     assert out["total"][0] >= 0.99 and out["total"][1] == 0.0
     assert all(((v >= 0) & (v <= 1)).all() for v in out.values())
@@ -212,6 +216,9 @@ def test_check_shares_say_which_check_fails():
     wrong_size = parse_caption("a small red square moving right slowly and a small blue circle staying still")
     scores = score_clip(truth, wrong_size)
     assert scores["presence"] == 1.0 and scores["size_shape"] == 0.5 and scores["motion"] == 1.0
+    # instruction_checks averages the strict factors: the count, and per object size-and-shape and motion
+    assert scores["instruction_checks"] == pytest.approx((1 + 1 + 1 + 0 + 1) / 5)
+    assert scores["instruction"] == 0.0
     # ... and one that states it moving left: size and shape hold, the motion score falls
     wrong_motion = parse_caption("a small red square moving left slowly and a large blue circle staying still")
     scores = score_clip(truth, wrong_motion)
@@ -322,3 +329,35 @@ def test_additive_credit_charges_a_blob_drawn_larger_than_stated():
         share = small**2 / side**2  # the stated square's area over the drawn one's: coverage, and the centred IoU
         by_hand = (4 + 2 * share + np.exp(-(side - small) / 3)) / 7  # count, presence, speed, path: 1 each
         assert _graded(_drawn(side, [6] * 8, [6] * 8), text, "instruction_additive") == pytest.approx(by_hand)
+
+
+# ---- instruction_checks: the strict instruction's factors averaged; the object-area diagnostic ----
+
+
+def test_check_credit_pays_for_passing_not_for_being_near():
+    """The additive size part rises as a side nears the caption's; the strict size check passes within
+    SIZE_TOL_PX, so instruction_checks moves only when it does."""
+    text = "a large red square moving right slowly on a black background"  # 9 px, 1 px per frame
+    checks = [_graded(_drawn(side, range(2, 10), [4] * 8), text, "instruction_checks") for side in (5, 7, 8, 9)]
+    # the count always; motion once the object is present (at least half the stated area: not 5 px); size from 8 px
+    assert checks == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    additive = [_graded(_drawn(side, range(2, 10), [4] * 8), text, "instruction_additive") for side in (7, 8)]
+    assert additive[0] < additive[1] < 0.99  # near is paid, a little, at every pixel
+
+
+def test_check_credit_of_a_frozen_object_by_hand():
+    """A still square of the stated size, captioned moving right at 1 px a frame: its fitted start leaves the
+    centroid |t - 3.5| px off the path, and every step is 1 px off."""
+    text = "a large red square moving right slowly on a black background"
+    residual = np.abs(np.arange(8) - 3.5)
+    motion = np.exp(-((residual / 0.5) ** 2)).mean() * np.exp(-((1 / 0.5) ** 2))
+    assert _graded(_drawn(9, [5] * 8, [4] * 8), text, "instruction_checks") == pytest.approx((1 + 1 + motion) / 3)
+
+
+def test_area_ratio_shows_an_object_drawn_larger_than_stated():
+    text = "a small red square staying still on a black background"  # 5 px: 25 px of area
+    for side in (3, 5, 7):
+        scores = score_clip(_drawn(side, [6] * 8, [6] * 8), parse_caption(text))
+        assert scores["area_ratio"] == pytest.approx(side**2 / 25)
+    absent = np.broadcast_to(np.array(BACKGROUNDS["black"], np.float32), (8, 24, 24, 3)).copy()
+    assert score_clip(absent, parse_caption(text))["area_ratio"] == 0.0

@@ -37,6 +37,11 @@ contrast-invariant, so a blurred edge (alpha 2/3 for a 3x3 blur) never counts, o
   Where a weak model's products are 0 for whole groups of samples, this still ranks them; it is not
   cheat-proof (a still object of the stated shape keeps most of it), so it is a training signal to be judged
   by held-out `total` and `success`, never a figure to report as success.
+- instruction_checks: the strict `instruction`'s own factors averaged instead of multiplied: the share of frames
+  with the right count and, per object, the share of frames present with the stated size and shape (extents
+  within SIZE_TOL_PX) and the motion score. Where the additive parts pay for being near, this pays only for
+  passing, frame by frame; like them it is a training signal (a still object of the stated size keeps 2/3 of
+  it), not a figure to report.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ REWARD_KEYS = (
     "success",
     "instruction_graded",
     "instruction_additive",
+    "instruction_checks",
 )
 _IN_FRAME = np.zeros((3, 3, 3), bool)
 _IN_FRAME[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within a frame, never across frames
@@ -213,16 +219,17 @@ def _shape_iou(mask: np.ndarray, shape: str, side: np.ndarray) -> np.ndarray:
     return ious
 
 
-def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> tuple[float, list[float]]:
+def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> tuple[float, list[float], float]:
     """One object's graded credit (module docstring) from its mask (T, H, W) and centroids (T, 2): the product
-    `instruction_graded` multiplies, and the parts `instruction_additive` averages (presence, coverage, size and
-    shape IoU over the present frames, then speed and path for a moving object)."""
+    `instruction_graded` multiplies, the parts `instruction_additive` averages (presence, coverage, size and
+    shape IoU over the present frames, then speed and path for a moving object), and the mean ratio of its area
+    to the stated shape's over the present frames (above 1: drawn larger than stated)."""
     area = mask.sum((1, 2))
     present = area > 0
     velocities = _allowed_velocities(obj)
     n_parts = 4 if velocities is None else 6
     if not present.any():
-        return 0.0, [0.0] * n_parts
+        return 0.0, [0.0] * n_parts, 0.0
     h, w = _extent(np.asarray(mask.any(2))), _extent(np.asarray(mask.any(1)))
     sides = [SIZES[obj.size]] if obj.size else list(SIZES.values())
     side = np.array(sides)[np.abs(np.array(sides)[:, None] - (h + w) / 2).argmin(0)]  # (T,) nearest allowed
@@ -233,17 +240,18 @@ def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> t
     frames = float(np.where(present, coverage * size * iou, 0.0).mean())
     both_ways = np.minimum(ratio, 1.0 / np.maximum(ratio, 1e-9))  # excess area costs as much as missing area
     parts = [float(present.mean())] + [float(x[present].mean()) for x in (both_ways, size, iou)]
+    area_ratio = float(ratio[present].mean())
     if velocities is None:
-        return frames, parts
+        return frames, parts, area_ratio
     t = np.flatnonzero(present)
     if len(t) < 2:
-        return 0.0, parts + [0.0, 0.0]
+        return 0.0, parts + [0.0, 0.0], area_ratio
     design = np.stack([np.ones(len(t)), t], 1)  # centroid = start + v t, least squares over the present frames
     coef = np.linalg.lstsq(design, centroid[t], rcond=None)[0]  # (2, 2): start, v
     residual = np.linalg.norm(design @ coef - centroid[t], axis=1)
     path = float(np.exp(-((residual / GRADED_PATH_PX) ** 2)).sum() / len(present))  # absent frames earn nothing
     speed = float(np.exp(-((np.linalg.norm(coef[1] - velocities, axis=1) / GRADED_SPEED_PX) ** 2)).max())
-    return frames * speed * path, parts + [speed, path]
+    return frames * speed * path, parts + [speed, path], area_ratio
 
 
 class _ObjectChecks(TypedDict):
@@ -257,6 +265,7 @@ class _ObjectChecks(TypedDict):
     smoothness: float
     graded: float
     graded_parts: list[float]
+    area_ratio: float
 
 
 def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _ObjectChecks:
@@ -271,7 +280,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
     )  # (T, 2) as (x, y)
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
-    graded, graded_parts = _graded_object(mask, centroid, obj)
+    graded, graded_parts, area_ratio = _graded_object(mask, centroid, obj)
     return {
         "present": present,
         "frame_ok": frame_ok,
@@ -281,6 +290,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
         "smoothness": smoothness,
         "graded": graded,
         "graded_parts": graded_parts,
+        "area_ratio": area_ratio,
     }
 
 
@@ -309,6 +319,9 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     soft_count = np.exp(-np.abs(blobs_per_frame - len(spec.objects))).mean()
     instruction_graded = soft_count * np.prod([c["graded"] for c in checks])
     instruction_additive = np.mean([soft_count, *(part for c in checks for part in c["graded_parts"])])
+    instruction_checks = np.mean(
+        [count_ok.mean(), *(x for c in checks for x in (c["frame_ok"].mean(), c["motion_score"]))]
+    )
 
     near = ndimage.binary_dilation(foreground, structure=_NEAR)
     away = ~near
@@ -341,12 +354,15 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         "success": float(success),
         "instruction_graded": float(instruction_graded),
         "instruction_additive": float(instruction_additive),
+        "instruction_checks": float(instruction_checks),
         "count": float(count_ok.mean()),
         # where instruction following fails, per stated object (mean over objects): frames present,
         # frames present with the stated size and shape, motion score
         "presence": float(np.mean([c["present"].mean() for c in checks])),
         "size_shape": float(np.mean([c["frame_ok"].mean() for c in checks])),
         "motion": float(np.mean([c["motion_score"] for c in checks])),
+        # mean over objects of area / stated shape's area where present: growth that a reward pays for shows here
+        "area_ratio": float(np.mean([c["area_ratio"] for c in checks])),
         "blobs_per_frame": float(blobs_per_frame.mean()),
         "flicker": float(flicker),
         "crispness": float(crispness),
