@@ -15,17 +15,12 @@ Writes bench/results/enhancer.json and bench/results/enhancer.png.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.enhance.intent import rewrite_metrics  # noqa: E402
 from vidpost.enhance.resolve import load_enhancer  # noqa: E402
@@ -33,8 +28,6 @@ from vidpost.enhance.rewards import prompts_used  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_records  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
 from vidpost.models.load import load_model  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -81,20 +74,15 @@ def main() -> None:
         rows.append({"prompts": name, **extra[name], **scores, "examples": list(zip(terse[:3], used[:3], strict=True))})
         print(f"{name:<20} " + " ".join(f"{k} {scores[k]:.3f}" for k in SHAPEWORLD_SCORES), flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "command": "python " + " ".join(sys.argv),
-        "video_model": args.video_model,
-        "split": args.split,
-        "n": args.n,
-        "seed": args.seed,
-        "sampling": sampling.model_dump(),
-        "rows": rows,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(
+        args.name,
+        video_model=args.video_model,
+        split=args.split,
+        n=args.n,
+        seed=args.seed,
+        sampling=sampling.model_dump(),
+        rows=rows,
+    )
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(rows)

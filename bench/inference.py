@@ -22,26 +22,19 @@ bench/results/inference.png.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
 from vidpost.inference.acceleration import AccelerationConfig, CacheConfig  # noqa: E402
 from vidpost.models.load import load_model  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(
@@ -157,18 +150,13 @@ def main() -> None:
     for row in rows:
         row["nfe_reduction"] = base["nfe"] / row["nfe"]
         row["speedup"] = base["seconds_per_video"] / row["seconds_per_video"]
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "command": "python " + " ".join(sys.argv),
-        "split": args.split,
-        "n": args.n,
-        "seed": args.seed,
-        "rows": rows,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(
+        args.name,
+        split=args.split,
+        n=args.n,
+        seed=args.seed,
+        rows=rows,
+    )
 
     labels = [f"{r['model']}\n{r['acceleration']}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, len(rows) * 0.9), 4))

@@ -15,10 +15,6 @@ Writes bench/results/NAME.json and NAME.png (each score against iteration, one l
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -26,12 +22,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 from shapeworld_models import AREA, CHECKS, scores_by_objects  # noqa: E402
 
 from vidpost.data.dataset import read_metadata  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHOWN = ("total", "instruction_checks", "instruction_additive", "quality", *CHECKS, AREA)
 
 
@@ -77,15 +72,7 @@ def main() -> None:
             print(f"{name:<12} {step:>4} " + " ".join(f"{k} {points[-1][k]:.4f}" for k in SHOWN), flush=True)
         runs[name] = {"run": str(run_dir), "curve": points}
 
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "command": "python " + " ".join(sys.argv),
-        "runs": runs,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(args.name, runs=runs)
 
     fig, axes = plt.subplots(2, (len(SHOWN) + 1) // 2, figsize=(3.2 * ((len(SHOWN) + 1) // 2), 6), squeeze=False)
     for ax, key in zip(axes.flat, SHOWN, strict=False):

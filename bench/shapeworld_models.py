@@ -17,10 +17,6 @@ Writes bench/results/shapeworld_models.json and bench/results/shapeworld_models.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, shapeworld_prompts  # noqa: E402
@@ -38,7 +34,6 @@ from vidpost.rewards.shapeworld import score_clip  # noqa: E402
 from vidpost.sample import load_model  # noqa: E402
 from vidpost.world.grammar import parse_caption  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CHECKS = ("count", "presence", "size_shape", "motion")
 AREA = "area_ratio"  # objects' area over the stated shape's (1: as stated); not a share, so off the bar chart
 
@@ -97,15 +92,7 @@ def main() -> None:
                     flush=True,
                 )
 
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "command": "python " + " ".join(sys.argv),
-        "rows": rows,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(args.name, rows=rows)
 
     keys = (*SHAPEWORLD_SCORES, *CHECKS)
     fig, axes = plt.subplots(1, len(args.splits), figsize=(7 * len(args.splits), 3.5), squeeze=False)

@@ -56,3 +56,19 @@ def test_a_run_without_samples_or_a_bad_pair_is_named(run_checks, tmp_path):
     with pytest.raises(SystemExit, match="NAME=DIR"):
         run_checks.parse_runs(["runs/flash"])
     assert run_checks.parse_runs(["a=runs/x"]) == {"a": Path("runs/x")}
+
+
+def test_main_writes_the_curves_with_the_command_machine_and_date(run_checks, tmp_path, monkeypatch):
+    truth = render_scene(parse_caption(CAPTION), np.random.default_rng(0))
+    for step in (0, 8):
+        save_evaluation(tmp_path / "run", step, [truth])
+    results = tmp_path / "results"
+    monkeypatch.setattr(importlib.import_module("results_file"), "RESULTS", results)
+    monkeypatch.setattr(run_checks, "RESULTS", results)
+    monkeypatch.setattr("sys.argv", ["run_checks.py", "--run", f"a={tmp_path / 'run'}", "--name", "t"])
+    run_checks.main()
+    payload = json.loads((results / "t.json").read_text())
+    assert list(payload) == ["command", "runs", "machine", "date"]
+    assert [p["iteration"] for p in payload["runs"]["a"]["curve"]] == [0, 8]
+    assert payload["runs"]["a"]["curve"][1]["total"] >= 0.99
+    assert (results / "t.png").stat().st_size > 0
