@@ -315,13 +315,13 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     count_ok = blobs_per_frame == len(spec.objects)  # (T,)
 
     checks = [_check_object(rel, background, obj) for obj in spec.objects]
-    instruction = count_ok.mean() * np.prod([c["frame_ok"].mean() * c["motion_score"] for c in checks])
+    # the strict instruction's factors: the count share, then per object its size-and-shape share and motion score
+    factors = [count_ok.mean(), *(x for c in checks for x in (c["frame_ok"].mean(), c["motion_score"]))]
+    instruction = np.prod(factors)
     soft_count = np.exp(-np.abs(blobs_per_frame - len(spec.objects))).mean()
     instruction_graded = soft_count * np.prod([c["graded"] for c in checks])
     instruction_additive = np.mean([soft_count, *(part for c in checks for part in c["graded_parts"])])
-    instruction_checks = np.mean(
-        [count_ok.mean(), *(x for c in checks for x in (c["frame_ok"].mean(), c["motion_score"]))]
-    )
+    instruction_checks = np.mean(factors)
 
     near = ndimage.binary_dilation(foreground, structure=_NEAR)
     away = ~near
