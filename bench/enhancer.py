@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from named_args import named_pairs  # noqa: E402
 from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.enhance.intent import rewrite_metrics  # noqa: E402
@@ -50,10 +51,7 @@ def main() -> None:
     terse, intents = [r["terse"] for r in records], [r["intent"] for r in records]
     prompts = {"raw terse prompt": terse}
     extra: dict[str, dict] = {"raw terse prompt": {}}
-    for spec in args.enhancers:
-        name, sep, ref = spec.partition("=")
-        if not sep:
-            parser.error(f"--enhancers takes NAME=ENHANCER, got {spec!r}")
+    for name, ref in named_pairs(args.enhancers, "--enhancers").items():
         raw = [text or "" for text in load_enhancer(ref).generate(terse)]  # unchecked, for the intent share
         used, passed = prompts_used(terse, raw)  # a rewrite that fails the check falls back, as in use
         prompts[f"{name} enhancer"] = used

@@ -47,13 +47,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from named_args import named_pairs  # noqa: E402
 
 from vidpost.config import load_config  # noqa: E402
 from vidpost.data.dataset import read_metadata  # noqa: E402
 from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.recipes.grpo import GRPOConfig, train  # noqa: E402
 from vidpost.rewards.registry import register_family  # noqa: E402
-from vidpost.runlog import read_metrics  # noqa: E402
+from vidpost.runlog import read_metrics, samples_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -68,7 +69,7 @@ def brightness(videos, prompts) -> dict:
 
 def heldout_brightness(run_dir: Path, iteration: int) -> float:
     """The mean brightness of the held-out videos the evaluation at `iteration` saved (fixed captions and seeds)."""
-    folder = run_dir / "samples" / f"step_{iteration:06d}"
+    folder = samples_dir(run_dir, iteration)
     records, _ = read_metadata(folder)
     return float(np.mean([to_float(np.load(folder / r["file"])).mean() for r in records]))
 
@@ -82,7 +83,7 @@ def sample_sheet(runs: dict[str, dict], path: Path, clips: int = 6, scale: int =
     strips, labels = [], []
     for k in range(clips):
         for name, run_dir, iteration in rows:
-            folder = run_dir / "samples" / f"step_{iteration:06d}"
+            folder = samples_dir(run_dir, iteration)
             record = read_metadata(folder)[0][k]
             frames = to_float(np.load(folder / record["file"]))  # (T, H, W, 3)
             framed = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
@@ -192,7 +193,7 @@ def main() -> None:
     )
     parser.add_argument("--name", help="results file stem (default: grpo_strategies[_REWARD])")
     args = parser.parse_args()
-    run_dirs = dict(item.split("=", 1) for item in args.run)
+    run_dirs = named_pairs(args.run, "--run")
     horizon = 60 * max(args.minutes) if args.minutes else float("inf")
 
     rewards = []

@@ -29,6 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from named_args import named_pairs  # noqa: E402
 from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_prompts  # noqa: E402
@@ -103,12 +104,7 @@ def main() -> None:
     parser.add_argument("--name", default="inference", help="results file stem")
     args = parser.parse_args()
 
-    models = {"teacher": args.teacher}
-    for spec in args.students:
-        name, sep, ref = spec.partition("=")
-        if not sep:
-            parser.error(f"--students takes NAME=MODEL, got {spec!r}")
-        models[name] = ref
+    models = {"teacher": args.teacher, **named_pairs(args.students, "--students")}
     prompts = shapeworld_prompts(args.split, args.n, args.seed)
     accelerations = {
         "none": None,

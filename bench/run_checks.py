@@ -22,17 +22,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from named_args import named_pairs  # noqa: E402
 from results_file import RESULTS, write_results  # noqa: E402
 from shapeworld_models import AREA, CHECKS, scores_by_objects  # noqa: E402
 
 from vidpost.data.dataset import read_metadata  # noqa: E402
+from vidpost.runlog import samples_dir, saved_evaluations  # noqa: E402
 
 SHOWN = ("total", "instruction_checks", "instruction_additive", "quality", *CHECKS, AREA)
 
 
 def evaluations(run_dir: Path, until: int | None = None) -> list[int]:
     """The iterations whose held-out samples the run saved, in order (up to `until`)."""
-    steps = sorted(int(p.name.removeprefix("step_")) for p in (run_dir / "samples").glob("step_*"))
+    steps = saved_evaluations(run_dir)
     if not steps:
         raise SystemExit(f"{run_dir}: no saved held-out samples (samples/step_*)")
     return [s for s in steps if until is None or s <= until]
@@ -47,16 +49,6 @@ def score_samples(folder: Path) -> dict:
     return scores
 
 
-def parse_runs(pairs: list[str]) -> dict[str, Path]:
-    runs = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--run expects NAME=DIR, got {pair!r}")
-        runs[name] = Path(path)
-    return runs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=DIR, once per run")
@@ -65,10 +57,10 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = {}
-    for name, run_dir in parse_runs(args.run).items():
-        points = []
+    for name, run in named_pairs(args.run, "--run").items():
+        run_dir, points = Path(run), []
         for step in evaluations(run_dir, args.until):
-            points.append({"iteration": step, **score_samples(run_dir / "samples" / f"step_{step:06d}")})
+            points.append({"iteration": step, **score_samples(samples_dir(run_dir, step))})
             print(f"{name:<12} {step:>4} " + " ".join(f"{k} {points[-1][k]:.4f}" for k in SHOWN), flush=True)
         runs[name] = {"run": str(run_dir), "curve": points}
 

@@ -1,4 +1,5 @@
-"""A run's metrics: one JSON object per line in `logs/metrics.jsonl`, and the same scalars in TensorBoard.
+"""A run's record: its metrics, one JSON object per line in `logs/metrics.jsonl` and the same scalars in
+TensorBoard, and the held-out videos each validation saves in `samples/step_NNNNNN/` (a dataset folder).
 
     log = RunLog(run_dir, resume_step=0)
     log.write(step, {"train/loss": 0.31, "train/lr": 1e-4})
@@ -69,3 +70,14 @@ def _plain(value):
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "logs" / METRICS_NAME
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def samples_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the validation at `step` saves its held-out videos."""
+    return Path(run_dir) / "samples" / f"step_{step:06d}"
+
+
+def saved_evaluations(run_dir: str | Path) -> list[int]:
+    """The steps whose held-out videos the run saved, in order."""
+    steps = (p.name.removeprefix("step_") for p in (Path(run_dir) / "samples").glob("step_*"))
+    return sorted(int(s) for s in steps if s.isdigit())

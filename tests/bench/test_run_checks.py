@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vidpost.runlog import samples_dir
 from vidpost.world.grammar import parse_caption
 from vidpost.world.render import render_scene
 
@@ -24,7 +25,7 @@ def run_checks(monkeypatch):
 
 
 def save_evaluation(run: Path, step: int, videos: list[np.ndarray]) -> None:
-    folder = run / "samples" / f"step_{step:06d}"
+    folder = samples_dir(run, step)
     (folder / "clips").mkdir(parents=True)
     lines = []
     for i, video in enumerate(videos):
@@ -42,7 +43,7 @@ def test_evaluations_are_read_in_order_and_scored_check_by_check(run_checks, tmp
 
     assert run_checks.evaluations(tmp_path) == [0, 10, 20]
     assert run_checks.evaluations(tmp_path, until=10) == [0, 10]
-    first, middle, last = (run_checks.score_samples(tmp_path / "samples" / f"step_{s:06d}") for s in (0, 10, 20))
+    first, middle, last = (run_checks.score_samples(samples_dir(tmp_path, s)) for s in (0, 10, 20))
     # a 10 px wide square of a stated 9 passes the size check (1 px of tolerance) at 90/81 of the stated area
     assert last["size_shape"] == first["size_shape"] == 1.0 and last["n"] == 2
     assert last["area_ratio"] == pytest.approx(1.0)
@@ -53,9 +54,11 @@ def test_evaluations_are_read_in_order_and_scored_check_by_check(run_checks, tmp
 def test_a_run_without_samples_or_a_bad_pair_is_named(run_checks, tmp_path):
     with pytest.raises(SystemExit, match="no saved held-out samples"):
         run_checks.evaluations(tmp_path)
-    with pytest.raises(SystemExit, match="NAME=DIR"):
-        run_checks.parse_runs(["runs/flash"])
-    assert run_checks.parse_runs(["a=runs/x"]) == {"a": Path("runs/x")}
+    named_pairs = importlib.import_module("named_args").named_pairs
+    for bad in ("runs/flash", "=runs/flash", "flash="):
+        with pytest.raises(SystemExit, match="--run expects NAME=VALUE"):
+            named_pairs([bad], "--run")
+    assert named_pairs(["a=runs/x", "b=c=d"], "--run") == {"a": "runs/x", "b": "c=d"}
 
 
 def test_main_writes_the_curves_with_the_command_machine_and_date(run_checks, tmp_path, monkeypatch):

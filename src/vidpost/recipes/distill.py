@@ -85,6 +85,7 @@ from vidpost.recipes.common import (
 )
 from vidpost.recipes.loop import Loop, cadence
 from vidpost.recipes.prompts import PromptsConfig, rewrite_prompts, training_prompts, validation_prompts
+from vidpost.runlog import samples_dir
 
 log = logging.getLogger("vidpost")
 
@@ -378,7 +379,7 @@ def train(cfg: DistillConfig, out: str | Path, progress: bool = True, stop_after
         # step 0, the baseline: the teacher sampled as the final student
         sampling = rounds[round_of(step, t.steps_per_round)[0]].student if step else rounds[-1].student
         model.transformer.eval()
-        folder = out / "samples" / f"step_{step:06d}"
+        folder = samples_dir(out, step)
         metrics = validate(
             model,
             prompts,

@@ -86,6 +86,7 @@ from vidpost.rl.losses import policy_loss, rectification_weights
 from vidpost.rl.nft import Renoised, nft_loss, renoise, velocity_kl
 from vidpost.rl.rollout import Transitions, guided_velocity, rollout, transition_log_probs
 from vidpost.rl.strategies import FlashConfig, NFTConfig, StepPlan, StrategyConfig, plan_steps
+from vidpost.runlog import samples_dir
 
 log = logging.getLogger("vidpost")
 
@@ -302,7 +303,7 @@ def train(
                 video,
                 cfg.validation.seed,
                 t.precision,
-                out / "samples" / f"step_{step:06d}",
+                samples_dir(out, step),
                 prefix=EVAL,
                 acceleration=cfg.validation.acceleration,
                 used=eval_used,

@@ -67,6 +67,7 @@ from vidpost.recipes.common import (
 )
 from vidpost.recipes.loop import Loop, cadence
 from vidpost.recipes.prompts import rewrite_prompts, validation_prompts
+from vidpost.runlog import samples_dir
 from vidpost.world.config import DatasetConfig
 from vidpost.world.dataset import make_dataset
 
@@ -264,7 +265,7 @@ def train(cfg: SFTConfig, out: str | Path, progress: bool = True, stop_after: in
                 video,
                 cfg.validation.seed,
                 t.precision,
-                out / "samples" / f"step_{step:06d}",
+                samples_dir(out, step),
                 acceleration=cfg.validation.acceleration,
                 used=used,
                 progress=progress,
