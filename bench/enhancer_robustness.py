@@ -19,12 +19,9 @@ Writes bench/results/enhancer_robustness.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-from pathlib import Path
 
 import numpy as np
+from results_file import write_results
 
 from vidpost.enhance.intent import SYNONYMS, states_intent
 from vidpost.enhance.resolve import load_enhancer
@@ -33,7 +30,6 @@ from vidpost.world.grammar import parse_caption
 from vidpost.world.prompts import COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, SPEED_WORDS, terse_text
 from vidpost.world.spec import SceneSpec
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # words in no list: not in training, not in the reader's synonyms (replace the training word of that attribute)
 UNREAD = {
     "colour": ["vermilion", "cerulean", "chartreuse"],
@@ -95,7 +91,7 @@ def main() -> None:
     parser.add_argument("--enhancer", default="shapeworld-enhancer", help="a toy enhancer (name, folder or run)")
     parser.add_argument("--n", type=int, default=256, help="prompts per set")
     parser.add_argument("--seed", type=int, default=0, help="seed of the intents and the words")
-    parser.add_argument("--out", default=str(RESULTS / "enhancer_robustness.json"))
+    parser.add_argument("--name", default="enhancer_robustness", help="results file stem")
     args = parser.parse_args()
 
     intents = [parse_caption(r["intent"]) for r in shapeworld_records("eval", args.n, args.seed)]
@@ -117,18 +113,8 @@ def main() -> None:
                 f"{name:9s} {mode:6s} "
                 + "  ".join(f"{k} {v:.3f}" for k, v in rows[f"{name}/{mode}"].items() if isinstance(v, float))
             )
-    result = {
-        "enhancer": args.enhancer,
-        "n": args.n,
-        "seed": args.seed,
-        "rows": rows,
-        "examples": examples,
-        "machine": platform.processor() or platform.machine(),
-        "date": datetime.date.today().isoformat(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    path = write_results(args.name, enhancer=args.enhancer, n=args.n, seed=args.seed, rows=rows, examples=examples)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,7 @@ runs/bench-grpo-<strategy>[-brightness]/.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import sys
 import textwrap
 from pathlib import Path
 
@@ -46,8 +43,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from named_args import named_pairs  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.config import load_config  # noqa: E402
 from vidpost.data.dataset import read_metadata  # noqa: E402
@@ -57,7 +54,6 @@ from vidpost.rewards.registry import register_family  # noqa: E402
 from vidpost.runlog import read_metrics, samples_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 STRATEGIES = ("flash", "full", "window", "nft", "flash-cps")
 VARIANTS = {"flash-cps": ("flash", ["rollout.noise.schedule=cps"])}  # name -> (config, overrides)
 
@@ -273,22 +269,8 @@ def main() -> None:
             summary[f"flash_seconds_to_full_final_{key}"] = reach
             summary[f"flash_time_fraction_{key}"] = None if reach is None else reach / full_seconds
 
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "table": table,
-        "summary": summary,
-        "runs": runs,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-        "date": datetime.date.today().isoformat(),
-    }
     stem = args.name or ("grpo_strategies" if args.reward == "config" else f"grpo_strategies_{args.reward}")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(stem, table=table, summary=summary, runs=runs)
     panels = [
         ("total", "held-out total reward"),
         ("success", "held-out success"),

@@ -26,11 +26,6 @@ Writes bench/results/<name>.json, bench/results/<name>.png (loss by σ) and benc
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -38,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.data.video_io import to_float, to_uint8  # noqa: E402
 from vidpost.diffusion.sampler import GuidedVelocity, run_steps  # noqa: E402
@@ -49,7 +45,6 @@ from vidpost.rewards.shapeworld import score_clip  # noqa: E402
 from vidpost.world.grammar import parse_caption  # noqa: E402
 from vidpost.world.render import render_scene  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LOSS_SIGMAS = (0.1, 0.2, 0.5, 0.8, 0.9, 0.95)
 GRID_VIDEOS = 8
 HORIZON_SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.55, 0.7)
@@ -229,16 +224,12 @@ def main() -> None:
                 f" entropy/uniform {np.round(a['entropy_vs_uniform'], 2).tolist()}"
             )
 
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "command": " ".join(["python"] + sys.argv),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "loss_sigmas": LOSS_SIGMAS,
-        "horizon": {"sigmas": HORIZON_SIGMAS, "euler_steps": HORIZON_STEPS, "guidance": 1.0},
-        "rows": rows,
-    }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(
+        args.name,
+        loss_sigmas=LOSS_SIGMAS,
+        horizon={"sigmas": HORIZON_SIGMAS, "euler_steps": HORIZON_STEPS, "guidance": 1.0},
+        rows=rows,
+    )
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for row in rows:
         ax.plot(LOSS_SIGMAS, list(row["loss_by_sigma"].values()), marker="o", label=row["model"])

@@ -17,9 +17,7 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,6 +28,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.rewards.shapeworld import shapeworld_rewards  # noqa: E402
@@ -42,7 +41,6 @@ BATCH = 20
 REPEATS = 3
 TARGET_MS = 5.0
 SEED = 0
-RESULTS = Path(__file__).resolve().parent / "results"
 
 Family = Callable[[np.ndarray, Sequence[str]], dict[str, np.ndarray]]
 
@@ -70,30 +68,6 @@ def best_ms_per_clip(family: Family, videos: np.ndarray, captions: list[str]) ->
     return min(passes), passes
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    return {
-        "cpu": cpu_model(),
-        "system": platform.system(),
-        "release": platform.release(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "threads": 1,
-    }
-
-
 def plot(ms: dict[str, float], info: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     names = list(ms)
@@ -108,7 +82,7 @@ def plot(ms: dict[str, float], info: dict, path: Path) -> None:
     fig.text(
         0.01,
         0.01,
-        f"{info['machine']['cpu']}, Python {info['machine']['python']}, {info['date']}",
+        f"{info['machine']}, {info['date']}",
         fontsize=7,
         color="gray",
     )
@@ -123,7 +97,7 @@ def main() -> dict:
     ms, passes = {}, {}
     for name, family in (("shapeworld", shapeworld_rewards), ("video_metrics", video_metrics)):
         ms[name], passes[name] = best_ms_per_clip(family, videos, captions)
-    result = {
+    figures = {
         "ms_per_clip": {k: round(v, 4) for k, v in ms.items()},
         "all_passes_ms_per_clip": {k: [round(p, 4) for p in v] for k, v in passes.items()},
         "n_clips": N_CLIPS,
@@ -131,11 +105,9 @@ def main() -> dict:
         "batch_size": BATCH,
         "repeats": REPEATS,
         "target_ms": TARGET_MS,
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"numpy": np.__version__, "opencv": cv2.__version__},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rewards_speed.json").write_text(json.dumps(result, indent=1) + "\n")
+    result = json.loads(write_results("rewards_speed", **figures).read_text())
     plot(ms, result, RESULTS / "rewards_speed.png")
     for name, value in ms.items():
         verdict = "ok" if value <= TARGET_MS else "OVER TARGET"

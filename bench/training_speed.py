@@ -13,9 +13,6 @@ Writes bench/results/training_speed.json and bench/results/training_speed.png.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from results_file import RESULTS, machine, write_results  # noqa: E402
 
 from vidpost.config import load_config  # noqa: E402
 from vidpost.data.cache import EncodedDataset  # noqa: E402
@@ -32,7 +30,6 @@ from vidpost.precision import native_bf16  # noqa: E402
 from vidpost.recipes.sft import SFTConfig, batch_indices, training_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 PRETRAIN = ROOT / "configs" / "shapeworld" / "pretrain.yaml"
 DESIGNS = {
     "pretrain.yaml (2x4x4, 8 heads x 32, batch 32)": [],
@@ -111,15 +108,8 @@ def main() -> None:
                     }
                 )
                 print(f"{design:48s} {precision:8s} compile={compile_blocks!s:5s} {seconds:.3f} s/step", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {
-        "command": "bench/training_speed.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
-        "rows": rows,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"native bf16: {native_bf16(torch.device('cpu'))}, torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    (RESULTS / "training_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    native = native_bf16(torch.device("cpu"))
+    write_results("training_speed", rows=rows, native_bf16=native)
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     labels = [
@@ -129,7 +119,7 @@ def main() -> None:
     ax.bar(range(len(rows)), [r["seconds_per_step"] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("seconds per training step")
-    ax.set_title(f"training step time ({result['machine']})", fontsize=8)
+    ax.set_title(f"training step time ({machine()}, native bf16: {native})", fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "training_speed.png", dpi=120)
     print(f"wrote {RESULTS / 'training_speed.json'}")
