@@ -2,9 +2,10 @@
 
 A GRPO run logs the rewards of its held-out evaluations; this reads the videos those evaluations saved (the same
 captions and seeds each time) and scores them with the ShapeWorld checks the strict total multiplies (count,
-presence, size and shape, motion) and the objects' area over the stated shape's. A training reward that rises
-while a check falls, or while the area ratio runs past 1, is the reward being hacked; a check that does not move
-is what the reward does not reach.
+presence, size and shape, motion), the objects' area over the stated shape's, and the share of frames where an
+object's colour is in more than one piece (stray specks widen the extent the size check measures). A training
+reward that rises while a check falls, or while the area ratio runs past 1, is the reward being hacked; a check
+that does not move is what the reward does not reach.
 
     .venv/bin/python bench/run_checks.py --run additive=runs/grpo-additive --run checks=runs/flash-checks \\
         --until 72 --name flash_rewards
@@ -24,12 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from named_args import named_pairs  # noqa: E402
 from results_file import RESULTS, write_results  # noqa: E402
-from shapeworld_models import AREA, CHECKS, scores_by_objects  # noqa: E402
+from shapeworld_models import CHECKS, DRAWING, scores_by_objects  # noqa: E402
 
 from vidpost.data.dataset import read_metadata  # noqa: E402
 from vidpost.runlog import samples_dir, saved_evaluations  # noqa: E402
 
-SHOWN = ("total", "instruction_checks", "instruction_additive", "quality", *CHECKS, AREA)
+SHOWN = ("total", "instruction_checks", "instruction_additive", "quality", *CHECKS, *DRAWING)
 
 
 def evaluations(run_dir: Path, until: int | None = None) -> list[int]:

@@ -361,3 +361,17 @@ def test_area_ratio_shows_an_object_drawn_larger_than_stated():
         assert scores["area_ratio"] == pytest.approx(side**2 / 25)
     absent = np.broadcast_to(np.array(BACKGROUNDS["black"], np.float32), (8, 24, 24, 3)).copy()
     assert score_clip(absent, parse_caption(text))["area_ratio"] == 0.0
+
+
+def test_fragmented_counts_frames_where_a_stray_speck_widens_the_measured_extent():
+    """A square of the stated size passes the size check in every frame until a one-pixel speck of its colour
+    appears far from it: those frames are fragmented and fail the check, the others pass."""
+    text = "a large red square moving right slowly on a black background"
+    video = _drawn(9, range(2, 10), [4] * 8)
+    clean = score_clip(video, parse_caption(text))
+    assert clean["fragmented"] == 0.0 and clean["size_shape"] == 1.0
+    video[::2, 20, 20] = COLOURS["red"]  # frames 0, 2, 4, 6
+    specked = score_clip(video, parse_caption(text))
+    assert specked["fragmented"] == pytest.approx(0.5)
+    assert specked["size_shape"] == pytest.approx(0.5)
+    assert specked["count"] == 1.0  # a speck is not a blob, so only the extent shows it

@@ -126,6 +126,16 @@ def _object_mask(rel: np.ndarray, background: np.ndarray, colour: str) -> np.nda
     return (alpha >= ALPHA_MIN) & (alpha <= ALPHA_MAX) & (off_line <= OFF_LINE_MAX)
 
 
+def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-connected pieces of a (T, H, W) mask, each within one frame: (area, frame) of each label, label 0
+    the unmasked pixels."""
+    labels, n_labels = ndimage.label(mask, structure=_IN_FRAME)
+    area = np.bincount(labels.ravel(), minlength=n_labels + 1)
+    frame = np.zeros(n_labels + 1, int)
+    frame[labels] = np.arange(len(mask))[:, None, None]
+    return area, frame
+
+
 def _extent(any_along: np.ndarray) -> np.ndarray:
     """Length of the span of True per row of a (T, N) array (0 where none)."""
     n = any_along.shape[1]
@@ -266,6 +276,7 @@ class _ObjectChecks(TypedDict):
     graded: float
     graded_parts: list[float]
     area_ratio: float
+    fragmented: float
 
 
 def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _ObjectChecks:
@@ -281,6 +292,8 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
     graded, graded_parts, area_ratio = _graded_object(mask, centroid, obj)
+    _, piece_frame = _pieces(mask)
+    pieces = np.bincount(piece_frame[1:], minlength=len(mask))  # (T,)
     return {
         "present": present,
         "frame_ok": frame_ok,
@@ -291,6 +304,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
         "graded": graded,
         "graded_parts": graded_parts,
         "area_ratio": area_ratio,
+        "fragmented": float((pieces[present] > 1).mean()) if present.any() else 0.0,
     }
 
 
@@ -305,10 +319,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     bg_distance = _channel_max(np.abs(rel))  # (T, H, W)
     foreground = bg_distance > FOREGROUND_MIN
 
-    labels, n_labels = ndimage.label(foreground, structure=_IN_FRAME)
-    blob_area = np.bincount(labels.ravel(), minlength=n_labels + 1)
-    blob_frame = np.zeros(n_labels + 1, int)
-    blob_frame[labels] = np.arange(frames)[:, None, None]
+    blob_area, blob_frame = _pieces(foreground)
     is_object = blob_area >= MIN_BLOB_PX
     is_object[0] = False
     blobs_per_frame = np.bincount(blob_frame[is_object], minlength=frames)
@@ -363,6 +374,9 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         "motion": float(np.mean([c["motion_score"] for c in checks])),
         # mean over objects of area / stated shape's area where present: growth that a reward pays for shows here
         "area_ratio": float(np.mean([c["area_ratio"] for c in checks])),
+        # mean over objects of the share of present frames where the object's colour lies in more than one piece:
+        # a stray speck anywhere widens the extent the size check measures
+        "fragmented": float(np.mean([c["fragmented"] for c in checks])),
         "blobs_per_frame": float(blobs_per_frame.mean()),
         "flicker": float(flicker),
         "crispness": float(crispness),
