@@ -17,7 +17,7 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import json  # noqa: E402
+import datetime  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,7 +28,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results_file import RESULTS, write_results  # noqa: E402
+from results_file import RESULTS, machine, write_results  # noqa: E402
 
 from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.rewards.shapeworld import shapeworld_rewards  # noqa: E402
@@ -68,7 +68,7 @@ def best_ms_per_clip(family: Family, videos: np.ndarray, captions: list[str]) ->
     return min(passes), passes
 
 
-def plot(ms: dict[str, float], info: dict, path: Path) -> None:
+def plot(ms: dict[str, float], clip_shape: tuple[int, ...], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     names = list(ms)
     bars = ax.bar(names, [ms[n] for n in names], color=["tab:blue", "tab:orange"], width=0.55)
@@ -76,13 +76,13 @@ def plot(ms: dict[str, float], info: dict, path: Path) -> None:
     ax.axhline(TARGET_MS, color="tab:red", linestyle="--", linewidth=1, label=f"target {TARGET_MS:g} ms")
     ax.set_ylabel("ms per clip (best of 3, single thread)")
     ax.set_ylim(0, max(TARGET_MS, *ms.values()) * 1.25)
-    frames, height, width, _ = info["clip_shape"]
-    ax.set_title(f"Reward cost on {info['n_clips']} ShapeWorld clips ({frames}x{height}x{width})")
+    frames, height, width, _ = clip_shape
+    ax.set_title(f"Reward cost on {N_CLIPS} ShapeWorld clips ({frames}x{height}x{width})")
     ax.legend(loc="upper right")
     fig.text(
         0.01,
         0.01,
-        f"{info['machine']}, {info['date']}",
+        f"{machine()}, {datetime.date.today().isoformat()}",
         fontsize=7,
         color="gray",
     )
@@ -91,29 +91,28 @@ def plot(ms: dict[str, float], info: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> dict:
+def main() -> None:
     cv2.setNumThreads(1)
     videos, captions = render_clips(N_CLIPS, SEED)
     ms, passes = {}, {}
     for name, family in (("shapeworld", shapeworld_rewards), ("video_metrics", video_metrics)):
         ms[name], passes[name] = best_ms_per_clip(family, videos, captions)
-    figures = {
-        "ms_per_clip": {k: round(v, 4) for k, v in ms.items()},
-        "all_passes_ms_per_clip": {k: [round(p, 4) for p in v] for k, v in passes.items()},
-        "n_clips": N_CLIPS,
-        "clip_shape": list(videos.shape[1:]),
-        "batch_size": BATCH,
-        "repeats": REPEATS,
-        "target_ms": TARGET_MS,
-        "versions": {"numpy": np.__version__, "opencv": cv2.__version__},
-    }
-    result = json.loads(write_results("rewards_speed", **figures).read_text())
-    plot(ms, result, RESULTS / "rewards_speed.png")
+    write_results(
+        "rewards_speed",
+        ms_per_clip={k: round(v, 4) for k, v in ms.items()},
+        all_passes_ms_per_clip={k: [round(p, 4) for p in v] for k, v in passes.items()},
+        n_clips=N_CLIPS,
+        clip_shape=list(videos.shape[1:]),
+        batch_size=BATCH,
+        repeats=REPEATS,
+        target_ms=TARGET_MS,
+        versions={"numpy": np.__version__, "opencv": cv2.__version__},
+    )
+    plot(ms, videos.shape[1:], RESULTS / "rewards_speed.png")
     for name, value in ms.items():
         verdict = "ok" if value <= TARGET_MS else "OVER TARGET"
         print(f"{name:<14} {value:8.3f} ms/clip  ({verdict}, target {TARGET_MS:g} ms)")
     print(f"wrote {RESULTS / 'rewards_speed.json'} and {RESULTS / 'rewards_speed.png'}")
-    return result
 
 
 if __name__ == "__main__":
