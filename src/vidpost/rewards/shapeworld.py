@@ -126,14 +126,15 @@ def _object_mask(rel: np.ndarray, background: np.ndarray, colour: str) -> np.nda
     return (alpha >= ALPHA_MIN) & (alpha <= ALPHA_MAX) & (off_line <= OFF_LINE_MAX)
 
 
-def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 4-connected pieces of a (T, H, W) mask, each within one frame: (area, frame) of each label, label 0
-    the unmasked pixels."""
-    labels, n_labels = ndimage.label(mask, structure=_IN_FRAME)
+def _pieces_per_frame(mask: np.ndarray, min_area: int = 1) -> np.ndarray:
+    """(T,) number of 4-connected pieces of at least `min_area` pixels in each frame of a (T, H, W) mask."""
+    labels, n_labels = ndimage.label(mask, structure=_IN_FRAME)  # pieces never span frames
     area = np.bincount(labels.ravel(), minlength=n_labels + 1)
     frame = np.zeros(n_labels + 1, int)
     frame[labels] = np.arange(len(mask))[:, None, None]
-    return area, frame
+    kept = area >= min_area
+    kept[0] = False  # label 0 is the unmasked pixels
+    return np.bincount(frame[kept], minlength=len(mask))
 
 
 def _extent(any_along: np.ndarray) -> np.ndarray:
@@ -292,8 +293,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
     motion_score, motion_ok = _motion(centroid, present, obj)
     identity, smoothness = _stability(area, centroid, present)
     graded, graded_parts, area_ratio = _graded_object(mask, centroid, obj)
-    _, piece_frame = _pieces(mask)
-    pieces = np.bincount(piece_frame[1:], minlength=len(mask))  # (T,)
+    pieces = _pieces_per_frame(mask)
     return {
         "present": present,
         "frame_ok": frame_ok,
@@ -313,16 +313,12 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < 3:
         raise ValueError(f"expected a video (T>=3, H, W, 3), got shape {video.shape}")
     video = video.astype(np.float32, copy=False)
-    frames = video.shape[0]
     background = _background(video, spec)
     rel = video - background  # (T, H, W, 3), shared by every object's coverage test
     bg_distance = _channel_max(np.abs(rel))  # (T, H, W)
     foreground = bg_distance > FOREGROUND_MIN
 
-    blob_area, blob_frame = _pieces(foreground)
-    is_object = blob_area >= MIN_BLOB_PX
-    is_object[0] = False
-    blobs_per_frame = np.bincount(blob_frame[is_object], minlength=frames)
+    blobs_per_frame = _pieces_per_frame(foreground, MIN_BLOB_PX)
     count_ok = blobs_per_frame == len(spec.objects)  # (T,)
 
     checks = [_check_object(rel, background, obj) for obj in spec.objects]
