@@ -2,8 +2,9 @@
 
 A GRPO run logs the rewards of its held-out evaluations; this reads the videos those evaluations saved (the same
 captions and seeds each time) and scores them with the ShapeWorld checks the strict total multiplies (count,
-presence, size and shape, motion), the objects' area over the stated shape's, and the share of frames where an
-object's colour is in more than one piece (stray specks widen the extent the size check measures). A training
+presence, size and shape, motion), the objects' area over the stated shape's, the share of frames where an
+object's colour is in more than one piece (stray specks widen the extent the size check measures), and the share of
+objects that go the stated way (heading). A training
 reward that rises while a check falls, or while the area ratio runs past 1, is the reward being hacked; a check
 that does not move is what the reward does not reach.
 
@@ -25,12 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from named_args import named_pairs  # noqa: E402
 from results_file import RESULTS, write_results  # noqa: E402
-from shapeworld_models import CHECKS, DRAWING, scores_by_objects  # noqa: E402
+from shapeworld_models import CHECKS, DIAGNOSTICS, scores_by_objects  # noqa: E402
 
 from vidpost.data.dataset import read_metadata  # noqa: E402
 from vidpost.runlog import samples_dir, saved_evaluations  # noqa: E402
 
-SHOWN = ("total", "instruction_checks", "instruction_additive", "quality", *CHECKS, *DRAWING)
+SHOWN = ("total", "instruction_checks", "instruction_additive", "quality", *CHECKS, *DIAGNOSTICS)
 
 
 def evaluations(run_dir: Path, until: int | None = None) -> list[int]:

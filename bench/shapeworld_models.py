@@ -7,7 +7,9 @@ one-object and two-object scenes apart, and the share of each instruction check 
 with as many blobs as objects; presence and size_shape: frames where each stated object is present, and
 present with its stated size and shape; motion: the motion score), so the lowest one says where the
 headroom is; and how objects are drawn: their area over the stated shape's (area_ratio), where drawing them too
-large shows, and the share of frames where an object's colour lies in more than one piece (fragmented).
+large shows, the share of frames where an object's colour lies in more than one piece (fragmented), and the
+share of objects that go the stated way (heading: the fitted velocity within 45 degrees of the stated direction,
+or still where still is stated).
 
     .venv/bin/python bench/shapeworld_models.py                       # shapeworld-base, shapeworld-sft
     .venv/bin/python bench/shapeworld_models.py --models runs/my-sft  # any model or run directory
@@ -36,9 +38,10 @@ from vidpost.sample import load_model  # noqa: E402
 from vidpost.world.grammar import parse_caption  # noqa: E402
 
 CHECKS = ("count", "presence", "size_shape", "motion")
-# how objects are drawn, off the bar chart of check shares: area over the stated shape's (1: as stated), and the share
-# of present frames where an object's colour lies in more than one piece (a stray speck widens the measured extent)
-DRAWING = ("area_ratio", "fragmented")
+# why checks fail, off the bar chart of check shares: an object's area over the stated shape's (1: as stated), the
+# share of present frames where its colour lies in more than one piece (a stray speck widens the measured extent), and
+# the share of objects whose fitted velocity goes the stated way (a wrong heading fails the motion check outright)
+DIAGNOSTICS = ("area_ratio", "fragmented", "heading")
 
 
 def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
@@ -49,7 +52,7 @@ def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
     def mean(rows: list[dict]) -> dict:
         return {
             "n": len(rows),
-            **{k: float(np.mean([r[k] for r in rows])) for k in (*SHAPEWORLD_SCORES, *CHECKS, *DRAWING)},
+            **{k: float(np.mean([r[k] for r in rows])) for k in (*SHAPEWORLD_SCORES, *CHECKS, *DIAGNOSTICS)},
         }
 
     counts = sorted({len(spec.objects) for spec in specs})
@@ -91,7 +94,7 @@ def main() -> None:
             for group, part in [("all", scores), *scores["by_objects"].items()]:
                 print(
                     f"{ref:<24} {split:<8} {group:>3} (n={part['n']:>3}) "
-                    + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS, *DRAWING)),
+                    + " ".join(f"{k} {part[k]:.3f}" for k in (*SHAPEWORLD_SCORES, *CHECKS, *DIAGNOSTICS)),
                     flush=True,
                 )
 

@@ -375,3 +375,31 @@ def test_fragmented_counts_frames_where_a_stray_speck_widens_the_measured_extent
     assert specked["fragmented"] == pytest.approx(0.5)
     assert specked["size_shape"] == pytest.approx(0.5)
     assert specked["count"] == 1.0  # a speck is not a blob, so only the extent shows it
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys", "heading"),
+    [
+        (range(2, 10), [4] * 8, 1.0),  # right, as stated
+        (range(9, 1, -1), [4] * 8, 0.0),  # left: the reverse of what is stated
+        (range(2, 18, 2), range(2, 10), 1.0),  # quickly right and slowly down: 27 degrees off
+        ([2, 3, 3, 4, 4, 5, 5, 6], range(2, 18, 2), 0.0),  # mostly down: 75 degrees off
+        ([5] * 8, [4] * 8, 0.0),  # frozen
+    ],
+)
+def test_heading_says_whether_an_object_goes_the_stated_way(xs, ys, heading):
+    """The fitted velocity's direction against the caption's, whatever the speed or the path's fit."""
+    video = _drawn(5, xs, ys)
+    assert score_clip(video, parse_caption("a small red square moving right slowly"))["heading"] == heading
+
+
+def test_heading_of_a_still_object_and_of_a_caption_without_motion():
+    still = _drawn(5, [5] * 8, [4] * 8)
+    moving = _drawn(5, range(2, 10), [4] * 8)
+    assert score_clip(still, parse_caption("a small red square staying still"))["heading"] == 1.0
+    assert score_clip(moving, parse_caption("a small red square staying still"))["heading"] == 0.0
+    assert score_clip(moving, parse_caption("a small red square"))["heading"] == 1.0  # nothing stated to follow
+    two = parse_caption("a small red square moving right slowly and a small green circle moving left slowly")
+    video = _drawn(5, range(2, 10), [4] * 8)
+    video = np.maximum(video, _drawn(5, range(2, 10), [14] * 8, shape="circle", colour="green"))
+    assert score_clip(video, two)["heading"] == 0.5  # the green circle goes right where left was stated

@@ -84,6 +84,8 @@ NEAR_OBJECT_PX = 2
 GRADED_SIZE_PX = 3.0  # a side off by 3 px keeps 1/e of the size credit
 GRADED_SPEED_PX = 0.8  # px per frame of velocity error that keeps 1/e of the motion credit
 GRADED_PATH_PX = 1.5  # centroid residual from the fitted line that keeps 1/e
+HEADING_MIN_PX = 0.5  # fitted px per frame below which an object counts as still
+HEADING_MAX_DEG = 45.0  # widest angle between the fitted and the stated direction that counts as the stated way
 
 REWARD_KEYS = (
     "instruction",
@@ -230,6 +232,33 @@ def _shape_iou(mask: np.ndarray, shape: str, side: np.ndarray) -> np.ndarray:
     return ious
 
 
+def _fit_track(centroid: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(velocity (2,), residuals over the present frames) of centroid = start + v t fitted by least squares over
+    the present frames of a track (T, 2); None when fewer than two frames are present."""
+    t = np.flatnonzero(present)
+    if len(t) < 2:
+        return None
+    design = np.stack([np.ones(len(t)), t], 1)
+    coef = np.linalg.lstsq(design, centroid[t], rcond=None)[0]  # (2, 2): start, v
+    return coef[1], np.linalg.norm(design @ coef - centroid[t], axis=1)
+
+
+def _heading(centroid: np.ndarray, present: np.ndarray, obj: ObjectSpec) -> float | None:
+    """1.0 when the fitted velocity goes the stated way: within HEADING_MAX_DEG of a stated direction at
+    HEADING_MIN_PX per frame or more, or below that speed for a still object; None when motion is unstated."""
+    if obj.motion is None:
+        return None
+    fit = _fit_track(centroid, present)
+    if fit is None:
+        return 0.0
+    velocity = fit[0]
+    speed = float(np.linalg.norm(velocity))
+    if obj.motion == STILL:
+        return float(speed < HEADING_MIN_PX)
+    cosine = velocity @ np.array(DIRECTIONS[obj.motion], float) / max(speed, 1e-9)
+    return float(speed >= HEADING_MIN_PX and cosine >= np.cos(np.radians(HEADING_MAX_DEG)))
+
+
 def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> tuple[float, list[float], float]:
     """One object's graded credit (module docstring) from its mask (T, H, W) and centroids (T, 2): the product
     `instruction_graded` multiplies, the parts `instruction_additive` averages (presence, coverage, size and
@@ -254,14 +283,12 @@ def _graded_object(mask: np.ndarray, centroid: np.ndarray, obj: ObjectSpec) -> t
     area_ratio = float(ratio[present].mean())
     if velocities is None:
         return frames, parts, area_ratio
-    t = np.flatnonzero(present)
-    if len(t) < 2:
+    fit = _fit_track(centroid, present)
+    if fit is None:
         return 0.0, parts + [0.0, 0.0], area_ratio
-    design = np.stack([np.ones(len(t)), t], 1)  # centroid = start + v t, least squares over the present frames
-    coef = np.linalg.lstsq(design, centroid[t], rcond=None)[0]  # (2, 2): start, v
-    residual = np.linalg.norm(design @ coef - centroid[t], axis=1)
+    velocity, residual = fit
     path = float(np.exp(-((residual / GRADED_PATH_PX) ** 2)).sum() / len(present))  # absent frames earn nothing
-    speed = float(np.exp(-((np.linalg.norm(coef[1] - velocities, axis=1) / GRADED_SPEED_PX) ** 2)).max())
+    speed = float(np.exp(-((np.linalg.norm(velocity - velocities, axis=1) / GRADED_SPEED_PX) ** 2)).max())
     return frames * speed * path, parts + [speed, path], area_ratio
 
 
@@ -278,6 +305,7 @@ class _ObjectChecks(TypedDict):
     graded_parts: list[float]
     area_ratio: float
     fragmented: float
+    heading: float | None
 
 
 def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _ObjectChecks:
@@ -305,6 +333,7 @@ def _check_object(rel: np.ndarray, background: np.ndarray, obj: ObjectSpec) -> _
         "graded_parts": graded_parts,
         "area_ratio": area_ratio,
         "fragmented": float((pieces[present] > 1).mean()) if present.any() else 0.0,
+        "heading": _heading(centroid, present, obj),
     }
 
 
@@ -352,6 +381,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     cleanliness = np.clip(1 - bg_distance[away] / PIXEL_TOL, 0, 1).mean() if away.any() else 0.0
     quality = (crispness + cleanliness) / 2
 
+    headings = [c["heading"] for c in checks if c["heading"] is not None]
     success = bool(count_ok.all() and all(c["frame_ok"].all() and c["motion_ok"].all() for c in checks))
     return {
         "instruction": float(instruction),
@@ -373,6 +403,10 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         # mean over objects of the share of present frames where the object's colour lies in more than one piece:
         # a stray speck anywhere widens the extent the size check measures
         "fragmented": float(np.mean([c["fragmented"] for c in checks])),
+        # mean over objects with a stated motion of whether the fitted velocity goes the stated way (within 45
+        # degrees, or still for a still object): the motion score fails a wrong heading and a wrong path alike;
+        # 1.0 where no motion is stated
+        "heading": float(np.mean(headings)) if headings else 1.0,
         "blobs_per_frame": float(blobs_per_frame.mean()),
         "flicker": float(flicker),
         "crispness": float(crispness),
