@@ -14,8 +14,14 @@ For each model (a shipped name, model directory or run directory):
   the caption's objects says how much of a sampling path it can carry, and, unlike the loss, it keeps moving
   with training (the 24x24 world's models score about 0.5 from σ0 0.4 and near 0 from noise: what fails is
   the part of the path where the layout is drawn);
+- which words of the caption it uses: on the same clips and noise at σ 0.95, 0.8 and 0.6, how much larger the
+  one-step x0 estimate's error gets when the caption states one attribute otherwise (every object's colour,
+  shape, size, direction or speed, or the background) or is empty, relative to the right caption's error, over
+  the clips whose caption states that attribute: 0 means the model ignores the word, and an attribute it ignores
+  is one its samples follow only by chance (the 24x24 world's models ignore the direction);
 - from noise (the model's recommended sampling, 32 eval captions): foreground blobs per frame against the
-  number the captions ask for, the share of frames with exactly that count, and the ShapeWorld rewards.
+  number the captions ask for, the share of frames with exactly that count, and the ShapeWorld rewards with
+  their diagnostics (heading: the share of objects whose fitted velocity goes the stated way).
 
     .venv/bin/python bench/model_diagnostics.py                           # shapeworld-base, shapeworld-sft
     .venv/bin/python bench/model_diagnostics.py --models runs/probe/model --name probe
@@ -27,6 +33,7 @@ Writes bench/results/<name>.json, bench/results/<name>.png (loss by σ) and benc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import matplotlib
 
@@ -35,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from results_file import RESULTS, write_results  # noqa: E402
+from shapeworld_models import DIAGNOSTICS  # noqa: E402
 
 from vidpost.data.video_io import to_float, to_uint8  # noqa: E402
 from vidpost.diffusion.sampler import GuidedVelocity, run_steps  # noqa: E402
@@ -43,14 +51,18 @@ from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_promp
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
 from vidpost.models.load import load_model  # noqa: E402
 from vidpost.rewards.shapeworld import score_clip  # noqa: E402
-from vidpost.world.grammar import parse_caption  # noqa: E402
+from vidpost.world.grammar import caption, parse_caption  # noqa: E402
 from vidpost.world.render import render_scene  # noqa: E402
+from vidpost.world.spec import BACKGROUNDS, COLOURS, SHAPES, SIZES, SPEEDS, SceneSpec  # noqa: E402
 
 LOSS_SIGMAS = (0.1, 0.2, 0.5, 0.8, 0.9, 0.95)
 GRID_VIDEOS = 8
 HORIZON_SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.55, 0.7)
 HORIZON_STEPS = 8
 ATTENTION_SIGMAS = (0.95, 0.7, 0.4)
+SENSITIVITY_SIGMAS = (0.95, 0.8, 0.6)
+ATTRIBUTES = ("colour", "shape", "size", "direction", "speed", "background")
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def eval_clips(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
@@ -95,6 +107,67 @@ def denoising_horizon(
             x_s = noisy_sample(x0[rows], noise[rows], torch.full((len(rows),), sigma))
             videos.append(model.decode(run_steps(GuidedVelocity(model, embeds[rows]), x_s, grid).final))
         out[str(sigma)] = score_videos(to_uint8(torch.cat(videos).numpy()), captions)  # scored as saved
+    return out
+
+
+def _other(values, current: str) -> str:
+    """The value after `current` in `values`, cyclically."""
+    values = list(values)
+    return values[(values.index(current) + 1) % len(values)]
+
+
+def stated_otherwise(spec: SceneSpec, attribute: str) -> SceneSpec | None:
+    """`spec` with `attribute` (one of ATTRIBUTES) of every object, or its background, stated otherwise; None where
+    the caption does not state it (for the direction: states no object moving)."""
+    if attribute == "background":
+        return (
+            None
+            if spec.background is None
+            else dataclasses.replace(spec, background=_other(BACKGROUNDS, spec.background))
+        )
+    if attribute == "colour":  # colours stay distinct within a scene: each object takes a colour the scene lacks
+        free = [c for c in COLOURS if c not in {o.colour for o in spec.objects}]
+        return dataclasses.replace(
+            spec, objects=tuple(dataclasses.replace(o, colour=c) for o, c in zip(spec.objects, free, strict=False))
+        )
+    field = "motion" if attribute == "direction" else attribute
+    values = {"shape": SHAPES, "size": SIZES, "direction": OPPOSITE, "speed": SPEEDS}[attribute]
+
+    def changed(value: str | None) -> str | None:
+        if value not in values:  # unstated, or still for the direction
+            return value
+        return OPPOSITE[value] if attribute == "direction" else _other(values, value)
+
+    objects = tuple(dataclasses.replace(o, **{field: changed(getattr(o, field))}) for o in spec.objects)
+    return None if objects == spec.objects else dataclasses.replace(spec, objects=objects)
+
+
+@torch.no_grad()
+def caption_sensitivity(model, captions: list[str], x0: torch.Tensor, batch: int = 16) -> dict[str, dict[str, float]]:
+    """Per attribute (and "caption": the empty caption) and σ: the one-step x0 estimate's mean squared error with
+    that attribute stated otherwise over the right caption's, minus 1, on the clips whose caption states it."""
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+
+    def errors(texts: list[str | None], rows: torch.Tensor, sigma: float) -> torch.Tensor:
+        out = []
+        for part in rows.split(batch):
+            s = torch.full((len(part),), sigma)
+            x_s = noisy_sample(x0[part], noise[part], s)
+            v = model.velocity(x_s, s, model.encode_prompts([texts[i] for i in part.tolist()]))
+            out.append((x_s - sigma * v - x0[part]).pow(2).flatten(1).mean(1))
+        return torch.cat(out)
+
+    specs = [parse_caption(c) for c in captions]
+    variants: dict[str, list[str | None]] = {"caption": [""] * len(captions)}
+    for attribute in ATTRIBUTES:
+        changed = (stated_otherwise(spec, attribute) for spec in specs)
+        variants[attribute] = [None if c is None else caption(c) for c in changed]
+    out: dict[str, dict[str, float]] = {name: {} for name in variants}
+    for sigma in SENSITIVITY_SIGMAS:
+        right = errors(captions, torch.arange(len(captions)), sigma)
+        for name, texts in variants.items():
+            rows = torch.tensor([i for i, t in enumerate(texts) if t is not None])
+            out[name][str(sigma)] = (errors(texts, rows, sigma).mean() / right[rows].mean()).item() - 1
     return out
 
 
@@ -167,7 +240,7 @@ def blobs_from_noise(model, n: int, seed: int) -> tuple[dict[str, float], np.nda
         "blobs_per_frame": float(np.mean([p["blobs_per_frame"] for p in parts])),
         "asked_per_frame": float(np.mean([len(spec.objects) for spec in specs])),
         "frames_with_the_right_count": float(np.mean([p["count"] for p in parts])),
-        **{key: float(np.mean([p[key] for p in parts])) for key in SHAPEWORLD_SCORES},
+        **{key: float(np.mean([p[key] for p in parts])) for key in (*SHAPEWORLD_SCORES, *DIAGNOSTICS)},
     }, videos
 
 
@@ -196,6 +269,7 @@ def main() -> None:
             loss_x0, loss_embeds = model.codec.encode(loss_frames), model.encode_prompts(loss_captions)
         denoising = denoising_by_sigma(model, loss_x0, loss_embeds)
         horizon = denoising_horizon(model, loss_captions, loss_x0, loss_embeds)
+        sensitivity = caption_sensitivity(model, loss_captions, loss_x0)
         from_noise, videos = blobs_from_noise(model, args.n, args.seed)
         row = {
             "model": ref,
@@ -203,6 +277,7 @@ def main() -> None:
             "noise_left_by_sigma": denoising["noise_left"],
             "horizon_by_sigma": horizon,
             "attention": attention_locality(model, attention_captions, attention_frames),
+            "caption_sensitivity": sensitivity,
             "from_noise": from_noise,
         }
         rows.append(row)
@@ -215,9 +290,15 @@ def main() -> None:
             + "; total from noised clips "
             + " ".join(f"σ{s} {v['total']:.3f}" for s, v in horizon.items())
             + f"; blobs/frame {from_noise['blobs_per_frame']:.2f} (asked {from_noise['asked_per_frame']:.2f}),"
-            f" right count {from_noise['frames_with_the_right_count']:.3f}, total {from_noise['total']:.3f}",
+            f" right count {from_noise['frames_with_the_right_count']:.3f}, total {from_noise['total']:.3f},"
+            f" heading {from_noise['heading']:.3f}",
             flush=True,
         )
+        for name, by_sigma in sensitivity.items():
+            print(
+                f"  x0 error with the {name} stated otherwise: "
+                + " ".join(f"σ{s} {v:+.1%}" for s, v in by_sigma.items())
+            )
         for a in row["attention"]:
             print(
                 f"  σ {a['sigma']} block {a['block']}: near mass {np.round(a['near_mass'], 3).tolist()}"
@@ -229,6 +310,7 @@ def main() -> None:
         args.name,
         loss_sigmas=LOSS_SIGMAS,
         horizon={"sigmas": HORIZON_SIGMAS, "euler_steps": HORIZON_STEPS, "guidance": 1.0},
+        caption_sensitivity={"sigmas": SENSITIVITY_SIGMAS, "attributes": ATTRIBUTES},
         rows=rows,
     )
     fig, ax = plt.subplots(figsize=(6, 3.5))
