@@ -166,8 +166,9 @@ def caption_sensitivity(model, captions: list[str], x0: torch.Tensor, batch: int
     for sigma in SENSITIVITY_SIGMAS:
         right = errors(captions, torch.arange(len(captions)), sigma)
         for name, texts in variants.items():
-            rows = torch.tensor([i for i, t in enumerate(texts) if t is not None])
-            out[name][str(sigma)] = (errors(texts, rows, sigma).mean() / right[rows].mean()).item() - 1
+            rows = torch.tensor([i for i, t in enumerate(texts) if t is not None], dtype=torch.long)
+            if len(rows):  # no caption states it: nothing to measure
+                out[name][str(sigma)] = (errors(texts, rows, sigma).mean() / right[rows].mean()).item() - 1
     return out
 
 
@@ -295,10 +296,8 @@ def main() -> None:
             flush=True,
         )
         for name, by_sigma in sensitivity.items():
-            print(
-                f"  x0 error with the {name} stated otherwise: "
-                + " ".join(f"σ{s} {v:+.1%}" for s, v in by_sigma.items())
-            )
+            label = "the caption emptied" if name == "caption" else f"the {name} stated otherwise"
+            print(f"  x0 error with {label}: " + " ".join(f"σ{s} {v:+.1%}" for s, v in by_sigma.items()))
         for a in row["attention"]:
             print(
                 f"  σ {a['sigma']} block {a['block']}: near mass {np.round(a['near_mass'], 3).tolist()}"
