@@ -143,32 +143,36 @@ def stated_otherwise(spec: SceneSpec, attribute: str) -> SceneSpec | None:
 
 
 @torch.no_grad()
-def caption_sensitivity(model, captions: list[str], x0: torch.Tensor, batch: int = 16) -> dict[str, dict[str, float]]:
+def caption_sensitivity(
+    model, captions: list[str], x0: torch.Tensor, embeds: torch.Tensor, batch: int = 16
+) -> dict[str, dict[str, float]]:
     """Per attribute (and "caption": the empty caption) and σ: the one-step x0 estimate's mean squared error with
-    that attribute stated otherwise over the right caption's, minus 1, on the clips whose caption states it."""
+    that attribute stated otherwise over the right caption's (`embeds`), minus 1, on the clips whose caption states
+    it."""
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
 
-    def errors(texts: list[str | None], rows: torch.Tensor, sigma: float) -> torch.Tensor:
+    def errors(rows: torch.Tensor, rows_embeds: torch.Tensor, sigma: float) -> torch.Tensor:
         out = []
-        for part in rows.split(batch):
+        for part, part_embeds in zip(rows.split(batch), rows_embeds.split(batch), strict=True):
             s = torch.full((len(part),), sigma)
             x_s = noisy_sample(x0[part], noise[part], s)
-            v = model.velocity(x_s, s, model.encode_prompts([texts[i] for i in part.tolist()]))
+            v = model.velocity(x_s, s, part_embeds)
             out.append((x_s - sigma * v - x0[part]).pow(2).flatten(1).mean(1))
         return torch.cat(out)
 
+    everything = torch.arange(len(captions))
+    variants = {"caption": (everything, model.encode_prompts([""]).expand(len(captions), *embeds.shape[1:]))}
     specs = [parse_caption(c) for c in captions]
-    variants: dict[str, list[str | None]] = {"caption": [""] * len(captions)}
     for attribute in ATTRIBUTES:
-        changed = (stated_otherwise(spec, attribute) for spec in specs)
-        variants[attribute] = [None if c is None else caption(c) for c in changed]
+        changed = [stated_otherwise(spec, attribute) for spec in specs]
+        rows = [i for i, c in enumerate(changed) if c is not None]
+        if rows:  # no caption states it: nothing to measure
+            variants[attribute] = (torch.tensor(rows), model.encode_prompts([caption(changed[i]) for i in rows]))
     out: dict[str, dict[str, float]] = {name: {} for name in variants}
     for sigma in SENSITIVITY_SIGMAS:
-        right = errors(captions, torch.arange(len(captions)), sigma)
-        for name, texts in variants.items():
-            rows = torch.tensor([i for i, t in enumerate(texts) if t is not None], dtype=torch.long)
-            if len(rows):  # no caption states it: nothing to measure
-                out[name][str(sigma)] = (errors(texts, rows, sigma).mean() / right[rows].mean()).item() - 1
+        right = errors(everything, embeds, sigma)
+        for name, (rows, rows_embeds) in variants.items():
+            out[name][str(sigma)] = (errors(rows, rows_embeds, sigma).mean() / right[rows].mean()).item() - 1
     return out
 
 
@@ -270,7 +274,7 @@ def main() -> None:
             loss_x0, loss_embeds = model.codec.encode(loss_frames), model.encode_prompts(loss_captions)
         denoising = denoising_by_sigma(model, loss_x0, loss_embeds)
         horizon = denoising_horizon(model, loss_captions, loss_x0, loss_embeds)
-        sensitivity = caption_sensitivity(model, loss_captions, loss_x0)
+        sensitivity = caption_sensitivity(model, loss_captions, loss_x0, loss_embeds)
         from_noise, videos = blobs_from_noise(model, args.n, args.seed)
         row = {
             "model": ref,

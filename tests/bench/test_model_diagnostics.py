@@ -72,10 +72,12 @@ class WordReader:
 def test_sensitivity_is_zero_for_every_word_the_model_does_not_read(diagnostics):
     x0 = torch.from_numpy(np.stack([render_scene(parse_caption(c), np.random.default_rng(0)) for c in CAPTIONS]))
     x0 = x0.permute(0, 4, 1, 2, 3).float()  # (B, C, T, H, W), as the pixel codec gives it
-    reads_direction = diagnostics.caption_sensitivity(WordReader("right"), CAPTIONS, x0)
+    reader = WordReader("right")
+    reads_direction = diagnostics.caption_sensitivity(reader, CAPTIONS, x0, reader.encode_prompts(CAPTIONS))
     for attribute in ("colour", "shape", "size", "speed", "background"):
         assert all(v == pytest.approx(0, abs=1e-6) for v in reads_direction[attribute].values()), attribute
     assert all(abs(v) > 0.01 for v in reads_direction["direction"].values())
     assert all(abs(v) > 0.01 for v in reads_direction["caption"].values())  # an empty caption says no "right" either
-    reads_nothing = diagnostics.caption_sensitivity(WordReader(None), CAPTIONS, x0)
+    deaf = WordReader(None)
+    reads_nothing = diagnostics.caption_sensitivity(deaf, CAPTIONS, x0, deaf.encode_prompts(CAPTIONS))
     assert all(v == pytest.approx(0, abs=1e-6) for by_sigma in reads_nothing.values() for v in by_sigma.values())
