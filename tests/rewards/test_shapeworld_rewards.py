@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from vidpost.errors import CaptionError
+from vidpost.rewards.registry import compute_rewards
 from vidpost.rewards.shapeworld import score_clip, shapeworld_rewards
 from vidpost.world.grammar import caption, parse_caption
 from vidpost.world.render import render_scene, shape_mask
@@ -390,7 +391,9 @@ def test_fragmented_counts_frames_where_a_stray_speck_widens_the_measured_extent
 def test_heading_says_whether_an_object_goes_the_stated_way(xs, ys, heading):
     """The fitted velocity's direction against the caption's, whatever the speed or the path's fit."""
     video = _drawn(5, xs, ys)
-    assert score_clip(video, parse_caption("a small red square moving right slowly"))["heading"] == heading
+    text = "a small red square moving right slowly"
+    assert score_clip(video, parse_caption(text))["heading"] == heading
+    assert compute_rewards(["heading"], video[None], [text])["heading"].tolist() == [heading]  # a training reward
 
 
 def test_heading_of_a_still_object_and_of_a_caption_without_motion():

@@ -42,6 +42,12 @@ contrast-invariant, so a blurred edge (alpha 2/3 for a 3x3 blur) never counts, o
   within SIZE_TOL_PX) and the motion score. Where the additive parts pay for being near, this pays only for
   passing, frame by frame; like them it is a training signal (a still object of the stated size keeps 2/3 of
   it), not a figure to report.
+- heading: per object with a stated motion, whether its least-squares velocity goes the stated way (within
+  HEADING_MAX_DEG of the stated direction at HEADING_MIN_PX per frame or more, or slower than that for a still
+  object), averaged over those objects; 1.0 when no motion is stated. The checks above fail a wrong heading
+  and a wrong path alike; this isolates the direction, the attribute that models which draw the stated
+  speed in a random direction miss. A training signal alongside the others (any blob of the colour going the
+  stated way earns it), never a figure to report as success.
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ REWARD_KEYS = (
     "instruction_graded",
     "instruction_additive",
     "instruction_checks",
+    "heading",
 )
 _IN_FRAME = np.zeros((3, 3, 3), bool)
 _IN_FRAME[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within a frame, never across frames
