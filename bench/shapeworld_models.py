@@ -9,7 +9,9 @@ present with its stated size and shape; motion: the motion score), so the lowest
 headroom is; and how objects are drawn: their area over the stated shape's (area_ratio), where drawing them too
 large shows, the share of frames where an object's colour lies in more than one piece (fragmented), and the
 share of objects that go the stated way (heading: the fitted velocity within 45 degrees of the stated direction,
-or still where still is stated).
+or still where still is stated). Total and success come with 95% intervals over the prompts (bootstrap; Wilson's for
+the success rate), and every model after the first with its paired difference from the first, prompt by prompt on
+the same seeds: a model gains only where that interval lies above 0.
 
     .venv/bin/python bench/shapeworld_models.py                       # shapeworld-base, shapeworld-sft
     .venv/bin/python bench/shapeworld_models.py --models runs/my-sft  # any model or run directory
@@ -33,11 +35,13 @@ from results_file import RESULTS, write_results  # noqa: E402
 from vidpost.data.video_io import to_float  # noqa: E402
 from vidpost.evaluation import SHAPEWORLD_SCORES, shapeworld_prompts  # noqa: E402
 from vidpost.generation import generate, recommended_sampling, recommended_video  # noqa: E402
+from vidpost.intervals import Interval, mean_interval, paired_difference, rate_interval  # noqa: E402
 from vidpost.rewards.shapeworld import score_clip  # noqa: E402
 from vidpost.sample import load_model  # noqa: E402
 from vidpost.world.grammar import parse_caption  # noqa: E402
 
 CHECKS = ("count", "presence", "size_shape", "motion")
+PAIRED = ("total", "success")  # kept prompt by prompt: intervals, and differences from the first model
 # why checks fail, off the bar chart of check shares: an object's area over the stated shape's (1: as stated), the
 # share of present frames where its colour lies in more than one piece (a stray speck widens the measured extent), and
 # the share of objects whose fitted velocity goes the stated way (a wrong heading fails the motion check outright)
@@ -45,9 +49,11 @@ DIAGNOSTICS = ("area_ratio", "fragmented", "heading")
 
 
 def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
-    """Mean scores and check shares over all scenes, and over the scenes of each object count ("1", "2", ...)."""
+    """Mean scores and check shares over all scenes, and over the scenes of each object count ("1", "2", ...);
+    total and success prompt by prompt, with their 95% intervals."""
     specs = [parse_caption(p) for p in prompts]
     clips = [score_clip(to_float(v), spec) for v, spec in zip(videos, specs, strict=True)]
+    per_prompt = {key: [c[key] for c in clips] for key in PAIRED}
 
     def mean(rows: list[dict]) -> dict:
         return {
@@ -59,7 +65,21 @@ def scores_by_objects(videos: np.ndarray, prompts: list[str]) -> dict:
     by_objects = {
         str(c): mean([r for r, spec in zip(clips, specs, strict=True) if len(spec.objects) == c]) for c in counts
     }
-    return {**mean(clips), "by_objects": by_objects}
+    intervals = {
+        "total": mean_interval(per_prompt["total"]).to_json(),
+        "success": rate_interval(per_prompt["success"]).to_json(),
+    }
+    return {**mean(clips), "by_objects": by_objects, "intervals": intervals, "per_prompt": per_prompt}
+
+
+def against_first(rows: list[dict]) -> None:
+    """Each row's paired difference from the first model's row of its split (same prompts and seeds)."""
+    for row in rows:
+        first = next(r for r in rows if r["split"] == row["split"])
+        if first is not row:
+            row["vs_first"] = {
+                key: paired_difference(first["per_prompt"][key], row["per_prompt"][key]).to_json() for key in PAIRED
+            }
 
 
 def main() -> None:
@@ -98,6 +118,13 @@ def main() -> None:
                     flush=True,
                 )
 
+    against_first(rows)
+    for row in rows:
+        intervals = "  ".join(f"{k} {Interval(**row['intervals'][k])}" for k in PAIRED)
+        changes = "".join(
+            f"  {k} change {Interval(**row['vs_first'][k]).signed()}" for k in PAIRED if "vs_first" in row
+        )
+        print(f"{row['model']:<24} {row['split']:<8} 95% intervals: {intervals}{changes}")
     write_results(args.name, rows=rows)
 
     keys = (*SHAPEWORLD_SCORES, *CHECKS)

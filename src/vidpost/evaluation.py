@@ -174,7 +174,13 @@ def shapeworld_requests(
     return [r["terse"] for r in records], [r["intent"] for r in records]
 
 
+def score_videos_per_clip(
+    videos: np.ndarray, captions: Sequence[str], rewards: Sequence[str] = SHAPEWORLD_SCORES
+) -> dict[str, np.ndarray]:
+    """Each reward (N,) of videos (N, T, H, W, 3) scored against their captions."""
+    return compute_rewards(rewards, to_float(videos), list(captions))
+
+
 def score_videos(videos: np.ndarray, captions: Sequence[str], rewards: Sequence[str] = SHAPEWORLD_SCORES) -> dict:
     """Mean of each reward over videos (N, T, H, W, 3) scored against their captions."""
-    scores = compute_rewards(rewards, to_float(videos), list(captions))
-    return {name: float(np.mean(values)) for name, values in scores.items()}
+    return {name: float(np.mean(values)) for name, values in score_videos_per_clip(videos, captions, rewards).items()}

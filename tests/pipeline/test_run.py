@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -15,9 +16,17 @@ from vidpost.enhance.resolve import load_enhancer
 from vidpost.enhance.trainable import init_dir
 from vidpost.errors import VidpostError
 from vidpost.evaluation import shapeworld_prompts
+from vidpost.intervals import paired_difference
 from vidpost.metric_names import CURVES
 from vidpost.pipeline.config import STAGE_ORDER, PipelineConfig
-from vidpost.pipeline.heldout import heldout_prompts, heldout_row
+from vidpost.pipeline.heldout import (
+    DIFFERENCES_HEAD,
+    PAIRED_KEYS,
+    TABLE_KEYS,
+    format_heldout_table,
+    heldout_prompts,
+    heldout_row,
+)
 from vidpost.pipeline.run import run_pipeline
 from vidpost.pipeline.stages import STAGES, stage_config, stage_recipe
 from vidpost.recipes.common import finished_model
@@ -97,6 +106,8 @@ def test_stages_chain_and_each_gets_a_heldout_row(finished):
     assert list(table) == ["base", "sft", "grpo", "enhance", "distill"]
     for row in table.values():
         assert row["n"] == 2 and 0 <= row["total"] <= 1 and row["nfe"] > 0
+        for key in PAIRED_KEYS:  # kept prompt by prompt, for the differences between stages
+            assert len(row["per_prompt"][key]) == 2 and np.mean(row["per_prompt"][key]) == pytest.approx(row[key])
     assert finished_model(out / "sft") is not None and finished_model(out / "grpo") is not None
     # each stage starts from the previous one's output
     assert yaml.safe_load((out / "sft" / "config.yaml").read_text())["model"]["path"] == "shapeworld-base"
@@ -130,6 +141,9 @@ def test_the_report_is_one_self_contained_page(finished):
     assert page.count('src="data:image/gif;base64,') == 2 * 5  # grid: 2 prompts x (base and 4 stages)
     for stage in ("base", "sft", "grpo", "enhance", "distill"):
         assert f"<td>{stage}</td>" in page
+    assert html.escape(DIFFERENCES_HEAD) in page
+    for stage in ("sft", "grpo", "enhance", "distill"):  # in the table and in the differences under it
+        assert page.count(f"<td>{stage}</td>") == 2
     assert main(["report", str(out)]) == 0  # the command rewrites it
 
 
@@ -278,3 +292,32 @@ def test_only_stages_not_yet_run_may_change_when_a_pipeline_resumes(finished, tm
     other.write_text(yaml.safe_dump(changed))
     with pytest.raises(VidpostError, match="another config \\(stages:"):
         run_pipeline(load_config(PipelineConfig, other), out, pipeline_file=other, progress=False)
+
+
+def test_the_table_says_which_stage_changes_are_more_than_noise():
+    """Under the table, each stage against the row above, prompt by prompt; a row from before rows kept their
+    per-prompt scores shows n/a."""
+    rng = np.random.default_rng(0)
+    base_total = rng.random(64) * 0.1
+    rows = {
+        "base": _row(base_total, np.zeros(64)),
+        "sft": _row(base_total + 0.05, (np.arange(64) < 8).astype(float)),  # every prompt gains; 8 new successes
+        "grpo": _row(rng.permutation(base_total + 0.05), (np.arange(64) < 8).astype(float)),  # shuffled: noise
+        "old": {key: 0.0 for key in TABLE_KEYS},
+    }
+    lines = format_heldout_table(rows).splitlines()
+    below = lines[lines.index(DIFFERENCES_HEAD) :]
+    changes = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in below)}
+    total = paired_difference(base_total, base_total + 0.05)
+    success = paired_difference(np.zeros(64), (np.arange(64) < 8).astype(float))
+    assert changes["sft"] == [total.signed(), success.signed()]
+    assert total.excludes_zero and success.excludes_zero
+    grpo = paired_difference(rows["sft"]["per_prompt"]["total"], rows["grpo"]["per_prompt"]["total"])
+    assert changes["grpo"][0] == grpo.signed() and not grpo.excludes_zero
+    assert changes["old"] == ["n/a", "n/a"]
+
+
+def _row(total: np.ndarray, success: np.ndarray) -> dict:
+    row = {key: 0.0 for key in TABLE_KEYS}
+    row.update(total=float(total.mean()), success=float(success.mean()))
+    return {**row, "per_prompt": {"total": total.tolist(), "success": success.tolist()}}

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from vidpost.atomic import atomic_path
 from vidpost.data.dataset import DatasetWriter
-from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos, shapeworld_requests
+from vidpost.evaluation import SHAPEWORLD_SCORES, score_videos_per_clip, shapeworld_requests
+from vidpost.intervals import paired_difference
 from vidpost.pipeline.config import PipelineConfig
 from vidpost.recipes.prompts import rewrite_prompts
 
 HELDOUT_FILE = "heldout.json"
 TABLE_KEYS = ("total", "success", "instruction", "coherence", "quality", "nfe", "seconds_per_video")
+PAIRED_KEYS = ("total", "success")  # compared prompt by prompt with the row above
 
 
 def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer: str | Path | None = None) -> dict:
@@ -37,7 +40,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
     tick = time.perf_counter()
     generated = generate(model, used, sampling, video, seed=cfg.heldout.seed, progress=False)
     seconds = (time.perf_counter() - tick) / len(prompts)
-    scores = score_videos(generated.videos, references, SHAPEWORLD_SCORES)  # what the user asked for
+    per_prompt = score_videos_per_clip(generated.videos, references, SHAPEWORLD_SCORES)  # what the user asked for
     with DatasetWriter(out / "heldout", overwrite=True) as writer:  # caption: what `vidpost score` checks
         for j, (frames, prompt, reference, prompt_used) in enumerate(
             zip(generated.videos, prompts, references, used, strict=True)
@@ -47,7 +50,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
                 extra["prompt_used"] = prompt_used
             writer.add(frames, reference, ext=".npy", seed=cfg.heldout.seed + j, **extra)
     row = {
-        **scores,
+        **{name: float(np.mean(values)) for name, values in per_prompt.items()},
         "nfe": generated.nfe_per_video,
         "seconds_per_video": seconds,
         "model": str(model_ref),
@@ -57,6 +60,7 @@ def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer:
         "prompts": cfg.heldout.wording,
         "n": len(prompts),
         **rewrite_metrics,
+        "per_prompt": {name: per_prompt[name].tolist() for name in PAIRED_KEYS},
     }
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(row, indent=1) + "\n")
@@ -75,11 +79,34 @@ def table_cells(row: dict) -> list[str]:
     return [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in TABLE_KEYS]
 
 
+def stage_differences(rows: dict[str, dict]) -> list[tuple[str, list[str]]]:
+    """(stage, its difference_cells) for every stage after the first."""
+    return [(stage, difference_cells(rows[above], rows[stage])) for above, stage in pairwise(rows)]
+
+
+def difference_cells(above: dict, row: dict) -> list[str]:
+    """PAIRED_KEYS of `row` minus the row above, prompt by prompt, with 95% intervals ("n/a" for a row written
+    before rows kept their per-prompt scores)."""
+    if "per_prompt" not in above or "per_prompt" not in row:
+        return ["n/a"] * len(PAIRED_KEYS)
+    return [paired_difference(above["per_prompt"][k], row["per_prompt"][k]).signed() for k in PAIRED_KEYS]
+
+
+DIFFERENCES_HEAD = (
+    "Each stage against the row above it, on the same prompts and seeds: the mean difference and its 95% "
+    "interval; a stage gains only where the interval lies above 0."
+)
+
+
 def format_heldout_table(rows: dict[str, dict]) -> str:
-    """Markdown table: one row per stage."""
+    """Markdown table, one row per stage; under it, each stage's difference from the stage before."""
     lines = ["| stage | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
     for stage, row in rows.items():
         lines.append(f"| {stage} | " + " | ".join(table_cells(row)) + " |")
+    if len(rows) > 1:
+        lines += ["", DIFFERENCES_HEAD, "", "| stage | " + " | ".join(f"{k} change" for k in PAIRED_KEYS) + " |"]
+        lines.append("|---" * (len(PAIRED_KEYS) + 1) + "|")
+        lines += [f"| {stage} | " + " | ".join(cells) + " |" for stage, cells in stage_differences(rows)]
     return "\n".join(lines)
 
 

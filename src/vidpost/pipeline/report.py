@@ -19,7 +19,16 @@ from PIL import Image
 from vidpost.atomic import atomic_path
 from vidpost.errors import VidpostError
 from vidpost.metric_names import CURVES
-from vidpost.pipeline.heldout import HELDOUT_FILE, TABLE_KEYS, HeldoutClip, heldout_clips, table_cells
+from vidpost.pipeline.heldout import (
+    DIFFERENCES_HEAD,
+    HELDOUT_FILE,
+    PAIRED_KEYS,
+    TABLE_KEYS,
+    HeldoutClip,
+    heldout_clips,
+    stage_differences,
+    table_cells,
+)
 from vidpost.runlog import read_metrics
 
 REPORT_NAME = "report.html"
@@ -75,6 +84,18 @@ def _table(rows: dict[str, dict]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _differences(rows: dict[str, dict]) -> str:
+    differences = stage_differences(rows)
+    if not differences:
+        return ""
+    head = "".join(f"<th>{k}</th>" for k in ("stage", *(f"{k} change" for k in PAIRED_KEYS)))
+    body = "".join(
+        f"<tr><td>{html.escape(stage)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        for stage, cells in differences
+    )
+    return f"<p>{html.escape(DIFFERENCES_HEAD)}</p><table><tr>{head}</tr>{body}</table>"
+
+
 def _column_head(stage: str, row: dict) -> str:
     """The stage's name; with an enhancer, which video model drew the videos and which enhancer wrote their prompts."""
     if row.get("enhancer") is None:
@@ -124,7 +145,7 @@ def write_report(run: str | Path) -> Path:
         f"<h1>vidpost run: {html.escape(run.name)}</h1>",
         f"<p>Held-out table: {cfg.heldout.n} {cfg.heldout.split} prompts, one video each, the same seeds for "
         "every stage, each model's recommended sampling; rewards are scored against the user's prompt.</p>",
-        _table(rows) if rows else "<p>No stage has finished yet.</p>",
+        _table(rows) + _differences(rows) if rows else "<p>No stage has finished yet.</p>",
     ]
     for stage in stages[1:]:
         metrics = read_metrics(run / stage) if (run / stage / "logs").is_dir() else []
