@@ -195,6 +195,7 @@ def test_family_is_batched_and_rejects_bad_captions():
         "instruction_graded",
         "instruction_additive",
         "instruction_checks",
+        "heading",
     }
     assert out["total"][0] >= 0.99 and out["total"][1] == 0.0
     assert all(((v >= 0) & (v <= 1)).all() for v in out.values())
