@@ -21,6 +21,10 @@ from vidpost.recipes.prompts import rewrite_prompts
 HELDOUT_FILE = "heldout.json"
 TABLE_KEYS = ("total", "success", "instruction", "coherence", "quality", "nfe", "seconds_per_video")
 PAIRED_KEYS = ("total", "success")  # compared prompt by prompt with the row above
+DIFFERENCES_HEAD = (
+    "Each stage against the row above it, on the same prompts and seeds: the mean difference and its 95% "
+    "interval; a stage gains only where the interval lies above 0."
+)
 
 
 def heldout_row(model_ref: str | Path, out: Path, cfg: PipelineConfig, enhancer: str | Path | None = None) -> dict:
@@ -90,12 +94,6 @@ def difference_cells(above: dict, row: dict) -> list[str]:
     if "per_prompt" not in above or "per_prompt" not in row:
         return ["n/a"] * len(PAIRED_KEYS)
     return [paired_difference(above["per_prompt"][k], row["per_prompt"][k]).signed() for k in PAIRED_KEYS]
-
-
-DIFFERENCES_HEAD = (
-    "Each stage against the row above it, on the same prompts and seeds: the mean difference and its 95% "
-    "interval; a stage gains only where the interval lies above 0."
-)
 
 
 def format_heldout_table(rows: dict[str, dict]) -> str:

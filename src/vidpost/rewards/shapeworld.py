@@ -410,9 +410,7 @@ def score_clip(video: np.ndarray, spec: SceneSpec) -> dict[str, float]:
         # mean over objects of the share of present frames where the object's colour lies in more than one piece:
         # a stray speck anywhere widens the extent the size check measures
         "fragmented": float(np.mean([c["fragmented"] for c in checks])),
-        # mean over objects with a stated motion of whether the fitted velocity goes the stated way (within 45
-        # degrees, or still for a still object): the motion score fails a wrong heading and a wrong path alike;
-        # 1.0 where no motion is stated
+        # a reward as well (module docstring): the motion score fails a wrong heading and a wrong path alike
         "heading": float(np.mean(headings)) if headings else 1.0,
         "blobs_per_frame": float(blobs_per_frame.mean()),
         "flicker": float(flicker),
