@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from vidpost.world.config import DatasetConfig
+from vidpost.errors import VidpostError
+from vidpost.world.config import DatasetConfig, WorldConfig
 from vidpost.world.dataset import make_clip, prompt_record, scene
 from vidpost.world.grammar import caption, parse_caption
 from vidpost.world.prompts import COLOUR_WORDS, SHAPE_WORDS, terse_prompt, web_caption
@@ -89,3 +90,40 @@ def test_geometry_is_configurable(frames, height):
     cfg = DatasetConfig(world={"frames": frames, "height": height, "width": height})
     video, _ = make_clip(cfg, 0)
     assert video.shape == (frames, height, height, 3) and video.dtype == np.uint8
+
+
+def test_the_whole_vocabulary_draws_the_scenes_drawn_without_one():
+    """The default vocabulary must keep every seed's scenes (shipped datasets and recorded figures depend on it)."""
+    plain, whole = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(300):
+        assert random_spec(plain) == random_spec(whole, vocabulary=WorldConfig().vocabulary())
+
+
+def test_a_smaller_world_draws_only_its_values_and_all_of_them():
+    world = WorldConfig(colours=["red"], shapes=["square"], backgrounds=["black"], max_objects=1, p_still=0.0)
+    cfg = DatasetConfig(n=1, world=world)
+    specs = [scene(cfg, i)[0] for i in range(120)]
+    assert {(o.colour, o.shape, s.background) for s in specs for o in s.objects} == {("red", "square", "black")}
+    assert {o.motion for s in specs for o in s.objects} == {"left", "right", "up", "down"}
+    assert {o.size for s in specs for o in s.objects} == {"small", "large"}
+    assert all(split_of(s) == "train" for s in specs)
+
+
+def test_a_smaller_world_without_scenes_in_a_split_says_so():
+    world = WorldConfig(colours=["red"], shapes=["square"], max_objects=1)
+    with pytest.raises(VidpostError, match="no heldout scene"):
+        scene(DatasetConfig(n=1, split="heldout", world=world), 0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"colours": ["purple"]}, "unknown colours 'purple'"),
+        ({"shapes": []}, "shapes is empty"),
+        ({"directions": ["up", "up"]}, "lists a value twice"),
+        ({"colours": ["red"], "max_objects": 2}, "needs as many colours"),
+    ],
+)
+def test_a_bad_vocabulary_is_a_clear_error(values, message):
+    with pytest.raises(ValueError, match=message):
+        WorldConfig(**values)

@@ -2,10 +2,20 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vidpost.config import Config
-from vidpost.world.spec import MAX_OBJECTS
+from vidpost.world.sampling import Vocabulary
+from vidpost.world.spec import BACKGROUNDS, COLOURS, DIRECTIONS, MAX_OBJECTS, SHAPES, SIZES, SPEEDS
+
+_ALL_VALUES = {
+    "colours": COLOURS,
+    "shapes": SHAPES,
+    "sizes": SIZES,
+    "directions": DIRECTIONS,
+    "speeds": SPEEDS,
+    "backgrounds": BACKGROUNDS,
+}
 
 
 class WorldConfig(Config):
@@ -15,6 +25,43 @@ class WorldConfig(Config):
     max_objects: int = Field(2, ge=1, le=MAX_OBJECTS, description="objects per scene: 1 to this")
     p_still: float = Field(0.2, ge=0, le=1, description="probability that an object stays still")
     min_gap_px: int = Field(2, ge=1, description="empty pixels kept between any two objects in every frame")
+    # A smaller world to start a curriculum in: each list keeps only those values (null: all of them).
+    colours: list[str] | None = Field(None, description="colours drawn (null: all six)")
+    shapes: list[str] | None = Field(None, description="shapes drawn (null: all three)")
+    sizes: list[str] | None = Field(None, description="sizes drawn (null: small and large)")
+    directions: list[str] | None = Field(None, description="directions of moving objects (null: all four)")
+    speeds: list[str] | None = Field(None, description="speeds of moving objects (null: slowly and quickly)")
+    backgrounds: list[str] | None = Field(None, description="backgrounds drawn (null: all three)")
+
+    @model_validator(mode="after")
+    def _known_values(self) -> "WorldConfig":
+        for name, allowed in _ALL_VALUES.items():
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not values:
+                raise ValueError(f"{name} is empty; leave it null for all of {', '.join(allowed)}")
+            unknown = [v for v in values if v not in allowed]
+            if unknown:
+                raise ValueError(
+                    f"unknown {name} {', '.join(map(repr, unknown))}; expected some of {', '.join(allowed)}"
+                )
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {values}")
+        if self.colours is not None and len(self.colours) < self.max_objects:
+            raise ValueError(
+                f"max_objects {self.max_objects} needs as many colours (a scene's are distinct), got {self.colours}"
+            )
+        return self
+
+    def vocabulary(self) -> Vocabulary:
+        """The values its scenes draw from, in the world's own order whatever order the lists give."""
+        return Vocabulary(
+            **{
+                name: tuple(v for v in allowed if getattr(self, name) is None or v in getattr(self, name))
+                for name, allowed in _ALL_VALUES.items()
+            }
+        )
 
 
 class WebConfig(Config):

@@ -36,7 +36,7 @@ def scene(cfg: DatasetConfig, index: int) -> tuple[SceneSpec, list[Placement]]:
     rng = _rng(cfg, index, _SCENE)
     w = cfg.world
     while True:
-        spec = random_spec_in_split(rng, cfg.split, w.max_objects, w.p_still)
+        spec = random_spec_in_split(rng, cfg.split, w.max_objects, w.p_still, w.vocabulary())
         if not fits(spec, w.frames, w.height, w.width, w.min_gap_px):
             continue
         try:  # only a scene of three or more objects can still fail here

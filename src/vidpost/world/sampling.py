@@ -12,9 +12,11 @@ Splits (deterministic functions of the spec, so any spec's split can be checked)
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
+from vidpost.errors import VidpostError
 from vidpost.world.grammar import caption
 from vidpost.world.spec import (
     BACKGROUNDS,
@@ -34,6 +36,23 @@ HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("green", "square"), ("blue", "circle"), ("cyan", "triangle")}
 )
 EVAL_BUCKETS = 10  # 1 in EVAL_BUCKETS non-held-out captions is an eval caption
+MAX_DRAWS = 10_000  # a split that no draw in this many reaches is taken to be empty in the vocabulary
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The values a random scene draws each attribute from; the defaults are the whole world, in the order that
+    keeps every seed's scenes what they were before vocabularies existed."""
+
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+    sizes: tuple[str, ...] = tuple(SIZES)
+    directions: tuple[str, ...] = tuple(DIRECTIONS)
+    speeds: tuple[str, ...] = tuple(SPEEDS)
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+
+
+WHOLE_WORLD = Vocabulary()
 
 
 def split_of(spec: SceneSpec) -> str:
@@ -49,28 +68,42 @@ def pick(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def random_spec(rng: np.random.Generator, max_objects: int = MAX_OBJECTS, p_still: float = 0.2) -> SceneSpec:
-    """A complete scene: 1..max_objects objects, distinct colours, every attribute uniform."""
+def random_spec(
+    rng: np.random.Generator,
+    max_objects: int = MAX_OBJECTS,
+    p_still: float = 0.2,
+    vocabulary: Vocabulary = WHOLE_WORLD,
+) -> SceneSpec:
+    """A complete scene: 1..max_objects objects, distinct colours, every attribute uniform over `vocabulary`."""
     n = int(rng.integers(1, max_objects + 1))
-    colours = rng.choice(list(COLOURS), size=n, replace=False)
+    colours = rng.choice(list(vocabulary.colours), size=n, replace=False)
     objects = []
     for colour in colours:
-        shape, size = pick(rng, SHAPES), pick(rng, SIZES)
+        shape, size = pick(rng, vocabulary.shapes), pick(rng, vocabulary.sizes)
         if rng.random() < p_still:
             motion, speed = STILL, None
         else:
-            motion, speed = pick(rng, DIRECTIONS), pick(rng, SPEEDS)
+            motion, speed = pick(rng, vocabulary.directions), pick(rng, vocabulary.speeds)
         objects.append(ObjectSpec(str(colour), shape, size, motion, speed))
-    return SceneSpec(tuple(objects), pick(rng, BACKGROUNDS))
+    return SceneSpec(tuple(objects), pick(rng, vocabulary.backgrounds))
 
 
 def random_spec_in_split(
-    rng: np.random.Generator, split: str, max_objects: int = MAX_OBJECTS, p_still: float = 0.2
+    rng: np.random.Generator,
+    split: str,
+    max_objects: int = MAX_OBJECTS,
+    p_still: float = 0.2,
+    vocabulary: Vocabulary = WHOLE_WORLD,
 ) -> SceneSpec:
-    """Rejection-sample a scene until it belongs to `split` (acceptance >= ~10%, so this is cheap)."""
+    """Rejection-sample a scene until it belongs to `split` (acceptance >= ~10% in the whole world, so this is
+    cheap); a clear error where a smaller vocabulary has no scene in the split (a red-square world has no
+    held-out pair)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    while True:
-        spec = random_spec(rng, max_objects, p_still)
+    for _ in range(MAX_DRAWS):
+        spec = random_spec(rng, max_objects, p_still, vocabulary)
         if split_of(spec) == split:
             return spec
+    raise VidpostError(
+        f"no {split} scene in {MAX_DRAWS} draws from this world's vocabulary: widen it or use another split"
+    )
