@@ -34,6 +34,10 @@ SCHEMAS = {
     "shapeworld/enhance_hf.yaml": EnhanceConfig,
     "shapeworld/pipeline.yaml": PipelineConfig,
     **{
+        f"shapeworld/direction/{name}.yaml": SFTConfig
+        for name in ("1_red_square", "2_black", "3_one_object", "4_world")
+    },
+    **{
         f"shapeworld-large/{name}.yaml": schema
         for name, schema in {
             "world": DatasetConfig,
@@ -92,3 +96,20 @@ def test_the_large_preset_draws_every_scene_and_prompt_from_the_large_world():
     objects = {len(parse_caption(c).objects) for c in shapeworld_prompts("eval", 64, world=large)}
     assert objects == {1, 2, 3}
     assert {len(parse_caption(c).objects) for c in shapeworld_prompts("eval", 64)} == {1, 2}
+
+
+def test_the_direction_curriculum_chains_its_stages_and_widens_the_world():
+    """Each stage starts from the run its predecessor's header command writes, in a world no smaller than it."""
+    stages = sorted((CONFIGS / "shapeworld/direction").glob("*.yaml"))
+    assert [p.stem[0] for p in stages] == ["1", "2", "3", "4"]
+    previous, previous_size = "shapeworld-sft", 0
+    for path in stages:
+        cfg = load_config(SFTConfig, path)
+        assert cfg.model.path == previous, path.name
+        (out,) = [line.split("--out ")[1].strip() for line in path.read_text().splitlines() if "--out " in line]
+        world = cfg.data.shapeworld.world
+        vocabulary = world.vocabulary()
+        size = world.max_objects * len(vocabulary.colours) * len(vocabulary.shapes) * len(vocabulary.backgrounds)
+        assert size > previous_size, path.name
+        previous, previous_size = out, size
+    assert world == WorldConfig()  # the last stage is the default world
