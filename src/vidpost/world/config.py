@@ -1,21 +1,15 @@
 """Config of a ShapeWorld dataset: `vidpost world make` and `vidpost world prompts` read it."""
 
+import dataclasses
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from vidpost.config import Config
-from vidpost.world.sampling import Vocabulary
-from vidpost.world.spec import BACKGROUNDS, COLOURS, DIRECTIONS, MAX_OBJECTS, SHAPES, SIZES, SPEEDS
+from vidpost.world.sampling import WHOLE_WORLD, Vocabulary
+from vidpost.world.spec import MAX_OBJECTS
 
-_ALL_VALUES = {
-    "colours": COLOURS,
-    "shapes": SHAPES,
-    "sizes": SIZES,
-    "directions": DIRECTIONS,
-    "speeds": SPEEDS,
-    "backgrounds": BACKGROUNDS,
-}
+_ALL_VALUES: dict[str, tuple[str, ...]] = dataclasses.asdict(WHOLE_WORLD)
 
 
 class WorldConfig(Config):
