@@ -35,8 +35,9 @@ def scene(cfg: DatasetConfig, index: int) -> tuple[SceneSpec, list[Placement]]:
     (render.fits: never drawn, so every caption of a dataset is one its canvas can show)."""
     rng = _rng(cfg, index, _SCENE)
     w = cfg.world
+    vocabulary = w.vocabulary()
     while True:
-        spec = random_spec_in_split(rng, cfg.split, w.max_objects, w.p_still, w.vocabulary())
+        spec = random_spec_in_split(rng, cfg.split, w.max_objects, w.p_still, vocabulary)
         if not fits(spec, w.frames, w.height, w.width, w.min_gap_px):
             continue
         try:  # only a scene of three or more objects can still fail here
